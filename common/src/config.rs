@@ -1,0 +1,405 @@
+//! Configuration, layered: built-in defaults, then a TOML file (`--config` or `HLSFARM_CONFIG`),
+//! then `HLSFARM_*` environment variables (`__` between levels, e.g.
+//! `HLSFARM_COORDINATOR__LEASE_MS=8000`), then command-line flags. Unknown keys are errors,
+//! and [`Config::validate`] names every bad field. Secrets never appear in `Debug` output or
+//! in `--dump-config`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::validation::ValidationErrors;
+
+/// A secret string (a token, a password, a key): `Debug` prints `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// Serializes the secret itself, so the config layers can carry it; print configs through
+/// [`Config::redacted`].
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// What a redacted secret shows.
+const REDACTED: &str = "<redacted>";
+
+impl Secret {
+    fn redacted(&self) -> Secret {
+        if self.0.is_empty() {
+            Secret::default()
+        } else {
+            Secret::new(REDACTED)
+        }
+    }
+}
+
+/// The whole configuration of an hlsfarm process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The coordinator (`hlsfarm serve`).
+    pub coordinator: CoordinatorConfig,
+    /// The object store holding models, results and artifacts.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Address the gRPC and HTTP server listens on. Default `127.0.0.1:7070`.
+    pub listen: String,
+    /// Redis URL (`redis://[:password@]host:port/db`). Default `redis://127.0.0.1:6379/0`.
+    pub redis_url: Secret,
+    /// Prefix of every Redis key, so several clusters can share one Redis. Default `hlsfarm`.
+    pub key_prefix: String,
+    /// Lease length in milliseconds: a worker silent this long loses its trials. Default 5000.
+    pub lease_ms: u64,
+    /// How often workers heartbeat, in milliseconds; below `lease_ms / 2`. Default 1000.
+    pub heartbeat_ms: u64,
+    /// Leases a trial may spend before retryable failures make it dead. Default 3.
+    pub max_attempts: u32,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: "127.0.0.1:7070".to_owned(),
+            redis_url: Secret::new("redis://127.0.0.1:6379/0"),
+            key_prefix: "hlsfarm".to_owned(),
+            lease_ms: 5000,
+            heartbeat_ms: 1000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Where models, results and artifacts are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `file:///abs/path` (or a plain path) for a local folder, or `s3://bucket/prefix`.
+    /// Default `./hlsfarm-store`.
+    pub url: String,
+    /// S3 endpoint for S3-compatible services (MinIO, Garage, Ceph); empty: AWS.
+    pub s3_endpoint: String,
+    /// S3 region. Default `us-east-1`.
+    pub s3_region: String,
+    /// S3 access key id; empty: taken from the usual AWS environment variables.
+    pub s3_access_key_id: Secret,
+    /// S3 secret access key; empty: taken from the usual AWS environment variables.
+    pub s3_secret_access_key: Secret,
+    /// Allow plain HTTP to the S3 endpoint (test servers). Default false.
+    pub s3_allow_http: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "./hlsfarm-store".to_owned(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".to_owned(),
+            s3_access_key_id: Secret::default(),
+            s3_secret_access_key: Secret::default(),
+            s3_allow_http: false,
+        }
+    }
+}
+
+string_enum!(
+    /// How log lines are written.
+    LogFormat, "log format", {
+        /// Human-readable lines.
+        Text => "text",
+        /// One JSON object per line.
+        Json => "json",
+    }
+);
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `hlsfarm_coordinator=debug`; `RUST_LOG` wins. Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is missing, or a value does not parse, or a key is unknown.
+    #[error("{0}")]
+    Load(String),
+    /// Values parse but are out of range.
+    #[error("configuration: {0}")]
+    Invalid(ValidationErrors),
+}
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "HLSFARM_CONFIG";
+
+impl Config {
+    /// Loads the layers in order: defaults, `file` (or `$HLSFARM_CONFIG`), `HLSFARM_*` env,
+    /// then `overrides` (the flags the user gave, as a partial config), and validates.
+    pub fn load(file: Option<&Path>, overrides: &serde_json::Value) -> Result<Config, Error> {
+        let file: Option<PathBuf> = file
+            .map(Path::to_owned)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(Error::Load(format!(
+                    "config file {} does not exist (given by --config or {CONFIG_ENV})",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            .merge(
+                Env::prefixed("HLSFARM_")
+                    .ignore(&["CONFIG"])
+                    .split("__")
+                    .lowercase(true),
+            )
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|err| {
+            let mut text = String::new();
+            for e in err {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&describe(&e));
+            }
+            Error::Load(text)
+        })?;
+        config.validate().map_err(Error::Invalid)?;
+        Ok(config)
+    }
+
+    /// A copy with every secret replaced by `<redacted>`, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        config.coordinator.redis_url = config.coordinator.redis_url.redacted();
+        config.store.s3_access_key_id = config.store.s3_access_key_id.redacted();
+        config.store.s3_secret_access_key = config.store.s3_secret_access_key.redacted();
+        config
+    }
+
+    /// Checks every field, naming each bad one.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let c = &self.coordinator;
+        if c.listen.parse::<SocketAddr>().is_err() {
+            errors.push(
+                "coordinator.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:7070 or [::]:7070",
+                    c.listen
+                ),
+            );
+        }
+        let redis = c.redis_url.expose();
+        if !(redis.starts_with("redis://")
+            || redis.starts_with("rediss://")
+            || redis.starts_with("unix://"))
+        {
+            errors.push(
+                "coordinator.redis_url",
+                "must start with redis://, rediss:// or unix://",
+            );
+        }
+        if c.key_prefix.is_empty()
+            || !c
+                .key_prefix
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_:.".contains(ch))
+        {
+            errors.push(
+                "coordinator.key_prefix",
+                "must be non-empty letters, digits, `-`, `_`, `:` or `.`",
+            );
+        }
+        if !(100..=3_600_000).contains(&c.lease_ms) {
+            errors.push(
+                "coordinator.lease_ms",
+                format!("must be between 100 and 3600000, got {}", c.lease_ms),
+            );
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_ms * 2 > c.lease_ms {
+            errors.push(
+                "coordinator.heartbeat_ms",
+                format!(
+                    "must be above 0 and at most half of lease_ms ({}), got {}",
+                    c.lease_ms, c.heartbeat_ms
+                ),
+            );
+        }
+        if !(1..=100).contains(&c.max_attempts) {
+            errors.push(
+                "coordinator.max_attempts",
+                format!("must be between 1 and 100, got {}", c.max_attempts),
+            );
+        }
+        if let Err(msg) = crate::store_url::StoreUrl::parse(&self.store.url) {
+            errors.push("store.url", msg);
+        }
+        errors.into_result()
+    }
+}
+
+/// Rewrites one figment error so it names the key path and, for environment variables, the
+/// variable.
+fn describe(err: &figment::Error) -> String {
+    let path = err.path.join(".");
+    let source = err
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(figment::Source::File(file)) => format!(" in {}", file.display()),
+            _ => format!(" in {}", m.name),
+        })
+        .unwrap_or_default();
+    if path.is_empty() {
+        format!("configuration{source}: {}", err.kind)
+    } else {
+        format!("configuration key `{path}`{source}: {}", err.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    // figment::Jail's closures return its large error type; that is its API, not ours.
+    #![allow(clippy::result_large_err)]
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "hlsfarm.toml",
+                "[coordinator]\nlease_ms = 9000\nheartbeat_ms = 2000\nkey_prefix = \"from-file\"\n[store]\nurl = \"/data/store\"\n",
+            )?;
+            jail.set_env("HLSFARM_COORDINATOR__HEARTBEAT_MS", "3000");
+            jail.set_env("HLSFARM_COORDINATOR__KEY_PREFIX", "from-env");
+            let flags = serde_json::json!({"coordinator": {"key_prefix": "from-flag"}});
+            let config = Config::load(Some(Path::new("hlsfarm.toml")), &flags).unwrap();
+            assert_eq!(config.coordinator.lease_ms, 9000, "file over default");
+            assert_eq!(config.coordinator.heartbeat_ms, 3000, "env over file");
+            assert_eq!(config.coordinator.key_prefix, "from-flag", "flag over env");
+            assert_eq!(config.coordinator.max_attempts, 3, "default kept");
+            assert_eq!(config.store.url, "/data/store");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_file_from_env_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[log]\nformat = \"json\"\n")?;
+            jail.set_env(CONFIG_ENV, "c.toml");
+            let config = Config::load(None, &serde_json::json!({})).unwrap();
+            assert_eq!(config.log.format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_is_rejected_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[coordinator]\nleese_ms = 9000\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field: found `leese_ms`"), "{err}");
+            assert!(err.contains("lease_ms"), "lists the allowed keys: {err}");
+            assert!(err.contains("bad.toml"), "names the file: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_field_and_range() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HLSFARM_COORDINATOR__HEARTBEAT_MS", "4000");
+            jail.set_env("HLSFARM_LOG__FORMAT", "xml");
+            let err = Config::load(None, &serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.format"), "{err}");
+            assert!(err.contains("allowed: text, json"), "{err}");
+            jail.set_env("HLSFARM_LOG__FORMAT", "text");
+            let err = Config::load(None, &serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("coordinator.heartbeat_ms: must be above 0 and at most half of lease_ms (5000), got 4000"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config {
+            coordinator: CoordinatorConfig {
+                redis_url: Secret::new("redis://:hunter2@db:6379"),
+                ..CoordinatorConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let printed = toml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("redis_url = \"<redacted>\""), "{printed}");
+    }
+}

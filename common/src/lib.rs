@@ -1,0 +1,29 @@
+//! Domain types shared by every hlsfarm crate.
+//!
+//! - [`settings`]: one point of hls4ml configuration (io_type, strategy, reuse factor, ...).
+//! - [`stage`]: the steps a trial runs, in pipeline order.
+//! - [`sweep`]: what a user submits, parsed from TOML or JSON, and its expansion into trials.
+//! - [`trial_key`]: the sha256 that names a trial's work (DESIGN §1).
+//! - [`job`]: the trial state machine, the only code that changes a trial's state.
+//! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
+//! - [`validation`]: the error type that names a bad field and what is allowed.
+
+#![deny(clippy::unwrap_used)]
+
+#[macro_use]
+mod string_enum;
+
+pub mod config;
+pub mod job;
+pub mod settings;
+pub mod stage;
+pub mod store_url;
+pub mod sweep;
+pub mod trial_key;
+pub mod validation;
+
+pub use settings::{Backend, IoType, LayerOverride, Settings, Strategy};
+pub use stage::Stage;
+pub use sweep::SweepSpec;
+pub use trial_key::TrialKey;
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,615 @@
+//! The sweep spec: models × settings grid × stages, as users write it in TOML or JSON.
+//!
+//! ```toml
+//! name = "model2 4w0i"
+//! stages = ["convert", "emulate", "csynth"]
+//!
+//! [models]
+//! dir = "results/"
+//! pattern = "model_trial_*.h5"
+//!
+//! [grid]
+//! io_type = "io_stream"          # one value or a list
+//! strategy = "resource"
+//! reuse_factor = [1, 2, 4]
+//! precision = "ap_fixed<16,6>"
+//!
+//! [grid.layers.conv1]
+//! reuse_factor = 3
+//! ```
+//! Unknown keys are rejected, and [`SweepSpec::validate`] names every bad field with the
+//! values it allows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{
+    Backend, IoType, LayerOverride, Settings, Strategy, check_clock_period, check_precision,
+    check_reuse_factor, part_family, validate_layers,
+};
+use crate::stage::{Stage, normalize_stages};
+use crate::trial_key::EmulationSpec;
+use crate::validation::ValidationErrors;
+
+/// A value given once or as a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list of values.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Which model files a sweep takes: a folder and a glob, explicit paths, or both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSelection {
+    /// A folder to search; relative paths are taken from the sweep file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A glob over file names in `dir` (default `model_trial_*.h5`, as the original script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Explicit model files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathBuf>,
+    /// At most this many models, in name order (the original's `--limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The pattern the original script matches by default.
+pub const DEFAULT_PATTERN: &str = "model_trial_*.h5";
+
+/// Why a model selection found no usable files.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    /// The selection names neither a folder nor a file.
+    #[error("no models selected: give a folder (models.dir / --input-dir) or model paths")]
+    Empty,
+    /// The folder could not be read.
+    #[error("cannot read model folder {dir}: {source}")]
+    ReadDir {
+        /// The folder.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The glob is not a valid pattern.
+    #[error("invalid pattern `{pattern}`: {message}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Nothing in the folder matches.
+    #[error(
+        "no file in {dir} matches `{pattern}`{hint}; pass --pattern (or models.pattern) to choose other files"
+    )]
+    NoMatch {
+        /// The folder.
+        dir: PathBuf,
+        /// The pattern.
+        pattern: String,
+        /// A note listing a few files that are there, or saying the folder is empty.
+        hint: String,
+    },
+    /// An explicit path does not exist or is not a file.
+    #[error("model file {0} does not exist or is not a file")]
+    Missing(PathBuf),
+}
+
+impl ModelSelection {
+    /// Lists the selected files, sorted by path, with `base` as the folder relative paths
+    /// start from.
+    pub fn resolve(&self, base: &Path) -> Result<Vec<PathBuf>, SelectionError> {
+        if self.dir.is_none() && self.paths.is_empty() {
+            return Err(SelectionError::Empty);
+        }
+        let mut found = Vec::new();
+        if let Some(dir) = &self.dir {
+            let dir = base.join(dir);
+            let pattern_text = self.pattern.as_deref().unwrap_or(DEFAULT_PATTERN);
+            let pattern =
+                glob::Pattern::new(pattern_text).map_err(|err| SelectionError::Pattern {
+                    pattern: pattern_text.to_owned(),
+                    message: err.msg.to_owned(),
+                })?;
+            let entries = std::fs::read_dir(&dir).map_err(|source| SelectionError::ReadDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let mut others = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|source| SelectionError::ReadDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !entry.path().is_file() {
+                    continue;
+                }
+                if pattern.matches(&name) {
+                    found.push(entry.path());
+                } else {
+                    others.push(name);
+                }
+            }
+            if found.is_empty() {
+                others.sort();
+                let hint = if others.is_empty() {
+                    " (the folder has no files)".to_owned()
+                } else {
+                    let shown: Vec<&str> = others.iter().take(5).map(String::as_str).collect();
+                    format!(
+                        " (it has {} other files, e.g. {})",
+                        others.len(),
+                        shown.join(", ")
+                    )
+                };
+                return Err(SelectionError::NoMatch {
+                    dir,
+                    pattern: pattern_text.to_owned(),
+                    hint,
+                });
+            }
+        }
+        for path in &self.paths {
+            let path = base.join(path);
+            if !path.is_file() {
+                return Err(SelectionError::Missing(path));
+            }
+            found.push(path);
+        }
+        found.sort();
+        found.dedup();
+        if let Some(limit) = self.limit {
+            found.truncate(limit);
+        }
+        Ok(found)
+    }
+}
+
+/// The lists whose cartesian product gives a sweep's settings. A field left out takes the
+/// default of [`Settings::default`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsGrid {
+    /// `io_parallel` and/or `io_stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_type: Option<OneOrMany<IoType>>,
+    /// `latency`, `resource`, `distributed_arithmetic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<OneOrMany<Strategy>>,
+    /// Reuse factors (≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_factor: Option<OneOrMany<u32>>,
+    /// Default precisions, e.g. `ap_fixed<16,6>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<OneOrMany<String>>,
+    /// FPGA parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<OneOrMany<String>>,
+    /// Clock periods in ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_period_ns: Option<OneOrMany<f64>>,
+    /// `vitis` and/or `vivado`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<OneOrMany<Backend>>,
+    /// hls4ml `MaximumSize` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_array_partition_size: Option<OneOrMany<u32>>,
+    /// Per-layer overrides applied to every point.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layers: BTreeMap<String, LayerOverride>,
+}
+
+/// Largest number of settings points one sweep may expand to (per model).
+pub const MAX_GRID_POINTS: usize = 100_000;
+
+fn values<T: Clone>(field: &Option<OneOrMany<T>>, default: T) -> Vec<T> {
+    field
+        .as_ref()
+        .map_or_else(|| vec![default], OneOrMany::to_vec)
+}
+
+impl SettingsGrid {
+    /// Number of points, without building them.
+    pub fn len(&self) -> usize {
+        let d = Settings::default();
+        values(&self.io_type, d.io_type).len()
+            * values(&self.strategy, d.strategy).len()
+            * values(&self.reuse_factor, d.reuse_factor).len()
+            * values(&self.precision, d.precision).len()
+            * values(&self.part, d.part).len()
+            * values(&self.clock_period_ns, d.clock_period_ns).len()
+            * values(&self.backend, d.backend).len()
+            * self
+                .max_array_partition_size
+                .as_ref()
+                .map_or(1, |v| v.to_vec().len())
+    }
+
+    /// True when the grid has no point (a field given as an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every point, in a fixed order (the last field varies fastest).
+    pub fn expand(&self) -> Vec<Settings> {
+        let d = Settings::default();
+        let max_sizes: Vec<Option<u32>> = self.max_array_partition_size.as_ref().map_or_else(
+            || vec![None],
+            |v| v.to_vec().into_iter().map(Some).collect(),
+        );
+        let mut points = Vec::with_capacity(self.len());
+        for io_type in values(&self.io_type, d.io_type) {
+            for strategy in values(&self.strategy, d.strategy) {
+                for reuse_factor in values(&self.reuse_factor, d.reuse_factor) {
+                    for precision in values(&self.precision, d.precision.clone()) {
+                        for part in values(&self.part, d.part.clone()) {
+                            for clock_period_ns in values(&self.clock_period_ns, d.clock_period_ns)
+                            {
+                                for backend in values(&self.backend, d.backend) {
+                                    for max_size in &max_sizes {
+                                        points.push(Settings {
+                                            io_type,
+                                            strategy,
+                                            reuse_factor,
+                                            precision: precision.clone(),
+                                            part: part.clone(),
+                                            clock_period_ns,
+                                            backend,
+                                            max_array_partition_size: *max_size,
+                                            layers: self.layers.clone(),
+                                        });
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        points
+    }
+
+    /// Checks every value of every field.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let empty = |errors: &mut ValidationErrors, field: &str, len: usize| {
+            if len == 0 {
+                errors.push(field, "is an empty list; leave it out for the default");
+            }
+        };
+        if let Some(v) = &self.io_type {
+            empty(&mut errors, "io_type", v.to_vec().len());
+        }
+        if let Some(v) = &self.strategy {
+            empty(&mut errors, "strategy", v.to_vec().len());
+        }
+        if let Some(v) = &self.backend {
+            empty(&mut errors, "backend", v.to_vec().len());
+        }
+        if let Some(v) = &self.reuse_factor {
+            let v = v.to_vec();
+            empty(&mut errors, "reuse_factor", v.len());
+            for (i, rf) in v.iter().enumerate() {
+                check_reuse_factor(&mut errors, &format!("reuse_factor[{i}]"), *rf);
+            }
+        }
+        if let Some(v) = &self.precision {
+            let v = v.to_vec();
+            empty(&mut errors, "precision", v.len());
+            for (i, p) in v.iter().enumerate() {
+                if let Err(msg) = check_precision(p) {
+                    errors.push(format!("precision[{i}]"), msg);
+                }
+            }
+        }
+        if let Some(v) = &self.part {
+            let v = v.to_vec();
+            empty(&mut errors, "part", v.len());
+            for (i, p) in v.iter().enumerate() {
+                if let Err(msg) = part_family(p) {
+                    errors.push(format!("part[{i}]"), msg);
+                }
+            }
+        }
+        if let Some(v) = &self.clock_period_ns {
+            let v = v.to_vec();
+            empty(&mut errors, "clock_period_ns", v.len());
+            for (i, c) in v.iter().enumerate() {
+                check_clock_period(&mut errors, &format!("clock_period_ns[{i}]"), *c);
+            }
+        }
+        if let Some(v) = &self.max_array_partition_size {
+            let v = v.to_vec();
+            empty(&mut errors, "max_array_partition_size", v.len());
+            for (i, s) in v.iter().enumerate() {
+                if *s == 0 {
+                    errors.push(
+                        format!("max_array_partition_size[{i}]"),
+                        "must be at least 1 (leave it out for hls4ml's default of 4096)",
+                    );
+                }
+            }
+        }
+        validate_layers(&mut errors, "layers", &self.layers);
+        if self.len() > MAX_GRID_POINTS {
+            errors.push(
+                "grid",
+                format!(
+                    "expands to {} points per model; at most {MAX_GRID_POINTS} are allowed",
+                    self.len()
+                ),
+            );
+        }
+        errors.into_result()
+    }
+}
+
+/// What a user submits: which models, which settings, which stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// A human name, shown in status and used in output paths.
+    #[serde(default)]
+    pub name: String,
+    /// The model files.
+    pub models: ModelSelection,
+    /// The settings grid.
+    #[serde(default)]
+    pub grid: SettingsGrid,
+    /// The stages, run in pipeline order (default: `convert`, `emulate`).
+    #[serde(default = "default_stages")]
+    pub stages: Vec<Stage>,
+    /// Share of workers against other sweeps (≥ 1).
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Run every trial even where a result for its key is stored.
+    #[serde(default)]
+    pub force: bool,
+    /// How emulation samples are generated.
+    #[serde(default)]
+    pub emulation: EmulationSpec,
+}
+
+fn default_stages() -> Vec<Stage> {
+    Stage::WITHOUT_TOOLS.to_vec()
+}
+
+fn default_priority() -> u32 {
+    1
+}
+
+/// Why a sweep file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read sweep file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file's extension is neither `.toml` nor `.json`.
+    #[error("sweep file {0} must end in .toml or .json")]
+    Format(PathBuf),
+    /// The TOML does not parse or has unknown keys.
+    #[error("sweep file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// The values are invalid.
+    #[error("sweep file {path}: {errors}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every bad field.
+        errors: ValidationErrors,
+    },
+}
+
+impl SweepSpec {
+    /// Parses a sweep from TOML text.
+    pub fn from_toml(text: &str) -> Result<SweepSpec, String> {
+        toml::from_str(text).map_err(|err| err.to_string())
+    }
+
+    /// Parses a sweep from JSON text.
+    pub fn from_json(text: &str) -> Result<SweepSpec, String> {
+        serde_json::from_str(text).map_err(|err| err.to_string())
+    }
+
+    /// Reads and validates a `.toml` or `.json` sweep file.
+    pub fn load(path: &Path) -> Result<SweepSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parsed = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => SweepSpec::from_toml(&text),
+            Some("json") => SweepSpec::from_json(&text),
+            _ => return Err(SpecError::Format(path.to_owned())),
+        };
+        let spec = parsed.map_err(|message| SpecError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        spec.validate().map_err(|errors| SpecError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })?;
+        Ok(spec)
+    }
+
+    /// Checks every field and reports all bad ones.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if self.name.len() > 200 || self.name.contains(['/', '\\', '\0']) {
+            errors.push(
+                "name",
+                "must be at most 200 characters without `/`, `\\` or NUL",
+            );
+        }
+        if self.stages.is_empty() {
+            let allowed: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+            errors.push(
+                "stages",
+                format!(
+                    "must name at least one stage; allowed: {}",
+                    allowed.join(", ")
+                ),
+            );
+        }
+        if self.priority == 0 || self.priority > 1000 {
+            errors.push(
+                "priority",
+                format!("must be between 1 and 1000, got {}", self.priority),
+            );
+        }
+        if self.emulation.samples == 0 || self.emulation.samples > 1_000_000 {
+            errors.push(
+                "emulation.samples",
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    self.emulation.samples
+                ),
+            );
+        }
+        if let Some(pattern) = &self.models.pattern
+            && let Err(err) = glob::Pattern::new(pattern)
+        {
+            errors.push(
+                "models.pattern",
+                format!("`{pattern}` is not a valid glob: {}", err.msg),
+            );
+        }
+        if let Err(grid) = self.grid.validate() {
+            errors.extend_prefixed("grid", grid);
+        }
+        errors.into_result()
+    }
+
+    /// The stages in pipeline order without repeats.
+    pub fn normalized_stages(&self) -> Vec<Stage> {
+        normalize_stages(&self.stages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SAMPLE: &str = r#"
+name = "model2 4w0i"
+stages = ["convert", "emulate", "csynth"]
+
+[models]
+dir = "results"
+pattern = "model_trial_*.h5"
+
+[grid]
+io_type = "io_stream"
+strategy = ["Resource", "latency"]
+reuse_factor = [1, 2, 4]
+
+[grid.layers.conv1]
+reuse_factor = 3
+precision = { weight = "ap_fixed<4,0>" }
+"#;
+
+    #[test]
+    fn toml_and_json_give_the_same_sweep() {
+        let from_toml = SweepSpec::from_toml(SAMPLE).unwrap();
+        let json = serde_json::to_string(&from_toml).unwrap();
+        assert_eq!(SweepSpec::from_json(&json).unwrap(), from_toml);
+        from_toml.validate().unwrap();
+        assert_eq!(from_toml.grid.len(), 6);
+        let points = from_toml.grid.expand();
+        assert_eq!(points.len(), 6);
+        assert_eq!(points[0].strategy, Strategy::Resource);
+        assert_eq!(points[0].reuse_factor, 1);
+        assert_eq!(points[5].strategy, Strategy::Latency);
+        assert_eq!(points[5].reuse_factor, 4);
+        assert!(
+            points
+                .iter()
+                .all(|p| p.layers["conv1"].reuse_factor == Some(3))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = SweepSpec::from_toml("models = { dir = \".\" }\n[grid]\nreuse_factr = 2\n")
+            .unwrap_err();
+        assert!(err.contains("unknown field `reuse_factr`"), "{err}");
+        let err = SweepSpec::from_json(r#"{"models": {"dir": "."}, "stagez": []}"#).unwrap_err();
+        assert!(err.contains("unknown field `stagez`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_all_named() {
+        let spec = SweepSpec::from_toml(
+            "stages = []\n[models]\ndir = \".\"\n[grid]\nreuse_factor = [4, 0]\npart = \"xc9q\"\nclock_period_ns = -5\n",
+        )
+        .unwrap();
+        let err = spec.validate().unwrap_err();
+        let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "stages",
+                "grid.reuse_factor[1]",
+                "grid.part[0]",
+                "grid.clock_period_ns[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn selection_lists_matching_files_and_explains_no_match() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["model_trial_001.h5", "model_trial_000.h5", "notes.txt"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let selection = ModelSelection {
+            dir: Some(dir.path().to_owned()),
+            ..ModelSelection::default()
+        };
+        let found = selection.resolve(Path::new("/")).unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["model_trial_000.h5", "model_trial_001.h5"]);
+
+        let none = ModelSelection {
+            pattern: Some("*.onnx".into()),
+            ..selection
+        };
+        let err = none.resolve(Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("matches `*.onnx`"), "{err}");
+        assert!(err.contains("model_trial_000.h5"), "{err}");
+    }
+}

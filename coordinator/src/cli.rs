@@ -1,0 +1,63 @@
+//! The `hlsfarm` command line. Each subcommand is a thin call into the crate that owns the
+//! behaviour; global flags load the layered configuration (see `hlsfarm_common::config`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use hlsfarm_common::config::{Config, LogFormat};
+
+/// hlsfarm: hls4ml conversion, emulation and Vitis/Vivado synthesis of model sweeps, on one
+/// host or a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "hlsfarm", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML config file (also `HLSFARM_CONFIG`). Precedence: defaults < file < `HLSFARM_*`
+    /// environment (`__` between levels, e.g. `HLSFARM_COORDINATOR__LEASE_MS`) < flags.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets redacted) as TOML and exit.
+    #[arg(long, global = true)]
+    pub dump_config: bool,
+
+    /// Log line format: text or json.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+impl Cli {
+    /// Loads the configuration with this command line's flags as the top layer.
+    pub fn load_config(&self) -> Result<Config, hlsfarm_common::config::Error> {
+        // The flags that override config values, as a partial config for the last layer.
+        let mut overrides = serde_json::json!({});
+        if let Some(format) = self.log_format {
+            overrides["log"] = serde_json::json!({ "format": format });
+        }
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = cli.load_config()?;
+    if cli.dump_config {
+        print!("{}", toml::to_string(&config.redacted())?);
+        return Ok(0);
+    }
+    crate::telemetry::init_tracing(&config.log);
+    match cli.command {
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(2)
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The hlsfarm gRPC API (`hlsfarm/v1/*.proto`): generated prost messages and tonic services,
+//! and the conversions between wire and domain types.
+//!
+//! Conversions from the wire reject what the domain cannot hold (an unspecified enum, a
+//! missing message) with a [`WireError`] naming the field; nothing here does I/O.
+
+#![deny(clippy::unwrap_used)]
+
+/// Generated code for package `hlsfarm.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("hlsfarm.v1");
+}
+
+mod convert;
+
+pub use convert::{FromWire, WireError, stages_from_wire};
