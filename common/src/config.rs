@@ -388,6 +388,29 @@ mod tests {
         });
     }
 
+    /// Every sample config in `deploy/config/` parses, and the one with all defaults equals them.
+    #[test]
+    fn sample_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+        // Inside a jail: other tests set HLSFARM_* variables, and the jail serializes them.
+        figment::Jail::expect_with(|_jail| {
+            let mut seen = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    let config = Config::load(Some(&path), &serde_json::json!({}))
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    if path.ends_with("hlsfarm.toml") {
+                        assert_eq!(config, Config::default());
+                    }
+                    seen += 1;
+                }
+            }
+            assert!(seen >= 1, "no sample config in {}", dir.display());
+            Ok(())
+        });
+    }
+
     #[test]
     fn secrets_never_print() {
         let config = Config {

@@ -1,0 +1,23 @@
+# Task runner: each target runs exactly what CI runs for it.
+.PHONY: test setup lint fmt build
+
+## test: install what is missing (Redis, the hls4ml and S3-server venvs), lint, run every test
+test:
+	bash .ci/test
+
+## setup: install what is missing, idempotently; then `source ~/.local/share/hlsfarm/env`
+setup:
+	bash .ci/setup
+
+## lint: the formatting and clippy checks CI runs
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## fmt: format the code
+fmt:
+	cargo fmt --all
+
+## build: build the hlsfarm binary (target/release/hlsfarm)
+build:
+	cargo build --release --locked -p hlsfarm-coordinator
