@@ -29,6 +29,7 @@ async fn detects_every_tool_with_its_version() {
 
 #[tokio::test]
 async fn absent_tools_are_left_out() {
-    let (found, failed) = detect_tools(std::ffi::OsStr::new("/nonexistent"), Duration::from_secs(5)).await;
+    let (found, failed) =
+        detect_tools(std::ffi::OsStr::new("/nonexistent"), Duration::from_secs(5)).await;
     assert!(found.is_empty() && failed.is_empty());
 }
