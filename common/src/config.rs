@@ -1,5 +1,5 @@
 //! Configuration, layered: built-in defaults, then a TOML file (`--config` or `HLSFARM_CONFIG`),
-//! then `HLSFARM_*` environment variables (`__` between levels, e.g.
+//! then `HLSFARM_<SECTION>__<KEY>` environment variables (e.g.
 //! `HLSFARM_COORDINATOR__LEASE_MS=8000`), then command-line flags. Unknown keys are errors,
 //! and [`Config::validate`] names every bad field. Secrets never appear in `Debug` output or
 //! in `--dump-config`.
@@ -204,8 +204,11 @@ impl Config {
         }
         let figment = figment
             .merge(
+                // Only `HLSFARM_<SECTION>__<KEY>` names are config: every key lives in a
+                // section, and other HLSFARM_* variables (HLSFARM_CONFIG, HLSFARM_HOME, the
+                // test harness's) are not config keys.
                 Env::prefixed("HLSFARM_")
-                    .ignore(&["CONFIG"])
+                    .filter(|key| key.as_str().contains("__"))
                     .split("__")
                     .lowercase(true),
             )
@@ -346,6 +349,8 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[log]\nformat = \"json\"\n")?;
             jail.set_env(CONFIG_ENV, "c.toml");
+            // Other HLSFARM_* variables without a section are not config keys.
+            jail.set_env("HLSFARM_HOME", "/somewhere");
             let config = Config::load(None, &serde_json::json!({})).unwrap();
             assert_eq!(config.log.format, LogFormat::Json);
             Ok(())

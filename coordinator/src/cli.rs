@@ -11,8 +11,8 @@ use hlsfarm_common::config::{Config, LogFormat};
 #[derive(Debug, Parser)]
 #[command(name = "hlsfarm", version, about, long_about = None)]
 pub struct Cli {
-    /// TOML config file (also `HLSFARM_CONFIG`). Precedence: defaults < file < `HLSFARM_*`
-    /// environment (`__` between levels, e.g. `HLSFARM_COORDINATOR__LEASE_MS`) < flags.
+    /// TOML config file (also `HLSFARM_CONFIG`). Precedence: defaults < file <
+    /// `HLSFARM_<SECTION>__<KEY>` environment (e.g. `HLSFARM_COORDINATOR__LEASE_MS`) < flags.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
