@@ -14,7 +14,9 @@
 mod string_enum;
 
 pub mod config;
+pub mod failure;
 pub mod job;
+pub mod report;
 pub mod settings;
 pub mod stage;
 pub mod store_url;
@@ -22,6 +24,7 @@ pub mod sweep;
 pub mod trial_key;
 pub mod validation;
 
+pub use failure::{Failure, FailureClass};
 pub use settings::{Backend, IoType, LayerOverride, Settings, Strategy};
 pub use stage::Stage;
 pub use sweep::SweepSpec;
