@@ -31,7 +31,18 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Print the figures of an hls4ml project folder, or of one report or log file:
+    /// C synthesis (`<top>_csynth.xml`/`.rpt`), Vivado synthesis (`vivado_synth.rpt`),
+    /// co-simulation (`<top>_cosim.rpt`), and the tool logs with a failure class and fix.
+    Report {
+        /// An hls4ml project folder (with project.tcl), or one report or log file.
+        path: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 impl Cli {
     /// Loads the configuration with this command line's flags as the top layer.
@@ -54,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     crate::telemetry::init_tracing(&config.log);
     match cli.command {
+        Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

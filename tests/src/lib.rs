@@ -13,6 +13,8 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod standin;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -70,15 +70,15 @@ fn banner(line: &str) -> Option<(&'static str, String)> {
     Some((tool, version))
 }
 
-/// The `2023.2` of `... v2023.2 (64-bit)`.
+/// The `2023.2` of `... v2023.2 (64-bit)`: the first ` v` followed by a dotted version.
 fn banner_version(line: &str) -> Option<String> {
-    let at = line.find(" v")?;
-    let rest = &line[at + 2..];
-    let version: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    (version.len() >= 6 && version.contains('.')).then_some(version)
+    line.match_indices(" v").find_map(|(at, _)| {
+        let version: String = line[at + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        (version.len() >= 6 && version.contains('.')).then_some(version)
+    })
 }
 
 /// Parses a tool log.
@@ -352,6 +352,13 @@ INFO: [Common 17-206] Exiting vitis_hls at Mon Nov 23 10:00:00 2026...
             class_of("****** Vitis HLS v2023.2 (64-bit)\nINFO: [HLS 200-111] Finished Comm");
         assert_eq!(class, FailureClass::ToolError);
         assert!(reason.contains("ends before the tool finished"), "{reason}");
+    }
+
+    #[test]
+    fn vitis_run_banner() {
+        let d = parse("\n****** vitis-run v2024.2 (64-bit)\n  **** SW Build 5238294\n");
+        assert_eq!(d.tool.as_deref(), Some("vitis-run"));
+        assert_eq!(d.version.as_deref(), Some("2024.2"));
     }
 
     #[test]

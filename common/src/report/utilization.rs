@@ -51,21 +51,21 @@ pub fn parse(text: &str) -> Result<VivadoSynthReport, NotUtilization> {
     let mut saw_table = false;
     for line in text.lines() {
         let trimmed = line.trim();
-        if let Some(rest) = trimmed.strip_prefix('|') {
-            if let Some((key, value)) = rest.split_once(':') {
-                let value = value.trim();
-                match key.trim() {
-                    "Tool Version" if report.version.is_none() => {
-                        report.version = value
-                            .split_whitespace()
-                            .find_map(|w| w.strip_prefix("v."))
-                            .map(str::to_owned);
-                    }
-                    "Device" if report.device.is_none() => {
-                        report.device = value.split_whitespace().next().map(str::to_owned);
-                    }
-                    _ => {}
+        if let Some(rest) = trimmed.strip_prefix('|')
+            && let Some((key, value)) = rest.split_once(':')
+        {
+            let value = value.trim();
+            match key.trim() {
+                "Tool Version" if report.version.is_none() => {
+                    report.version = value
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("v."))
+                        .map(str::to_owned);
                 }
+                "Device" if report.device.is_none() => {
+                    report.device = value.split_whitespace().next().map(str::to_owned);
+                }
+                _ => {}
             }
         }
         let Some(cells) = row_cells(line) else {
