@@ -1,8 +1,12 @@
 //! The hlsfarm worker: the daemon on each synthesis host.
 //!
+//! - [`driver`]: the convert and emulate stages, through the Python driver.
+//! - [`process`]: runs a tool as a process group with a time limit, cancel and peak memory.
 //! - [`tools`]: finds `vitis-run`, `vitis_hls`, `vivado_hls` and `vivado` and reads their
 //!   versions from their banners.
 
 #![deny(clippy::unwrap_used)]
 
+pub mod driver;
+pub mod process;
 pub mod tools;

@@ -1,0 +1,285 @@
+//! Real hls4ml conversion and emulation through the worker's driver: example models from
+//! `shared/models`, QKeras `.h5` trials the project generates, and bad inputs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::settings::{IoType, LayerOverride, Settings, Strategy};
+use hlsfarm_common::trial_key::EmulationSpec;
+use hlsfarm_tests::{TestDir, hls4ml_python, run_ok, shared_dir};
+use hlsfarm_worker::driver::{Converted, DriverEnv, Job, ModelFiles, convert, project_dir};
+use tokio_util::sync::CancellationToken;
+
+fn env(timeout: Duration) -> DriverEnv {
+    DriverEnv {
+        python: hls4ml_python().unwrap(),
+        timeout,
+    }
+}
+
+fn keras_pair(name: &str) -> ModelFiles {
+    let dir = shared_dir().unwrap().join("models/keras");
+    ModelFiles {
+        weights: Some(dir.join(format!("{name}_weights.h5"))),
+        ..ModelFiles::auto(dir.join(format!("{name}.json")))
+    }
+}
+
+async fn run(
+    model: &ModelFiles,
+    settings: &Settings,
+    emulate: bool,
+    dir: &Path,
+) -> Result<Converted, hlsfarm_common::Failure> {
+    let emulation = EmulationSpec {
+        samples: 50,
+        seed: 7,
+    };
+    let job = Job {
+        model,
+        settings,
+        emulate,
+        emulation: &emulation,
+        inputs: None,
+        work_dir: dir,
+        project_name: "myproject",
+    };
+    convert(
+        &env(Duration::from_secs(600)),
+        &job,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+fn check_fidelity(converted: &Converted, max_diff: f64) {
+    let f = converted.fidelity.as_ref().expect("emulation ran");
+    assert_eq!(f.samples, 50);
+    assert!(
+        f.max_abs_diff.is_finite() && f.max_abs_diff < max_diff,
+        "{f:?}"
+    );
+    assert!(f.mean_abs_diff <= f.max_abs_diff);
+    assert!((0.0..=1.0).contains(&f.argmax_agreement));
+    assert!(!f.collapsed, "emulated outputs collapsed: {f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qkeras_3layer_converts_and_emulates() {
+    let dir = TestDir::new("convert-qkeras3").unwrap();
+    let settings = Settings {
+        strategy: Strategy::Resource,
+        reuse_factor: 4,
+        max_array_partition_size: Some(8192),
+        ..Settings::default()
+    };
+    let c = run(&keras_pair("qkeras_3layer"), &settings, true, dir.path())
+        .await
+        .unwrap();
+    assert_eq!(c.hls4ml_version, "1.3.0");
+    assert_eq!(c.format, "keras_json");
+    check_fidelity(&c, 0.5);
+    assert_eq!(c.effective_reuse_factor["fc1"], 4);
+    assert!(
+        c.peak_memory_mib > 50,
+        "peak memory {} MiB",
+        c.peak_memory_mib
+    );
+    for step in ["load", "convert", "write", "compile", "predict"] {
+        assert!(
+            c.timings.contains_key(step),
+            "{step} not timed: {:?}",
+            c.timings
+        );
+    }
+    let project = project_dir(dir.path(), "myproject");
+    let tcl = std::fs::read_to_string(project.join("project.tcl")).unwrap();
+    assert!(tcl.contains("set maximum_size 8192"), "{tcl}");
+    assert!(tcl.contains("set part \"xc7z020clg400-1\""), "{tcl}");
+    assert!(project.join("build_prj.tcl").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn float_keras_3layer_in_io_stream_does_not_collapse() {
+    let dir = TestDir::new("convert-keras3").unwrap();
+    let settings = Settings {
+        io_type: IoType::Stream,
+        ..Settings::default()
+    };
+    let c = run(&keras_pair("KERAS_3layer"), &settings, true, dir.path())
+        .await
+        .unwrap();
+    check_fidelity(&c, 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conv2d_reports_hls4ml_adjusting_the_reuse_factor() {
+    let dir = TestDir::new("convert-conv2d").unwrap();
+    let settings = Settings {
+        io_type: IoType::Stream,
+        strategy: Strategy::Resource,
+        reuse_factor: 4,
+        ..Settings::default()
+    };
+    let c = run(
+        &keras_pair("KERAS_conv2d_model"),
+        &settings,
+        true,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    check_fidelity(&c, 0.5);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("Invalid ReuseFactor=4 in layer \"conv2d_1\"")),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(c.effective_reuse_factor["conv2d_1"], 3);
+}
+
+/// Generates QKeras trials with the example script, as a user's search would have.
+fn generated_trials(dir: &TestDir, count: u32) -> Vec<PathBuf> {
+    let out = dir.join("trials");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/make_trials.py");
+    let mut command = Command::new(hls4ml_python().unwrap());
+    command
+        .arg(script)
+        .arg(&out)
+        .args(["--count", &count.to_string()]);
+    run_ok(command).unwrap();
+    (0..count)
+        .map(|i| out.join(format!("model_trial_{i:03}.h5")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_qkeras_h5_trial_converts_with_a_layer_override() {
+    let dir = TestDir::new("convert-trial").unwrap();
+    let trials = tokio::task::spawn_blocking({
+        let dir_path = dir.path().to_owned();
+        move || {
+            let d = TestDir::new("gen").unwrap();
+            let t = generated_trials(&d, 1);
+            let target = dir_path.join("model_trial_000.h5");
+            std::fs::copy(&t[0], &target).unwrap();
+            target
+        }
+    })
+    .await
+    .unwrap();
+    let settings = Settings {
+        io_type: IoType::Stream,
+        strategy: Strategy::Resource,
+        reuse_factor: 2,
+        layers: [(
+            "fc1".to_owned(),
+            LayerOverride {
+                reuse_factor: Some(8),
+                ..LayerOverride::default()
+            },
+        )]
+        .into(),
+        ..Settings::default()
+    };
+    let c = run(&ModelFiles::auto(&trials), &settings, true, dir.path())
+        .await
+        .unwrap();
+    assert_eq!(c.format, "keras_h5");
+    check_fidelity(&c, 0.5);
+    assert_eq!(c.effective_reuse_factor["fc1"], 8);
+    assert_eq!(c.effective_reuse_factor["output"], 2);
+    // A trained model agrees with its emulation on most samples.
+    assert!(c.fidelity.unwrap().argmax_agreement >= 0.8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_are_classified_and_named() {
+    let dir = TestDir::new("convert-bad").unwrap();
+    let settings = Settings::default();
+
+    std::fs::write(dir.join("corrupt.h5"), b"this is not an HDF5 file at all").unwrap();
+    let err = run(
+        &ModelFiles::auto(dir.join("corrupt.h5")),
+        &settings,
+        false,
+        &dir.join("a"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.class, FailureClass::BadInput, "{err:?}");
+    assert!(err.reason.contains("corrupt.h5"), "{err:?}");
+
+    let real = shared_dir()
+        .unwrap()
+        .join("models/keras/KERAS_3layer_weights.h5");
+    let bytes = std::fs::read(&real).unwrap();
+    std::fs::write(dir.join("truncated.h5"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = run(
+        &ModelFiles::auto(dir.join("truncated.h5")),
+        &settings,
+        false,
+        &dir.join("b"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.class, FailureClass::BadInput, "{err:?}");
+
+    // A weights-only .h5 names the fix.
+    let err = run(&ModelFiles::auto(&real), &settings, false, &dir.join("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::BadInput, "{err:?}");
+    assert!(err.reason.contains("weights only"), "{err:?}");
+
+    let with_bad_layer = Settings {
+        layers: [("no_such_layer".to_owned(), LayerOverride::default())].into(),
+        ..Settings::default()
+    };
+    let err = run(
+        &keras_pair("KERAS_3layer"),
+        &with_bad_layer,
+        false,
+        &dir.join("d"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.class, FailureClass::BadInput, "{err:?}");
+    assert!(err.reason.contains("no_such_layer"), "{err:?}");
+    assert!(
+        err.suggestion.unwrap().contains("fc1"),
+        "the suggestion lists the layers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversion_past_its_time_limit_is_a_timeout() {
+    let dir = TestDir::new("convert-timeout").unwrap();
+    let emulation = EmulationSpec::default();
+    let model = keras_pair("KERAS_3layer");
+    let job = Job {
+        model: &model,
+        settings: &Settings::default(),
+        emulate: true,
+        emulation: &emulation,
+        inputs: None,
+        work_dir: dir.path(),
+        project_name: "myproject",
+    };
+    let start = std::time::Instant::now();
+    let err = convert(
+        &env(Duration::from_secs(2)),
+        &job,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.class, FailureClass::Timeout, "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+}

@@ -1,0 +1,320 @@
+//! The convert and emulate stages: hls4ml, through the Python driver shipped in this crate
+//! (`worker/python/hlsfarm_driver.py`), one JSON request in and one JSON result out.
+//!
+//! The driver is compiled into the binary and written next to the request, so an installed
+//! `hlsfarm` needs only a Python venv with hls4ml. Its stdout and stderr go to
+//! `hls4ml.log`; nothing is scraped from them here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hlsfarm_common::failure::{Failure, FailureClass};
+use hlsfarm_common::settings::Settings;
+use hlsfarm_common::trial_key::EmulationSpec;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{Ending, run_tree};
+
+/// The driver's source, shipped inside the binary.
+pub const DRIVER_SOURCE: &str = include_str!("../python/hlsfarm_driver.py");
+
+/// The driver's log file inside the work folder.
+pub const LOG_FILE: &str = "hls4ml.log";
+
+/// A model as the driver loads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelFiles {
+    /// The model file.
+    pub path: PathBuf,
+    /// `auto`, `keras_h5`, `keras_json`, `pytorch` or `onnx`.
+    pub format: String,
+    /// The weights of a Keras JSON model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// The Python file defining a PyTorch model's class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_file: Option<PathBuf>,
+    /// The PyTorch model class's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// A PyTorch model's input shape, without the batch dimension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_shape: Option<Vec<u64>>,
+}
+
+impl ModelFiles {
+    /// A model file whose format is told by its name, with no companions.
+    pub fn auto(path: impl Into<PathBuf>) -> ModelFiles {
+        ModelFiles {
+            path: path.into(),
+            format: "auto".into(),
+            weights: None,
+            class_file: None,
+            class_name: None,
+            input_shape: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Emulation<'a> {
+    samples: u32,
+    seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a Path>,
+}
+
+#[derive(Debug, Serialize)]
+struct Request<'a> {
+    model: &'a ModelFiles,
+    settings: &'a Settings,
+    output_dir: &'a Path,
+    project_name: &'a str,
+    emulate: bool,
+    emulation: Emulation<'a>,
+}
+
+/// How the emulated design compares with the float model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Samples compared.
+    pub samples: u32,
+    /// Mean absolute difference over all outputs.
+    pub mean_abs_diff: f64,
+    /// Largest absolute difference.
+    pub max_abs_diff: f64,
+    /// Share of samples whose argmax agrees.
+    pub argmax_agreement: f64,
+    /// Every emulated output equal while the float outputs differ (a collapsed softmax).
+    pub collapsed: bool,
+}
+
+/// One layer as hls4ml converted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Its name.
+    pub name: String,
+    /// hls4ml's layer class.
+    pub class: String,
+    /// The reuse factor it really got (hls4ml may change the requested one).
+    pub reuse_factor: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DriverFailure {
+    class: String,
+    reason: String,
+    suggestion: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawResult {
+    ok: bool,
+    #[serde(default)]
+    hls4ml_version: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    timings: BTreeMap<String, f64>,
+    #[serde(default)]
+    warnings: Vec<String>,
+    #[serde(default)]
+    layers: Vec<LayerInfo>,
+    #[serde(default)]
+    effective_reuse_factor: BTreeMap<String, u32>,
+    #[serde(default)]
+    fidelity: Option<Fidelity>,
+    #[serde(default)]
+    failure: Option<DriverFailure>,
+}
+
+/// What convert (and emulate) produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Converted {
+    /// The hls4ml version that ran.
+    pub hls4ml_version: String,
+    /// The model format detected.
+    pub format: String,
+    /// Seconds per step (`load`, `convert`, `write`, `compile`, `predict`).
+    pub timings: BTreeMap<String, f64>,
+    /// hls4ml's warnings, e.g. an adjusted ReuseFactor.
+    pub warnings: Vec<String>,
+    /// The layers.
+    pub layers: Vec<LayerInfo>,
+    /// The reuse factor each layer got.
+    pub effective_reuse_factor: BTreeMap<String, u32>,
+    /// Emulation figures, when emulate ran.
+    pub fidelity: Option<Fidelity>,
+    /// Peak memory of the driver's process tree (Python and g++), MiB.
+    pub peak_memory_mib: u64,
+    /// Wall time of the whole driver run, seconds.
+    pub seconds: f64,
+}
+
+/// What the driver needs from the host.
+#[derive(Debug, Clone)]
+pub struct DriverEnv {
+    /// The venv's Python.
+    pub python: PathBuf,
+    /// Time limit for one run.
+    pub timeout: Duration,
+}
+
+/// One convert (and emulate) job.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    /// The model.
+    pub model: &'a ModelFiles,
+    /// The settings.
+    pub settings: &'a Settings,
+    /// Run emulation after conversion.
+    pub emulate: bool,
+    /// Emulation samples.
+    pub emulation: &'a EmulationSpec,
+    /// Sample inputs (`.npy`) to use instead of generated ones.
+    pub inputs: Option<&'a Path>,
+    /// The work folder: the project goes to `work_dir/project_name`, with the request,
+    /// result and log beside it.
+    pub work_dir: &'a Path,
+    /// hls4ml's project name (the top function).
+    pub project_name: &'a str,
+}
+
+/// The hls4ml project folder of a job.
+pub fn project_dir(work_dir: &Path, project_name: &str) -> PathBuf {
+    work_dir.join(project_name)
+}
+
+fn failure(class: FailureClass, reason: impl Into<String>, suggestion: Option<&str>) -> Failure {
+    Failure {
+        class,
+        reason: reason.into(),
+        suggestion: suggestion.map(str::to_owned),
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs the driver for `job`; a failure is classified (bad input, tool error, timeout, oom,
+/// infrastructure) and names the fix where one is known.
+pub async fn convert(
+    env: &DriverEnv,
+    job: &Job<'_>,
+    cancel: &CancellationToken,
+) -> Result<Converted, Failure> {
+    let infra = |what: &str, e: std::io::Error| {
+        failure(
+            FailureClass::Infrastructure,
+            format!("{what}: {e}"),
+            Some("check the scratch folder's disk space and permissions"),
+        )
+    };
+    std::fs::create_dir_all(job.work_dir).map_err(|e| infra("cannot create the work folder", e))?;
+    let driver = job.work_dir.join("hlsfarm_driver.py");
+    std::fs::write(&driver, DRIVER_SOURCE).map_err(|e| infra("cannot write the driver", e))?;
+    let request_path = job.work_dir.join("convert_request.json");
+    let result_path = job.work_dir.join("convert_result.json");
+    let _ = std::fs::remove_file(&result_path);
+    let request = Request {
+        model: job.model,
+        settings: job.settings,
+        output_dir: &project_dir(job.work_dir, job.project_name),
+        project_name: job.project_name,
+        emulate: job.emulate,
+        emulation: Emulation {
+            samples: job.emulation.samples,
+            seed: job.emulation.seed,
+            inputs: job.inputs,
+        },
+    };
+    let bytes = serde_json::to_vec_pretty(&request)
+        .map_err(|e| failure(FailureClass::Infrastructure, e.to_string(), None))?;
+    std::fs::write(&request_path, bytes).map_err(|e| infra("cannot write the request", e))?;
+
+    let mut command = tokio::process::Command::new(&env.python);
+    command
+        .arg(&driver)
+        .arg(&request_path)
+        .arg(&result_path)
+        .current_dir(job.work_dir)
+        .env("TF_USE_LEGACY_KERAS", "1")
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("PYTHONUNBUFFERED", "1");
+    let log = job.work_dir.join(LOG_FILE);
+    let outcome = run_tree(command, &log, env.timeout, cancel)
+        .await
+        .map_err(|e| {
+            failure(
+                FailureClass::Infrastructure,
+                e.to_string(),
+                Some("check that the hls4ml venv's python exists (worker.python / HLSFARM_PYTHON)"),
+            )
+        })?;
+    let status = match outcome.ending {
+        Ending::Exited(status) => status,
+        Ending::TimedOut => {
+            return Err(failure(
+                FailureClass::Timeout,
+                format!("hls4ml ran past its limit of {} s", env.timeout.as_secs()),
+                Some("raise the convert/emulate timeout, or emulate fewer samples"),
+            ));
+        }
+        Ending::Cancelled => {
+            return Err(failure(FailureClass::Infrastructure, "cancelled", None));
+        }
+    };
+    let raw: Option<RawResult> = std::fs::read(&result_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let Some(raw) = raw else {
+        use std::os::unix::process::ExitStatusExt;
+        let tail = log_tail(&log, 5);
+        return Err(if status.signal() == Some(9) {
+            failure(
+                FailureClass::Oom,
+                "hls4ml was killed (SIGKILL), most likely by the OOM killer",
+                Some("give the trial more memory: fewer slots on this host"),
+            )
+        } else {
+            failure(
+                FailureClass::ToolError,
+                format!(
+                    "the hls4ml driver exited with {status} without a result; log ends:\n{tail}"
+                ),
+                None,
+            )
+        });
+    };
+    if !raw.ok {
+        let f = raw.failure.unwrap_or(DriverFailure {
+            class: "tool_error".into(),
+            reason: "the driver reported a failure without a reason".into(),
+            suggestion: None,
+        });
+        return Err(Failure {
+            class: f.class.parse().unwrap_or(FailureClass::ToolError),
+            reason: f.reason,
+            suggestion: f.suggestion,
+        });
+    }
+    Ok(Converted {
+        hls4ml_version: raw.hls4ml_version.unwrap_or_default(),
+        format: raw.format.unwrap_or_default(),
+        timings: raw.timings,
+        warnings: raw.warnings,
+        layers: raw.layers,
+        effective_reuse_factor: raw.effective_reuse_factor,
+        fidelity: raw.fidelity,
+        peak_memory_mib: outcome.peak_memory_mib,
+        seconds: outcome.elapsed.as_secs_f64(),
+    })
+}

@@ -1,0 +1,259 @@
+//! Running a tool as a process tree the worker can stop: its own process group, a time limit,
+//! cancellation, and the tree's peak memory.
+//!
+//! On timeout or cancel the whole group gets SIGTERM, then SIGKILL after a grace period, so
+//! the compilers and simulators a tool spawned die with it (DESIGN §3).
+
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// How a process tree ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// It ran past its time limit and was killed.
+    TimedOut,
+    /// It was cancelled and killed.
+    Cancelled,
+}
+
+/// What running a process tree gave.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Peak resident memory of the whole group, sampled, in MiB.
+    pub peak_memory_mib: u64,
+}
+
+/// Why a process could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// It did not start.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Its log file could not be created.
+    #[error("cannot create log file {path}: {source}")]
+    Log {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How long a tree gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the tree's memory is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `command` in a new process group with stdout and stderr appended to `log`, until it
+/// exits, `timeout` passes, or `cancel` fires; in the last two cases the whole group is
+/// killed (SIGTERM, [`KILL_GRACE`], SIGKILL).
+pub async fn run_tree(
+    mut command: Command,
+    log: &Path,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Outcome, Error> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| Error::Log {
+                path: log.to_owned(),
+                source,
+            })
+    };
+    let program = format!("{:?}", command.as_std().get_program());
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(open()?)
+        .stderr(open()?)
+        .process_group(0)
+        .kill_on_drop(true);
+    let start = Instant::now();
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    // The group id is the child's pid (process_group(0)); a child that already exited has none.
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let mut peak_kib = 0u64;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ending = loop {
+        if let Some(pgid) = pgid {
+            peak_kib = peak_kib.max(group_rss_kib(pgid));
+        }
+        tokio::select! {
+            status = child.wait() => {
+                match status {
+                    Ok(status) => break Ending::Exited(status),
+                    Err(source) => return Err(Error::Spawn { program, source }),
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                kill_group(&mut child, pgid).await;
+                break Ending::TimedOut;
+            }
+            () = cancel.cancelled() => {
+                kill_group(&mut child, pgid).await;
+                break Ending::Cancelled;
+            }
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    };
+    // Whatever the leader's fate, nothing of the group may outlive the stage.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    Ok(Outcome {
+        ending,
+        elapsed: start.elapsed(),
+        peak_memory_mib: peak_kib / 1024,
+    })
+}
+
+/// SIGTERM to the group, then SIGKILL after the grace period if the leader still runs.
+async fn kill_group(child: &mut tokio::process::Child, pgid: Option<Pid>) {
+    let Some(pgid) = pgid else {
+        let _ = child.kill().await;
+        return;
+    };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+/// The summed resident memory of every process in the group, in KiB (0 when unreadable).
+fn group_rss_kib(pgid: Pid) -> u64 {
+    let Ok(processes) = procfs::process::all_processes() else {
+        return 0;
+    };
+    let page_kib = procfs::page_size() / 1024;
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|p| p.stat().ok())
+        .filter(|stat| stat.pgrp == pgid.as_raw())
+        .map(|stat| stat.rss * page_kib)
+        .sum()
+}
+
+/// True when any process of the group `pgid` is still alive (used by tests and drains).
+pub fn group_alive(pgid: i32) -> bool {
+    procfs::process::all_processes().is_ok_and(|all| {
+        all.filter_map(Result::ok)
+            .filter_map(|p| p.stat().ok())
+            .any(|stat| stat.pgrp == pgid && stat.state != 'Z')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[tokio::test]
+    async fn exit_status_and_log_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let outcome = run_tree(
+            sh("echo hello; exit 3"),
+            &log,
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        match outcome.ending {
+            Ending::Exited(status) => assert_eq!(status.code(), Some(3)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello\n");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // A shell that starts a grandchild and ignores SIGTERM: only SIGKILL of the group ends it.
+        let mut command = sh("trap '' TERM; sleep 1000 & echo $! > child.pid; wait");
+        command.current_dir(dir.path());
+        let outcome = run_tree(
+            command,
+            &log,
+            Duration::from_millis(500),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.ending, Ending::TimedOut);
+        assert!(outcome.elapsed >= Duration::from_millis(500));
+        let grandchild: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild was in the group: it is gone (or a zombie awaiting its reaper).
+        let gone = (0..100).any(|_| {
+            let alive = procfs::process::Process::new(grandchild)
+                .and_then(|p| p.stat())
+                .is_ok_and(|s| s.state != 'Z');
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "grandchild {grandchild} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_tree_and_memory_is_sampled() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            trigger.cancel();
+        });
+        let mut command = sh("exec sleep 1000");
+        command.current_dir(dir.path());
+        let outcome = run_tree(command, &log, Duration::from_secs(60), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(outcome.ending, Ending::Cancelled);
+        assert!(outcome.elapsed < Duration::from_secs(30));
+    }
+}
