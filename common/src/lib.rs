@@ -17,6 +17,7 @@ pub mod config;
 pub mod failure;
 pub mod job;
 pub mod report;
+pub mod results;
 pub mod settings;
 pub mod stage;
 pub mod store_url;

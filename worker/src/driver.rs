@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hlsfarm_common::failure::{Failure, FailureClass};
+pub use hlsfarm_common::results::Fidelity;
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::trial_key::EmulationSpec;
 use serde::{Deserialize, Serialize};
@@ -74,21 +75,6 @@ struct Request<'a> {
     project_name: &'a str,
     emulate: bool,
     emulation: Emulation<'a>,
-}
-
-/// How the emulated design compares with the float model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fidelity {
-    /// Samples compared.
-    pub samples: u32,
-    /// Mean absolute difference over all outputs.
-    pub mean_abs_diff: f64,
-    /// Largest absolute difference.
-    pub max_abs_diff: f64,
-    /// Share of samples whose argmax agrees.
-    pub argmax_agreement: f64,
-    /// Every emulated output equal while the float outputs differ (a collapsed softmax).
-    pub collapsed: bool,
 }
 
 /// One layer as hls4ml converted it.

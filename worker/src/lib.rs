@@ -2,6 +2,7 @@
 //!
 //! - [`driver`]: the convert and emulate stages, through the Python driver.
 //! - [`process`]: runs a tool as a process group with a time limit, cancel and peak memory.
+//! - [`trial`]: one trial from start to end: stages, reports, kept files, `result.json`.
 //! - [`tools`]: finds `vitis-run`, `vitis_hls`, `vivado_hls` and `vivado` and reads their
 //!   versions from their banners.
 
@@ -10,3 +11,4 @@
 pub mod driver;
 pub mod process;
 pub mod tools;
+pub mod trial;

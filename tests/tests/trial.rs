@@ -1,0 +1,273 @@
+//! A whole trial through the worker's runner: hls4ml for real, every tool stage through the
+//! stand-in, reports parsed, the essential files kept, a tarball, and `result.json`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::results::{ModelRef, TrialResult, TrialStatus};
+use hlsfarm_common::settings::{Backend, Settings, Strategy};
+use hlsfarm_common::stage::Stage;
+use hlsfarm_common::trial_key::EmulationSpec;
+use hlsfarm_tests::{TestDir, hls4ml_python, path_with_standin, shared_dir};
+use hlsfarm_worker::driver::{DriverEnv, ModelFiles};
+use hlsfarm_worker::tools::detect_tools;
+use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial};
+use tokio_util::sync::CancellationToken;
+
+async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
+    let (tools, failed) = detect_tools(&path_with_standin(), Duration::from_secs(20)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    TrialEnv {
+        driver: DriverEnv {
+            python: hls4ml_python().unwrap(),
+            timeout: Duration::from_secs(600),
+        },
+        tools,
+        tool_timeout,
+        make_tarball: true,
+        tool_env: knobs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn spec(dir: &TestDir, stages: &[Stage], backend: Backend) -> TrialSpec {
+    let models = shared_dir().unwrap().join("models/keras");
+    TrialSpec {
+        trial_key: "0".repeat(64),
+        model: ModelRef {
+            name: "qkeras_3layer.json".into(),
+            sha256: "0".repeat(64),
+        },
+        files: ModelFiles {
+            weights: Some(models.join("qkeras_3layer_weights.h5")),
+            ..ModelFiles::auto(models.join("qkeras_3layer.json"))
+        },
+        settings: Settings {
+            strategy: Strategy::Resource,
+            reuse_factor: 4,
+            backend,
+            ..Settings::default()
+        },
+        stages: stages.to_vec(),
+        emulation: EmulationSpec {
+            samples: 20,
+            seed: 0,
+        },
+        inputs: None,
+        scratch: dir.join("scratch"),
+        output_dir: dir.join("out/hls_qkeras_3layer"),
+        tarball: dir.join("out/hls_qkeras_3layer.tar.gz"),
+    }
+}
+
+fn tar_names(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_flow_keeps_the_essential_files_and_records_everything() {
+    let dir = TestDir::new("trial-full").unwrap();
+    let spec = spec(&dir, Stage::FULL_FLOW, Backend::Vitis);
+    let result = run_trial(
+        &env(&[], Duration::from_secs(120)).await,
+        &spec,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+    let stages: Vec<Stage> = result.timings.iter().map(|t| t.stage).collect();
+    assert_eq!(stages, Stage::FULL_FLOW);
+    assert!(result.fidelity.is_some());
+    let csynth = result.reports.csynth.as_ref().unwrap();
+    assert!(csynth.used.lut.unwrap() > 0.0);
+    assert!(
+        result
+            .reports
+            .vivado_synth
+            .as_ref()
+            .unwrap()
+            .used
+            .lut
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        result.reports.cosim.as_ref().unwrap().status,
+        hlsfarm_common::report::CosimStatus::Pass
+    );
+    assert!(result.latency_ns().unwrap() > 0.0);
+    let tool = result.toolchain.tool.as_ref().unwrap();
+    assert_eq!(
+        (tool.name.as_str(), tool.version.as_str()),
+        ("vitis-run", "2024.2")
+    );
+    assert_eq!(result.toolchain.hls4ml_version, "1.3.0");
+    // The seed's six files, the reports and the config are kept; the project is not.
+    for file in [
+        "project.tcl",
+        "vitis_hls.log",
+        "vivado_synth.rpt",
+        "vivado_synth.tcl",
+        "vivado.jou",
+        "vivado.log",
+        "myproject_csynth.rpt",
+        "myproject_csynth.xml",
+        "myproject_cosim.rpt",
+        "hls4ml_config.yml",
+        "hls4ml.log",
+    ] {
+        assert!(
+            result.kept_files.contains(&file.to_owned()),
+            "{file} not kept: {:?}",
+            result.kept_files
+        );
+        assert!(spec.output_dir.join(file).is_file());
+    }
+    // The kept HLS log covers every tool stage, not only the last run.
+    let log = std::fs::read_to_string(spec.output_dir.join("vitis_hls.log")).unwrap();
+    assert!(
+        log.contains("C/RTL SYNTHESIS")
+            && log.contains("EXPORT IP")
+            && log.contains("VIVADO SYNTHESIS"),
+        "{log}"
+    );
+    assert!(
+        result.kept_bytes < 2 * 1024 * 1024,
+        "kept {} bytes",
+        result.kept_bytes
+    );
+    let names = tar_names(&spec.tarball);
+    assert!(
+        names.contains(&"hls_qkeras_3layer/vivado_synth.rpt".to_owned()),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), result.kept_files.len());
+    // result.json on disk is the result returned.
+    let on_disk: TrialResult =
+        serde_json::from_slice(&std::fs::read(spec.output_dir.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk, result);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vivado_backend_runs_vivado_hls_with_argument_steps() {
+    let dir = TestDir::new("trial-vivado").unwrap();
+    let spec = spec(&dir, &[Stage::Convert, Stage::Csynth], Backend::Vivado);
+    let result = run_trial(
+        &env(&[], Duration::from_secs(120)).await,
+        &spec,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+    assert_eq!(result.toolchain.tool.as_ref().unwrap().name, "vivado_hls");
+    assert_eq!(
+        result.reports.csynth.as_ref().unwrap().tool.as_deref(),
+        Some("vivado_hls")
+    );
+    assert!(result.kept_files.contains(&"vivado_hls.log".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_licence_failure_is_classified_with_the_log_tail() {
+    let dir = TestDir::new("trial-licence").unwrap();
+    let spec = spec(
+        &dir,
+        &[Stage::Convert, Stage::Csynth, Stage::Vsynth],
+        Backend::Vitis,
+    );
+    let env = env(
+        &[("STANDIN_FAIL", "licence"), ("STANDIN_AT", "vsynth")],
+        Duration::from_secs(120),
+    )
+    .await;
+    let result = run_trial(&env, &spec, &CancellationToken::new()).await;
+    assert_eq!(result.status, TrialStatus::Failed);
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.class, FailureClass::Licence, "{failure:?}");
+    assert_eq!(failure.stage, Some(Stage::Vsynth));
+    assert!(
+        failure
+            .suggestion
+            .as_ref()
+            .unwrap()
+            .contains("XILINXD_LICENSE_FILE")
+    );
+    // What ran before the failure is kept and reported.
+    assert!(result.reports.csynth.is_some());
+    assert!(spec.output_dir.join("result.json").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_tool_is_killed_with_its_whole_tree() {
+    let dir = TestDir::new("trial-hang").unwrap();
+    let record = dir.join("calls.jsonl");
+    let spec = spec(&dir, &[Stage::Convert, Stage::Csynth], Backend::Vitis);
+    let env = env(
+        &[
+            ("STANDIN_HANG", "1"),
+            ("STANDIN_RECORD", record.to_str().unwrap()),
+        ],
+        Duration::from_secs(3),
+    )
+    .await;
+    let result = run_trial(&env, &spec, &CancellationToken::new()).await;
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.class, FailureClass::Timeout, "{failure:?}");
+    assert_eq!(failure.stage, Some(Stage::Csynth));
+    let calls = std::fs::read_to_string(&record).unwrap();
+    let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    assert_eq!(call["env"]["XILINX_LOCAL_USER_DATA"], "no");
+    let pid = call["pid"].as_i64().unwrap() as i32;
+    assert!(
+        !hlsfarm_worker::process::group_alive(pid),
+        "the tool's process group outlived the timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_mid_run_stops_the_tool() {
+    let dir = TestDir::new("trial-cancel").unwrap();
+    let record = dir.join("calls.jsonl");
+    let spec = spec(&dir, &[Stage::Convert, Stage::Csynth], Backend::Vitis);
+    let env = env(
+        &[
+            ("STANDIN_HANG", "1"),
+            ("STANDIN_RECORD", record.to_str().unwrap()),
+        ],
+        Duration::from_secs(600),
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let watched: PathBuf = record.clone();
+    tokio::spawn(async move {
+        // Cancel once the tool is running.
+        while !watched.is_file() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        trigger.cancel();
+    });
+    let start = std::time::Instant::now();
+    let result = run_trial(&env, &spec, &cancel).await;
+    assert_eq!(result.status, TrialStatus::Cancelled);
+    assert!(start.elapsed() < Duration::from_secs(120));
+    let calls = std::fs::read_to_string(&record).unwrap();
+    let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    assert!(!hlsfarm_worker::process::group_alive(
+        call["pid"].as_i64().unwrap() as i32
+    ));
+}
