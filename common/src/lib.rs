@@ -5,6 +5,9 @@
 //! - [`sweep`]: what a user submits, parsed from TOML or JSON, and its expansion into trials.
 //! - [`trial_key`]: the sha256 that names a trial's work (DESIGN §1).
 //! - [`job`]: the trial state machine, the only code that changes a trial's state.
+//! - [`queue`]: the trial queue trait, the embedded backend, and the conformance suite.
+//! - [`results`]: `result.json`, what one trial produced.
+//! - [`report`]: parsers for the AMD tools' reports and logs.
 //! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
 //! - [`validation`]: the error type that names a bad field and what is allowed.
 
@@ -16,6 +19,7 @@ mod string_enum;
 pub mod config;
 pub mod failure;
 pub mod job;
+pub mod queue;
 pub mod report;
 pub mod results;
 pub mod settings;
