@@ -5,6 +5,7 @@
 //! - [`sweep`]: what a user submits, parsed from TOML or JSON, and its expansion into trials.
 //! - [`trial_key`]: the sha256 that names a trial's work (DESIGN §1).
 //! - [`job`]: the trial state machine, the only code that changes a trial's state.
+//! - [`aggregate`]: a sweep's `synthesis_results.json` and `results.csv`.
 //! - [`queue`]: the trial queue trait, the embedded backend, and the conformance suite.
 //! - [`results`]: `result.json`, what one trial produced.
 //! - [`report`]: parsers for the AMD tools' reports and logs.
@@ -16,6 +17,7 @@
 #[macro_use]
 mod string_enum;
 
+pub mod aggregate;
 pub mod config;
 pub mod failure;
 pub mod job;

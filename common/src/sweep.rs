@@ -375,8 +375,9 @@ pub struct SweepSpec {
     /// The settings grid.
     #[serde(default)]
     pub grid: SettingsGrid,
-    /// The stages, run in pipeline order (default: `convert`, `emulate`).
-    #[serde(default = "default_stages")]
+    /// The stages, run in pipeline order. Empty (the default): every stage where the tools
+    /// are found, else `convert` and `emulate`.
+    #[serde(default)]
     pub stages: Vec<Stage>,
     /// Share of workers against other sweeps (≥ 1).
     #[serde(default = "default_priority")]
@@ -387,10 +388,6 @@ pub struct SweepSpec {
     /// How emulation samples are generated.
     #[serde(default)]
     pub emulation: EmulationSpec,
-}
-
-fn default_stages() -> Vec<Stage> {
-    Stage::WITHOUT_TOOLS.to_vec()
 }
 
 fn default_priority() -> u32 {
@@ -469,16 +466,6 @@ impl SweepSpec {
             errors.push(
                 "name",
                 "must be at most 200 characters without `/`, `\\` or NUL",
-            );
-        }
-        if self.stages.is_empty() {
-            let allowed: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
-            errors.push(
-                "stages",
-                format!(
-                    "must name at least one stage; allowed: {}",
-                    allowed.join(", ")
-                ),
             );
         }
         if self.priority == 0 || self.priority > 1000 {
@@ -571,7 +558,7 @@ precision = { weight = "ap_fixed<4,0>" }
     #[test]
     fn bad_values_are_all_named() {
         let spec = SweepSpec::from_toml(
-            "stages = []\n[models]\ndir = \".\"\n[grid]\nreuse_factor = [4, 0]\npart = \"xc9q\"\nclock_period_ns = -5\n",
+            "priority = 0\n[models]\ndir = \".\"\n[grid]\nreuse_factor = [4, 0]\npart = \"xc9q\"\nclock_period_ns = -5\n",
         )
         .unwrap();
         let err = spec.validate().unwrap_err();
@@ -579,7 +566,7 @@ precision = { weight = "ap_fixed<4,0>" }
         assert_eq!(
             fields,
             [
-                "stages",
+                "priority",
                 "grid.reuse_factor[1]",
                 "grid.part[0]",
                 "grid.clock_period_ns[0]"

@@ -32,6 +32,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a sweep on this host (the successor of parallel_hls_synthesis.py): convert,
+    /// emulate and, where Vitis HLS / Vivado are installed, synthesize every model in a folder
+    /// for every settings point; write OUTPUT_DIR/hls_<model>/ with the kept files, a tarball
+    /// and result.json per trial, and synthesis_results.json and results.csv. Running it again
+    /// reuses finished trials. Exit code: 0 all succeeded, 1 some failed, 130 interrupted.
+    Run(Box<crate::onehost::RunArgs>),
     /// Print the figures of an hls4ml project folder, or of one report or log file:
     /// C synthesis (`<top>_csynth.xml`/`.rpt`), Vivado synthesis (`vivado_synth.rpt`),
     /// co-simulation (`<top>_cosim.rpt`), and the tool logs with a failure class and fix.
@@ -66,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::telemetry::init_tracing(&config.log);
     match cli.command {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
+        Some(Command::Run(args)) => crate::onehost::run(*args).await,
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -1,0 +1,226 @@
+//! A sweep's outputs: `synthesis_results.json` in the original script's schema (total,
+//! successful, failed, results[] with h5_file, status, output_dir, kept_files, tarball,
+//! start_time, end_time, error), extended with the figures, and `results.csv`, one row per
+//! trial, ready for pandas.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::results::{TrialResult, TrialStatus};
+
+/// One trial in `synthesis_results.json`: the seed's keys first, then the figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedEntry {
+    /// The model file (absolute path), as the original wrote it.
+    pub h5_file: String,
+    /// `success`, `failed` or `cancelled`.
+    pub status: String,
+    /// The trial's output folder (absolute path).
+    pub output_dir: String,
+    /// The kept files (absolute paths).
+    pub kept_files: Vec<String>,
+    /// The tarball (absolute path), when made.
+    pub tarball: Option<String>,
+    /// When the trial started.
+    pub start_time: String,
+    /// When it ended.
+    pub end_time: String,
+    /// Why it failed (`class: reason`), else null.
+    pub error: Option<String>,
+    /// The trial key.
+    pub trial_key: String,
+    /// True when the result came from an earlier run with the same key.
+    pub reused: bool,
+    /// The whole result: settings, timings, reports, fidelity, failure.
+    pub result: TrialResult,
+}
+
+/// `synthesis_results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedSummary {
+    /// Trials.
+    pub total: usize,
+    /// Trials that succeeded.
+    pub successful: usize,
+    /// Trials that did not.
+    pub failed: usize,
+    /// One entry per trial.
+    pub results: Vec<SeedEntry>,
+}
+
+impl SeedEntry {
+    /// The entry of a trial whose files are in `output_dir`.
+    pub fn new(h5_file: &Path, output_dir: &Path, result: TrialResult, reused: bool) -> SeedEntry {
+        let abs = |name: &str| output_dir.join(name).display().to_string();
+        let tarball = result.tarball.as_ref().and_then(|name| {
+            output_dir
+                .parent()
+                .map(|parent| parent.join(name).display().to_string())
+        });
+        SeedEntry {
+            h5_file: h5_file.display().to_string(),
+            status: match result.status {
+                TrialStatus::Success => "success",
+                TrialStatus::Failed => "failed",
+                TrialStatus::Cancelled => "cancelled",
+            }
+            .to_owned(),
+            output_dir: output_dir.display().to_string(),
+            kept_files: result.kept_files.iter().map(|f| abs(f)).collect(),
+            tarball,
+            start_time: result.start_time.clone(),
+            end_time: result.end_time.clone(),
+            error: result
+                .failure
+                .as_ref()
+                .map(|f| format!("{}: {}", f.class, f.reason)),
+            trial_key: result.trial_key.clone(),
+            reused,
+            result,
+        }
+    }
+}
+
+impl SeedSummary {
+    /// The summary of these entries.
+    pub fn new(results: Vec<SeedEntry>) -> SeedSummary {
+        let successful = results.iter().filter(|r| r.status == "success").count();
+        SeedSummary {
+            total: results.len(),
+            successful,
+            failed: results.len() - successful,
+            results,
+        }
+    }
+
+    /// Writes `synthesis_results.json` and `results.csv` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomically(&dir.join("synthesis_results.json"), &json)?;
+        write_atomically(&dir.join("results.csv"), &self.csv()?)
+    }
+
+    /// `results.csv`: one row per trial, flat columns.
+    pub fn csv(&self) -> std::io::Result<Vec<u8>> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer
+            .write_record(CSV_COLUMNS)
+            .map_err(std::io::Error::other)?;
+        for entry in &self.results {
+            writer
+                .write_record(csv_row(entry))
+                .map_err(std::io::Error::other)?;
+        }
+        writer
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The columns of `results.csv`.
+pub const CSV_COLUMNS: &[&str] = &[
+    "model",
+    "trial_key",
+    "status",
+    "reused",
+    "io_type",
+    "strategy",
+    "reuse_factor",
+    "precision",
+    "part",
+    "clock_period_ns",
+    "backend",
+    "max_array_partition_size",
+    "hls_lut",
+    "hls_ff",
+    "hls_dsp",
+    "hls_bram_18k",
+    "hls_uram",
+    "latency_best_cycles",
+    "latency_worst_cycles",
+    "interval_min_cycles",
+    "interval_max_cycles",
+    "estimated_clock_ns",
+    "latency_ns",
+    "vivado_lut",
+    "vivado_ff",
+    "vivado_dsp",
+    "vivado_bram_tiles",
+    "vivado_uram",
+    "cosim_status",
+    "mean_abs_diff",
+    "max_abs_diff",
+    "argmax_agreement",
+    "seconds",
+    "failure_class",
+    "failure_reason",
+    "output_dir",
+];
+
+fn csv_row(entry: &SeedEntry) -> Vec<String> {
+    let r = &entry.result;
+    let s = &r.settings;
+    let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let int = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let csynth = r.reports.csynth.as_ref();
+    let vivado = r.reports.vivado_synth.as_ref();
+    let fidelity = r.fidelity.as_ref();
+    let seconds: f64 = r.timings.iter().map(|t| t.seconds).sum();
+    vec![
+        r.model.name.clone(),
+        r.trial_key.clone(),
+        entry.status.clone(),
+        entry.reused.to_string(),
+        s.io_type.to_string(),
+        s.strategy.to_string(),
+        s.reuse_factor.to_string(),
+        s.precision.clone(),
+        s.part.clone(),
+        s.clock_period_ns.to_string(),
+        s.backend.to_string(),
+        s.max_array_partition_size
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        num(csynth.and_then(|c| c.used.lut)),
+        num(csynth.and_then(|c| c.used.ff)),
+        num(csynth.and_then(|c| c.used.dsp)),
+        num(csynth.and_then(|c| c.used.bram_18k)),
+        num(csynth.and_then(|c| c.used.uram)),
+        int(csynth.and_then(|c| c.latency_best_cycles)),
+        int(csynth.and_then(|c| c.latency_worst_cycles)),
+        int(csynth.and_then(|c| c.interval_min_cycles)),
+        int(csynth.and_then(|c| c.interval_max_cycles)),
+        num(csynth.and_then(|c| c.estimated_clock_ns)),
+        num(r.latency_ns()),
+        num(vivado.and_then(|v| v.used.lut)),
+        num(vivado.and_then(|v| v.used.ff)),
+        num(vivado.and_then(|v| v.used.dsp)),
+        num(vivado.and_then(|v| v.used.bram_tiles)),
+        num(vivado.and_then(|v| v.used.uram)),
+        r.reports
+            .cosim
+            .as_ref()
+            .map(|c| format!("{:?}", c.status).to_lowercase())
+            .unwrap_or_default(),
+        num(fidelity.map(|f| f.mean_abs_diff)),
+        num(fidelity.map(|f| f.max_abs_diff)),
+        num(fidelity.map(|f| f.argmax_agreement)),
+        format!("{seconds:.3}"),
+        r.failure
+            .as_ref()
+            .map(|f| f.class.to_string())
+            .unwrap_or_default(),
+        r.failure
+            .as_ref()
+            .map(|f| f.reason.clone())
+            .unwrap_or_default(),
+        entry.output_dir.clone(),
+    ]
+}

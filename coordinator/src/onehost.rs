@@ -1,0 +1,682 @@
+//! `hlsfarm run`: the one-host run, successor of `parallel_hls_synthesis.py`.
+//!
+//! The same pieces as the cluster: the sweep is expanded into trials with their keys, the
+//! trials go through the embedded queue (longest first), and N in-process slots lease them and
+//! run each with the worker's trial runner. Output keeps the original layout:
+//! `OUTPUT_DIR/hls_<model stem>[_<settings>]/` with the kept files and `result.json`,
+//! `hls_<...>.tar.gz` beside it, and `synthesis_results.json` plus `results.csv` at the top.
+//! A trial whose folder already holds a successful `result.json` with the same trial key is
+//! reused, so running again after an interruption resumes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hlsfarm_common::aggregate::{SeedEntry, SeedSummary};
+use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::job::TrialState;
+use hlsfarm_common::queue::embedded::EmbeddedQueue;
+use hlsfarm_common::queue::{NewTrial, Outcome, Queue, QueueConfig, SweepMeta};
+use hlsfarm_common::results::{ModelRef, TrialResult, TrialStatus};
+use hlsfarm_common::settings::{Backend, IoType, Settings, Strategy};
+use hlsfarm_common::stage::Stage;
+use hlsfarm_common::sweep::{ModelSelection, OneOrMany, SettingsGrid, SweepSpec};
+use hlsfarm_common::trial_key::{
+    EmulationSpec, ModelDigest, ToolVersion, Toolchain, TrialKeyInput, sha256_hex,
+};
+use hlsfarm_worker::driver::{DriverEnv, ModelFiles};
+use hlsfarm_worker::tools::detect_tools;
+use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial, tool_command};
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
+/// ...) are accepted too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Folder with the model files (required unless --sweep names one).
+    #[arg(long = "input-dir", alias = "input_dir", value_name = "DIR")]
+    pub input_dir: Option<PathBuf>,
+    /// Where results go [default: INPUT_DIR/hls_outputs].
+    #[arg(long = "output-dir", alias = "output_dir", value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Trials run at once.
+    #[arg(long = "num-workers", alias = "num_workers", default_value_t = 4)]
+    pub num_workers: usize,
+    /// Glob over file names in the input folder [default: model_trial_*.h5].
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// FPGA part(s), comma-separated [default: xc7z020clg400-1].
+    #[arg(long = "fpga-part", aliases = ["fpga_part", "part"], value_delimiter = ',')]
+    pub fpga_part: Vec<String>,
+    /// Do not write a tarball per trial.
+    #[arg(long = "no-tarball", alias = "no_tarball")]
+    pub no_tarball: bool,
+    /// At most this many models (in name order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// io_parallel and/or io_stream, comma-separated [default: io_parallel].
+    #[arg(long = "io-type", value_delimiter = ',')]
+    pub io_type: Vec<IoType>,
+    /// latency, resource, distributed_arithmetic [default: latency].
+    #[arg(long, value_delimiter = ',')]
+    pub strategy: Vec<Strategy>,
+    /// Reuse factor(s), comma-separated [default: 1].
+    #[arg(long = "reuse-factor", value_delimiter = ',')]
+    pub reuse_factor: Vec<u32>,
+    /// Default precision(s), e.g. 'ap_fixed<16,6>' [default: ap_fixed<16,6>]; separate
+    /// several with `;`.
+    #[arg(long, value_delimiter = ';')]
+    pub precision: Vec<String>,
+    /// Clock period(s) in ns [default: 5].
+    #[arg(long = "clock-period", value_delimiter = ',')]
+    pub clock_period: Vec<f64>,
+    /// vitis and/or vivado [default: vitis].
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<Backend>,
+    /// hls4ml MaximumSize value(s) [default: hls4ml's 4096].
+    #[arg(long = "max-array-partition-size", value_delimiter = ',')]
+    pub max_array_partition_size: Vec<u32>,
+    /// Stages, comma-separated: convert, emulate, csynth, cosim, export, vsynth
+    /// [default: all when the tools are found, else convert,emulate].
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<Stage>,
+    /// A sweep file (TOML or JSON) with models, grid and stages, instead of the flags above.
+    #[arg(long, value_name = "FILE")]
+    pub sweep: Option<PathBuf>,
+    /// Run every trial even where a finished result with the same key is there.
+    #[arg(long)]
+    pub force: bool,
+    /// Samples for emulation.
+    #[arg(long = "emulation-samples", default_value_t = 100)]
+    pub emulation_samples: u32,
+    /// Seed for the generated emulation samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Python of the hls4ml venv [default: $HLSFARM_PYTHON, else the venv `make setup` made].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Time limit of convert + emulate, seconds.
+    #[arg(long = "convert-timeout", default_value_t = 3600)]
+    pub convert_timeout: u64,
+    /// Time limit of each tool stage, seconds.
+    #[arg(long = "stage-timeout", default_value_t = 24 * 3600)]
+    pub stage_timeout: u64,
+    /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
+    #[arg(long = "keep-scratch")]
+    pub keep_scratch: bool,
+}
+
+/// One planned trial.
+#[derive(Debug, Clone)]
+struct Planned {
+    key: String,
+    model_path: PathBuf,
+    spec: TrialSpec,
+    reused: bool,
+}
+
+/// Finds the hls4ml venv's Python: the flag, `$HLSFARM_PYTHON`, or the venv `.ci/setup` made.
+fn find_python(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_owned());
+    }
+    if let Some(path) = std::env::var_os("HLSFARM_PYTHON") {
+        return Ok(PathBuf::from(path));
+    }
+    let home = std::env::var_os("HLSFARM_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm"))
+        });
+    if let Some(home) = home
+        && let Ok(entries) = std::fs::read_dir(home.join("venvs"))
+    {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("hls4ml-keras-"))
+            .map(|e| e.path().join("bin/python"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        if let Some(python) = found.pop() {
+            return Ok(python);
+        }
+    }
+    bail!(
+        "no Python with hls4ml found: run `make setup` (it installs one), set HLSFARM_PYTHON, or pass --python"
+    )
+}
+
+/// Asks the venv for its hls4ml version.
+fn hls4ml_version(python: &Path) -> anyhow::Result<String> {
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('hls4ml'))",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} has no hls4ml ({}): run `make setup`, or pass --python with a venv that has hls4ml 1.3",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn grid_from_flags(args: &RunArgs) -> SettingsGrid {
+    fn list<T: Clone>(v: &[T]) -> Option<OneOrMany<T>> {
+        (!v.is_empty()).then(|| OneOrMany::Many(v.to_vec()))
+    }
+    SettingsGrid {
+        io_type: list(&args.io_type),
+        strategy: list(&args.strategy),
+        reuse_factor: list(&args.reuse_factor),
+        precision: list(&args.precision),
+        part: list(&args.fpga_part),
+        clock_period_ns: list(&args.clock_period),
+        backend: list(&args.backend),
+        max_array_partition_size: list(&args.max_array_partition_size),
+        layers: Default::default(),
+    }
+}
+
+/// The sweep the flags (or the sweep file) describe, and the folder relative paths start from.
+fn sweep_spec(args: &RunArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
+    let grid_flags = grid_from_flags(args) != SettingsGrid::default();
+    let (mut spec, base) = match &args.sweep {
+        Some(file) => {
+            if grid_flags || !args.stages.is_empty() {
+                bail!(
+                    "give the settings and stages either in --sweep {} or as flags, not both",
+                    file.display()
+                );
+            }
+            let spec = SweepSpec::load(file)?;
+            let base = file
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (spec, base)
+        }
+        None => {
+            let Some(dir) = &args.input_dir else {
+                bail!("--input-dir is required (or --sweep FILE naming the models)");
+            };
+            let spec = SweepSpec {
+                name: String::new(),
+                models: ModelSelection {
+                    dir: Some(dir.clone()),
+                    ..ModelSelection::default()
+                },
+                grid: grid_from_flags(args),
+                stages: args.stages.clone(),
+                priority: 1,
+                force: args.force,
+                emulation: EmulationSpec {
+                    samples: args.emulation_samples,
+                    seed: args.seed,
+                },
+            };
+            (spec, PathBuf::from("."))
+        }
+    };
+    if args.sweep.is_some() && args.input_dir.is_some() {
+        spec.models.dir = args.input_dir.clone();
+        spec.models.paths.clear();
+    }
+    if args.pattern.is_some() {
+        spec.models.pattern = args.pattern.clone();
+    }
+    if args.limit.is_some() {
+        spec.models.limit = args.limit;
+    }
+    spec.force |= args.force;
+    if let Err(errors) = spec.validate() {
+        bail!("{errors}");
+    }
+    Ok((spec, base))
+}
+
+/// The readable suffix naming a settings point among the others of its grid: only the
+/// fields that vary, e.g. `_stream_rf4`.
+fn suffix(point: &Settings, points: &[Settings]) -> String {
+    let varies = |f: &dyn Fn(&Settings) -> String| points.iter().any(|p| f(p) != f(point));
+    let mut parts: Vec<String> = Vec::new();
+    let fields: [(&dyn Fn(&Settings) -> String, &dyn Fn(&Settings) -> String); 8] = [
+        (&|s| s.io_type.to_string(), &|s| {
+            s.io_type.as_str().trim_start_matches("io_").to_owned()
+        }),
+        (&|s| s.strategy.to_string(), &|s| s.strategy.to_string()),
+        (&|s| s.reuse_factor.to_string(), &|s| {
+            format!("rf{}", s.reuse_factor)
+        }),
+        (&|s| s.precision.clone(), &|s| {
+            let digits: Vec<String> = s
+                .precision
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect();
+            format!("p{}", digits.join("-"))
+        }),
+        (&|s| s.part.clone(), &|s| s.part.to_ascii_lowercase()),
+        (&|s| s.clock_period_ns.to_string(), &|s| {
+            format!("clk{}", s.clock_period_ns)
+        }),
+        (&|s| s.backend.to_string(), &|s| s.backend.to_string()),
+        (&|s| format!("{:?}", s.max_array_partition_size), &|s| {
+            format!("max{}", s.max_array_partition_size.unwrap_or(4096))
+        }),
+    ];
+    for (value, label) in fields {
+        if varies(value) {
+            parts.push(label(point));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("_{}", parts.join("_"))
+    }
+}
+
+/// The model's files: a Keras JSON takes `<stem>_weights.h5` beside it as its weights.
+fn model_files(path: &Path) -> ModelFiles {
+    let mut files = ModelFiles::auto(path);
+    if path.extension().is_some_and(|e| e == "json")
+        && let Some(stem) = path.file_stem()
+    {
+        let weights = path.with_file_name(format!("{}_weights.h5", stem.to_string_lossy()));
+        if weights.is_file() {
+            files.weights = Some(weights);
+        }
+    }
+    files
+}
+
+fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// A previous successful result with this key in `output_dir`, if any.
+fn finished_result(output_dir: &Path, key: &str) -> Option<TrialResult> {
+    let bytes = std::fs::read(output_dir.join("result.json")).ok()?;
+    let result: TrialResult = serde_json::from_slice(&bytes).ok()?;
+    (result.trial_key == key && result.status == TrialStatus::Success).then_some(result)
+}
+
+fn line_for(result: &TrialResult) -> String {
+    let mut parts = vec![format!("{:?}", result.status).to_lowercase()];
+    let seconds: f64 = result.timings.iter().map(|t| t.seconds).sum();
+    parts.push(format!("in {seconds:.1} s"));
+    if let Some(c) = &result.reports.csynth {
+        if let Some(lut) = c.used.lut {
+            parts.push(format!("LUT {lut}"));
+        }
+        if let Some(lat) = c.latency_worst_cycles {
+            parts.push(format!("latency {lat} cycles"));
+        }
+    }
+    if let Some(f) = &result.fidelity {
+        parts.push(format!("max|diff| {:.4}", f.max_abs_diff));
+    }
+    if let Some(f) = &result.failure {
+        parts.push(format!("{}: {}", f.class, f.reason));
+    }
+    parts.join("  ")
+}
+
+/// Runs the sweep on this host; returns the exit code (0: all succeeded, 1: some failed,
+/// 130: interrupted).
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let (spec, base) = sweep_spec(&args)?;
+    let models = spec.models.resolve(&base)?;
+    let input_dir = spec.models.dir.as_ref().map(|d| base.join(d));
+    let output_dir = match (&args.output_dir, &input_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.join("hls_outputs"),
+        (None, None) => base.join("hls_outputs"),
+    };
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("cannot create the output folder {}", output_dir.display()))?;
+    let output_dir = output_dir.canonicalize()?;
+
+    let python = find_python(args.python.as_deref())?;
+    let hls4ml = hls4ml_version(&python)?;
+    let (tools, tool_errors) = detect_tools(
+        &std::env::var_os("PATH").unwrap_or_default(),
+        Duration::from_secs(60),
+    )
+    .await;
+    for error in &tool_errors {
+        eprintln!("hlsfarm: warning: {error}");
+    }
+    let points = spec.grid.expand();
+    let tools_for_all = points
+        .iter()
+        .all(|p| tool_command(p.backend, &tools).is_some())
+        && tools.iter().any(|t| t.name == "vivado");
+    let stages = if !spec.stages.is_empty() {
+        spec.normalized_stages()
+    } else if tools_for_all {
+        Stage::FULL_FLOW.to_vec()
+    } else {
+        eprintln!(
+            "hlsfarm: Vitis HLS / Vivado not found on PATH: running convert and emulate only (csynth, cosim, export, vsynth skipped); source the Xilinx settings64.sh, or pass --stages, to run them"
+        );
+        Stage::WITHOUT_TOOLS.to_vec()
+    };
+
+    // Plan every trial: key, folders, reuse.
+    let mut planned: Vec<Planned> = Vec::new();
+    let scratch_root = output_dir.join(".hlsfarm/scratch");
+    for model in &models {
+        let files = model_files(model);
+        let sha = file_sha256(model)?;
+        let mut companions = std::collections::BTreeMap::new();
+        if let Some(weights) = &files.weights {
+            companions.insert("weights".to_owned(), file_sha256(weights)?);
+        }
+        let digest = ModelDigest {
+            sha256: sha.clone(),
+            companions,
+        };
+        let stem = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".to_owned());
+        for point in &points {
+            let tool = tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
+                name: t.name.clone(),
+                version: t.version.clone(),
+            });
+            let toolchain = Toolchain {
+                hls4ml_version: hls4ml.clone(),
+                tool,
+            };
+            let key = TrialKeyInput {
+                model: &digest,
+                settings: point,
+                stages: &stages,
+                emulation: &spec.emulation,
+                toolchain: &toolchain,
+            }
+            .key()
+            .to_hex();
+            let name = format!("hls_{stem}{}", suffix(point, &points));
+            let trial_out = output_dir.join(&name);
+            let reused = !spec.force && finished_result(&trial_out, &key).is_some();
+            planned.push(Planned {
+                key: key.clone(),
+                model_path: model.clone(),
+                reused,
+                spec: TrialSpec {
+                    trial_key: key.clone(),
+                    model: ModelRef {
+                        name: model
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        sha256: sha.clone(),
+                    },
+                    files: files.clone(),
+                    settings: point.clone(),
+                    stages: stages.clone(),
+                    emulation: spec.emulation.clone(),
+                    inputs: None,
+                    scratch: scratch_root.join(&key[..16]),
+                    tarball: output_dir.join(format!("{name}.tar.gz")),
+                    output_dir: trial_out,
+                },
+            });
+        }
+    }
+    let reused = planned.iter().filter(|p| p.reused).count();
+    let to_run: Vec<&Planned> = planned.iter().filter(|p| !p.reused).collect();
+    eprintln!(
+        "hlsfarm: {} models x {} settings = {} trials ({} already done, {} to run) with {} slots; stages {}; output {}",
+        models.len(),
+        points.len(),
+        planned.len(),
+        reused,
+        to_run.len(),
+        args.num_workers.max(1),
+        stages
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        output_dir.display()
+    );
+
+    // Queue the trials to run: longest first by a simple cost (model size over reuse factor).
+    let queue = Arc::new(EmbeddedQueue::new(QueueConfig {
+        // One process holds every lease: nothing can lose one but the process itself.
+        lease: Duration::from_secs(30 * 24 * 3600),
+        max_attempts: 3,
+    }));
+    let sweep_id = "one-host".to_owned();
+    let new: Vec<NewTrial> = to_run
+        .iter()
+        .map(|p| NewTrial {
+            key: p.key.clone(),
+            cost: std::fs::metadata(&p.model_path)
+                .map(|m| m.len() as f64)
+                .unwrap_or(1.0)
+                / f64::from(p.spec.settings.reuse_factor.max(1)),
+            payload: serde_json::Value::Null,
+        })
+        .collect();
+    queue
+        .submit(
+            SweepMeta {
+                id: sweep_id.clone(),
+                priority: 1,
+            },
+            new,
+        )
+        .await?;
+
+    let cancel = CancellationToken::new();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!(
+                    "\nhlsfarm: interrupted: stopping the running tools; run the same command again to resume"
+                );
+                cancel.cancel();
+            }
+        });
+    }
+    let env = Arc::new(TrialEnv {
+        driver: DriverEnv {
+            python,
+            timeout: Duration::from_secs(args.convert_timeout),
+        },
+        tools,
+        tool_timeout: Duration::from_secs(args.stage_timeout),
+        make_tarball: !args.no_tarball,
+        tool_env: Vec::new(),
+    });
+    let by_key: Arc<HashMap<String, Planned>> = Arc::new(
+        planned
+            .iter()
+            .filter(|p| !p.reused)
+            .map(|p| (p.key.clone(), p.clone()))
+            .collect(),
+    );
+    let total = to_run.len();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..args.num_workers.max(1) {
+        let queue = queue.clone();
+        let env = env.clone();
+        let by_key = by_key.clone();
+        let cancel = cancel.clone();
+        let done = done.clone();
+        let sweep_id = sweep_id.clone();
+        let keep_scratch = args.keep_scratch;
+        slots.spawn(async move {
+            let worker = format!("slot-{slot}");
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let Some(lease) = queue.lease(&worker, 1).await?.pop() else {
+                    if queue.counts(&sweep_id).await?.unfinished() == 0 {
+                        return Ok(());
+                    }
+                    // Another slot's trial may still come back for a retry.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let Some(plan) = by_key.get(&lease.key) else {
+                    bail!("leased an unknown trial {}", lease.key);
+                };
+                eprintln!(
+                    "hlsfarm: start {} (attempt {})",
+                    plan.spec
+                        .output_dir
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy(),
+                    lease.fence.attempt
+                );
+                let result = run_trial(&env, &plan.spec, &cancel).await;
+                let outcome = match (&result.status, &result.failure) {
+                    (TrialStatus::Success, _) => Outcome::Succeeded,
+                    (TrialStatus::Cancelled, _) => Outcome::Cancelled,
+                    (TrialStatus::Failed, Some(f)) => Outcome::Failed {
+                        retryable: f.class.is_retryable(),
+                    },
+                    (TrialStatus::Failed, None) => Outcome::Failed { retryable: false },
+                };
+                if outcome == Outcome::Cancelled {
+                    // Nothing to record: the trial runs again next time.
+                    let _ = queue.hand_back(&lease.key, lease.fence).await;
+                    return Ok(());
+                }
+                let state = queue.complete(&lease.key, lease.fence, outcome).await?;
+                if state == TrialState::Queued {
+                    eprintln!(
+                        "hlsfarm: retry {}: {}",
+                        plan.spec
+                            .output_dir
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy(),
+                        line_for(&result)
+                    );
+                    continue;
+                }
+                if result.status == TrialStatus::Success && !keep_scratch {
+                    let _ = std::fs::remove_dir_all(&plan.spec.scratch);
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                eprintln!(
+                    "hlsfarm: [{n}/{total}] {}: {}",
+                    plan.spec
+                        .output_dir
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy(),
+                    line_for(&result)
+                );
+            }
+        });
+    }
+    while let Some(joined) = slots.join_next().await {
+        joined.context("a trial slot panicked")??;
+    }
+
+    // The sweep's outputs, from every trial's result.json (run now or reused).
+    let mut entries = Vec::new();
+    let mut not_run = 0;
+    for plan in &planned {
+        let path = plan.spec.output_dir.join("result.json");
+        let result: Option<TrialResult> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|r: &TrialResult| r.trial_key == plan.key);
+        match result {
+            Some(result) => entries.push(SeedEntry::new(
+                &plan.model_path,
+                &plan.spec.output_dir,
+                result,
+                plan.reused,
+            )),
+            None => not_run += 1,
+        }
+    }
+    let summary = SeedSummary::new(entries);
+    summary
+        .write(&output_dir)
+        .with_context(|| format!("cannot write the results into {}", output_dir.display()))?;
+    let failed_classes: Vec<String> = summary
+        .results
+        .iter()
+        .filter_map(|e| e.result.failure.as_ref().map(|f| f.class))
+        .map(|c: FailureClass| c.to_string())
+        .collect();
+    eprintln!(
+        "hlsfarm: {} trials: {} succeeded, {} failed{}{} ({} reused) in {:.1} s; results in {}",
+        planned.len(),
+        summary.successful,
+        summary.failed,
+        if failed_classes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed_classes.join(", "))
+        },
+        if not_run > 0 {
+            format!(", {not_run} not run")
+        } else {
+            String::new()
+        },
+        reused,
+        started.elapsed().as_secs_f64(),
+        output_dir.join("synthesis_results.json").display()
+    );
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(130);
+    }
+    Ok(if summary.failed == 0 && not_run == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn suffixes_name_only_what_varies() {
+        let a = Settings {
+            reuse_factor: 1,
+            ..Settings::default()
+        };
+        let b = Settings {
+            reuse_factor: 4,
+            io_type: IoType::Stream,
+            ..Settings::default()
+        };
+        let points = vec![a.clone(), b.clone()];
+        assert_eq!(suffix(&a, &points), "_parallel_rf1");
+        assert_eq!(suffix(&b, &points), "_stream_rf4");
+        assert_eq!(suffix(&a, std::slice::from_ref(&a)), "");
+    }
+}
