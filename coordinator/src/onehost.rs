@@ -242,42 +242,34 @@ fn sweep_spec(args: &RunArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
     Ok((spec, base))
 }
 
+/// Each setting as it appears in a folder name.
+fn labels(s: &Settings) -> [String; 8] {
+    let digits: Vec<&str> = s
+        .precision
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|d| !d.is_empty())
+        .collect();
+    [
+        s.io_type.as_str().trim_start_matches("io_").to_owned(),
+        s.strategy.to_string(),
+        format!("rf{}", s.reuse_factor),
+        format!("p{}", digits.join("-")),
+        s.part.to_ascii_lowercase(),
+        format!("clk{}", s.clock_period_ns),
+        s.backend.to_string(),
+        format!("max{}", s.max_array_partition_size.unwrap_or(4096)),
+    ]
+}
+
 /// The readable suffix naming a settings point among the others of its grid: only the
 /// fields that vary, e.g. `_stream_rf4`.
 fn suffix(point: &Settings, points: &[Settings]) -> String {
-    let varies = |f: &dyn Fn(&Settings) -> String| points.iter().any(|p| f(p) != f(point));
-    let mut parts: Vec<String> = Vec::new();
-    let fields: [(&dyn Fn(&Settings) -> String, &dyn Fn(&Settings) -> String); 8] = [
-        (&|s| s.io_type.to_string(), &|s| {
-            s.io_type.as_str().trim_start_matches("io_").to_owned()
-        }),
-        (&|s| s.strategy.to_string(), &|s| s.strategy.to_string()),
-        (&|s| s.reuse_factor.to_string(), &|s| {
-            format!("rf{}", s.reuse_factor)
-        }),
-        (&|s| s.precision.clone(), &|s| {
-            let digits: Vec<String> = s
-                .precision
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned)
-                .collect();
-            format!("p{}", digits.join("-"))
-        }),
-        (&|s| s.part.clone(), &|s| s.part.to_ascii_lowercase()),
-        (&|s| s.clock_period_ns.to_string(), &|s| {
-            format!("clk{}", s.clock_period_ns)
-        }),
-        (&|s| s.backend.to_string(), &|s| s.backend.to_string()),
-        (&|s| format!("{:?}", s.max_array_partition_size), &|s| {
-            format!("max{}", s.max_array_partition_size.unwrap_or(4096))
-        }),
-    ];
-    for (value, label) in fields {
-        if varies(value) {
-            parts.push(label(point));
-        }
-    }
+    let mine = labels(point);
+    let all: Vec<[String; 8]> = points.iter().map(labels).collect();
+    let parts: Vec<&str> = (0..mine.len())
+        .filter(|&i| all.iter().any(|l| l[i] != mine[i]))
+        .map(|i| mine[i].as_str())
+        .collect();
     if parts.is_empty() {
         String::new()
     } else {
