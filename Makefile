@@ -1,5 +1,5 @@
 # Task runner: each target runs exactly what CI runs for it.
-.PHONY: test setup lint fmt build
+.PHONY: test setup lint fmt build demo
 
 ## test: install what is missing (Redis, the hls4ml and S3-server venvs), lint, run every test
 test:
@@ -21,3 +21,9 @@ fmt:
 ## build: build the hlsfarm binary (target/release/hlsfarm)
 build:
 	cargo build --release --locked -p hlsfarm-coordinator
+
+## demo: install what is missing, then run the example sweep on this host (examples/trials)
+demo:
+	bash .ci/setup
+	cargo build --locked -p hlsfarm-coordinator
+	target/debug/hlsfarm run --input-dir examples/trials --num-workers 2

@@ -1,0 +1,254 @@
+//! `hlsfarm run`, the one-host successor of parallel_hls_synthesis.py: the original flags and
+//! defaults, the original output layout and JSON schema, the full flow through the stand-in,
+//! resuming without rerunning finished trials, and clear errors for empty selections.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hlsfarm_tests::{TestDir, hls4ml_python, hlsfarm_command, path_with_standin, run_ok};
+use serde_json::Value;
+
+/// Copies the example trials into a fresh input folder.
+fn input_dir(dir: &TestDir) -> PathBuf {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/trials");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "h5") {
+            std::fs::copy(&path, input.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    input
+}
+
+fn run_cmd(with_tools: bool) -> Command {
+    let mut command = hlsfarm_command().unwrap();
+    command.env("HLSFARM_PYTHON", hls4ml_python().unwrap());
+    if with_tools {
+        command.env("PATH", path_with_standin());
+    }
+    command
+}
+
+#[test]
+fn original_flags_full_flow_layout_and_resume() {
+    let dir = TestDir::new("run-full").unwrap();
+    let input = input_dir(&dir);
+    let record = dir.join("tool-calls.jsonl");
+    let mut command = run_cmd(true);
+    command
+        .args(["run", "--input_dir"])
+        .arg(&input)
+        .args([
+            "--num_workers",
+            "2",
+            "--limit",
+            "2",
+            "--fpga_part",
+            "xc7z020clg400-1",
+        ])
+        .args(["--emulation-samples", "20"])
+        .env("STANDIN_RECORD", &record);
+    let output = run_ok(command).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("stages convert,emulate,csynth,cosim,export,vsynth"),
+        "{stderr}"
+    );
+
+    // The original layout, under the original default output folder.
+    let out = input.join("hls_outputs");
+    for trial in ["hls_model_trial_000", "hls_model_trial_001"] {
+        for file in [
+            "project.tcl",
+            "vitis_hls.log",
+            "vivado_synth.rpt",
+            "vivado_synth.tcl",
+            "vivado.jou",
+            "vivado.log",
+            "result.json",
+        ] {
+            assert!(
+                out.join(trial).join(file).is_file(),
+                "{trial}/{file} missing"
+            );
+        }
+        assert!(out.join(format!("{trial}.tar.gz")).is_file());
+    }
+    assert!(
+        !out.join("hls_model_trial_002").exists(),
+        "--limit 2 ran a third model"
+    );
+
+    // synthesis_results.json in the original schema, extended.
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("synthesis_results.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["total"], 2);
+    assert_eq!(summary["successful"], 2);
+    assert_eq!(summary["failed"], 0);
+    for entry in summary["results"].as_array().unwrap() {
+        for key in [
+            "h5_file",
+            "status",
+            "output_dir",
+            "kept_files",
+            "tarball",
+            "start_time",
+            "end_time",
+            "error",
+        ] {
+            assert!(entry.get(key).is_some(), "{key} missing in {entry}");
+        }
+        assert_eq!(entry["status"], "success");
+        assert!(entry["h5_file"].as_str().unwrap().ends_with(".h5"));
+        assert!(entry["kept_files"].as_array().unwrap().len() >= 6);
+        assert!(
+            entry["result"]["reports"]["csynth"]["used"]["lut"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(
+            entry["result"]["fidelity"]["max_abs_diff"]
+                .as_f64()
+                .is_some()
+        );
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let calls_before = std::fs::read_to_string(&record).unwrap().lines().count();
+    assert_eq!(calls_before, 2 * 5, "2 trials x (4 HLS stages + vivado)");
+
+    // Running again reruns nothing that finished.
+    let mut again = run_cmd(true);
+    again
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args([
+            "--num-workers",
+            "2",
+            "--limit",
+            "2",
+            "--emulation-samples",
+            "20",
+        ])
+        .env("STANDIN_RECORD", &record);
+    let output = run_ok(again).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("(2 already done, 0 to run)"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().lines().count(),
+        calls_before
+    );
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("synthesis_results.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["results"][0]["reused"], true);
+}
+
+#[test]
+fn a_grid_names_folders_by_setting_and_no_tarball_skips_tarballs() {
+    let dir = TestDir::new("run-grid").unwrap();
+    let input = input_dir(&dir);
+    let out = dir.join("out");
+    let mut command = run_cmd(false);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .arg("--output-dir")
+        .arg(&out)
+        .args([
+            "--limit",
+            "1",
+            "--reuse-factor",
+            "2,4",
+            "--strategy",
+            "resource",
+            "--stages",
+            "convert",
+            "--no_tarball",
+        ]);
+    let output = run_ok(command).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("1 models x 2 settings = 2 trials"),
+        "{stderr}"
+    );
+    for name in ["hls_model_trial_000_rf2", "hls_model_trial_000_rf4"] {
+        let result: Value =
+            serde_json::from_slice(&std::fs::read(out.join(name).join("result.json")).unwrap())
+                .unwrap();
+        assert_eq!(result["status"], "success", "{result}");
+        assert!(!out.join(format!("{name}.tar.gz")).exists());
+    }
+}
+
+#[test]
+fn without_tools_it_says_what_it_skips() {
+    let dir = TestDir::new("run-notools").unwrap();
+    let input = input_dir(&dir);
+    let mut command = run_cmd(false);
+    command.args(["run", "--input-dir"]).arg(&input).args([
+        "--limit",
+        "1",
+        "--emulation-samples",
+        "10",
+    ]);
+    let output = run_ok(command).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("Vitis HLS / Vivado not found on PATH: running convert and emulate only"),
+        "{stderr}"
+    );
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(input.join("hls_outputs/hls_model_trial_000/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["stages"], serde_json::json!(["convert", "emulate"]));
+}
+
+#[test]
+fn empty_folders_and_patterns_matching_nothing_are_clear_errors() {
+    let dir = TestDir::new("run-empty").unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let mut command = run_cmd(false);
+    command.args(["run", "--input-dir"]).arg(dir.join("empty"));
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("matches `model_trial_*.h5`") && stderr.contains("the folder has no files"),
+        "{stderr}"
+    );
+
+    let input = input_dir(&dir);
+    let mut command = run_cmd(false);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--pattern", "*.onnx"]);
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("matches `*.onnx`") && stderr.contains("model_trial_000.h5"),
+        "{stderr}"
+    );
+
+    let mut command = run_cmd(false);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--reuse-factor", "0"]);
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("grid.reuse_factor[0]: must be between 1 and"),
+        "{stderr}"
+    );
+}
