@@ -38,6 +38,15 @@ pub enum Command {
     /// and result.json per trial, and synthesis_results.json and results.csv. Running it again
     /// reuses finished trials. Exit code: 0 all succeeded, 1 some failed, 130 interrupted.
     Run(Box<crate::onehost::RunArgs>),
+    /// Print a finished sweep's trials from its output folder (synthesis_results.json):
+    /// settings, resources, latency, fidelity and failures.
+    Results {
+        /// The sweep's output folder (or its synthesis_results.json).
+        path: PathBuf,
+        /// table, json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::results_cmd::Format,
+    },
     /// Print the figures of an hls4ml project folder, or of one report or log file:
     /// C synthesis (`<top>_csynth.xml`/`.rpt`), Vivado synthesis (`vivado_synth.rpt`),
     /// co-simulation (`<top>_cosim.rpt`), and the tool logs with a failure class and fix.
@@ -73,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
+        Some(Command::Results { path, format }) => crate::results_cmd::run(&path, format),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -2,12 +2,16 @@
 //!
 //! - [`cli`]: the command line: global flags, config loading, subcommands.
 //! - [`onehost`]: `hlsfarm run`, a sweep on this host through the embedded queue.
+//! - [`pareto`]: the sweep's Pareto plot (SVG and PNG).
 //! - [`report_cmd`]: `hlsfarm report`, the figures of a project folder or report file.
+//! - [`results_cmd`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
 //! - [`telemetry`]: tracing set-up from the log config.
 
 #![deny(clippy::unwrap_used)]
 
 pub mod cli;
 pub mod onehost;
+pub mod pareto;
 pub mod report_cmd;
+pub mod results_cmd;
 pub mod telemetry;

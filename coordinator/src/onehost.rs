@@ -615,6 +615,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     summary
         .write(&output_dir)
         .with_context(|| format!("cannot write the results into {}", output_dir.display()))?;
+    if let Err(e) = crate::pareto::write(&summary, &output_dir) {
+        eprintln!("hlsfarm: warning: cannot draw the Pareto plot: {e}");
+    }
     let failed_classes: Vec<String> = summary
         .results
         .iter()

@@ -185,6 +185,27 @@ fn a_grid_names_folders_by_setting_and_no_tarball_skips_tarballs() {
         assert_eq!(result["status"], "success", "{result}");
         assert!(!out.join(format!("{name}.tar.gz")).exists());
     }
+
+    // `hlsfarm results` reads the folder back in each format.
+    let results = |format: &str| {
+        let mut command = hlsfarm_command().unwrap();
+        command.arg("results").arg(&out).args(["--format", format]);
+        String::from_utf8(run_ok(command).unwrap().stdout).unwrap()
+    };
+    let table = results("table");
+    assert!(
+        table.contains("hls_model_trial_000_rf2") && table.contains("hls_model_trial_000_rf4"),
+        "{table}"
+    );
+    assert!(
+        table
+            .trim_end()
+            .ends_with("2 trials: 2 succeeded, 0 failed"),
+        "{table}"
+    );
+    assert!(results("csv").starts_with("model,trial_key,status"));
+    let json: Value = serde_json::from_str(&results("json")).unwrap();
+    assert_eq!(json["total"], 2);
 }
 
 #[test]
