@@ -14,8 +14,9 @@
 //! that is not the current one is rejected and changes nothing, so a worker that lost its lease
 //! can neither extend it nor record a result. `succeeded` never changes. The other terminal
 //! states change only through an operator's `Retry`, which bumps the epoch so that no token
-//! from before stays valid. The Redis scripts of the coordinator implement exactly this table,
-//! and a test runs both over the same event sequences.
+//! from before stays valid. Every queue backend applies exactly this function (the embedded
+//! one calls it; a backend that cannot must mirror it), and the conformance suite in
+//! `crate::queue::conformance` runs every backend over the same scenarios.
 
 use serde::{Deserialize, Serialize};
 
