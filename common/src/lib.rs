@@ -7,6 +7,7 @@
 //! - [`job`]: the trial state machine, the only code that changes a trial's state.
 //! - [`aggregate`]: a sweep's `synthesis_results.json` and `results.csv`.
 //! - [`queue`]: the trial queue trait, the embedded backend, and the conformance suite.
+//! - [`store`]: Redis: the key schema and the Redis queue backend.
 //! - [`results`]: `result.json`, what one trial produced.
 //! - [`report`]: parsers for the AMD tools' reports and logs.
 //! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
@@ -26,6 +27,7 @@ pub mod report;
 pub mod results;
 pub mod settings;
 pub mod stage;
+pub mod store;
 pub mod store_url;
 pub mod sweep;
 pub mod trial_key;
