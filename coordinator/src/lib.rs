@@ -3,6 +3,7 @@
 //! - [`cli`]: the command line: global flags, config loading, subcommands.
 //! - [`onehost`]: `hlsfarm run`, a sweep on this host through the embedded queue.
 //! - [`pareto`]: the sweep's Pareto plot (SVG and PNG).
+//! - [`progress`]: bars on a terminal, lines elsewhere, for `hlsfarm run`.
 //! - [`report_cmd`]: `hlsfarm report`, the figures of a project folder or report file.
 //! - [`results_cmd`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
 //! - [`telemetry`]: tracing set-up from the log config.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod onehost;
 pub mod pareto;
+pub mod progress;
 pub mod report_cmd;
 pub mod results_cmd;
 pub mod telemetry;

@@ -508,7 +508,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .collect(),
     );
     let total = to_run.len();
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = Arc::new(crate::progress::Progress::new(total as u64));
+    let tally = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
     let started = Instant::now();
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..args.num_workers.max(1) {
@@ -516,7 +517,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let env = env.clone();
         let by_key = by_key.clone();
         let cancel = cancel.clone();
-        let done = done.clone();
+        let progress = progress.clone();
+        let tally = tally.clone();
         let sweep_id = sweep_id.clone();
         let keep_scratch = args.keep_scratch;
         slots.spawn(async move {
@@ -536,16 +538,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 let Some(plan) = by_key.get(&lease.key) else {
                     bail!("leased an unknown trial {}", lease.key);
                 };
-                eprintln!(
-                    "hlsfarm: start {} (attempt {})",
-                    plan.spec
-                        .output_dir
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy(),
-                    lease.fence.attempt
-                );
-                let result = run_trial(&env, &plan.spec, &cancel).await;
+                let name = plan
+                    .spec
+                    .output_dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let line = progress.start(&name, lease.fence.attempt);
+                let result = run_trial(&env, &plan.spec, &cancel, &|stage| {
+                    progress.stage(&line, stage)
+                })
+                .await;
                 let outcome = match (&result.status, &result.failure) {
                     (TrialStatus::Success, _) => Outcome::Succeeded,
                     (TrialStatus::Cancelled, _) => Outcome::Cancelled,
@@ -561,29 +565,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 }
                 let state = queue.complete(&lease.key, lease.fence, outcome).await?;
                 if state == TrialState::Queued {
-                    eprintln!(
-                        "hlsfarm: retry {}: {}",
-                        plan.spec
-                            .output_dir
-                            .file_name()
-                            .unwrap_or_default()
-                            .to_string_lossy(),
-                        line_for(&result)
+                    progress.finish(
+                        line,
+                        &format!("hlsfarm: retry {name}: {}", line_for(&result)),
+                        "",
                     );
                     continue;
                 }
                 if result.status == TrialStatus::Success && !keep_scratch {
                     let _ = std::fs::remove_dir_all(&plan.spec.scratch);
                 }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                eprintln!(
-                    "hlsfarm: [{n}/{total}] {}: {}",
-                    plan.spec
-                        .output_dir
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy(),
-                    line_for(&result)
+                let (n, counts) = {
+                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    if result.status == TrialStatus::Success {
+                        t.0 += 1;
+                    } else {
+                        t.1 += 1;
+                    }
+                    (t.0 + t.1, format!("{} succeeded, {} failed", t.0, t.1))
+                };
+                progress.finish(
+                    line,
+                    &format!("hlsfarm: [{n}/{total}] {name}: {}", line_for(&result)),
+                    &counts,
                 );
             }
         });
@@ -591,6 +595,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     while let Some(joined) = slots.join_next().await {
         joined.context("a trial slot panicked")??;
     }
+    progress.done();
 
     // The sweep's outputs, from every trial's result.json (run now or reused).
     let mut entries = Vec::new();

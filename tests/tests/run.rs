@@ -273,3 +273,52 @@ fn empty_folders_and_patterns_matching_nothing_are_clear_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
+    use hlsfarm_tests::{Process, wait_until};
+    use std::time::Duration;
+    let dir = TestDir::new("run-ctrlc").unwrap();
+    let input = input_dir(&dir);
+    let record = dir.join("tool-calls.jsonl");
+    let mut command = run_cmd(true);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--limit", "1", "--stages", "convert,csynth"])
+        .env("STANDIN_HANG", "1")
+        .env("STANDIN_RECORD", &record);
+    let mut process = Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
+    // Wait until the (hanging) tool runs, then press Ctrl-C.
+    let call: Value = wait_until("the tool to start", Duration::from_secs(120), || {
+        let text = std::fs::read_to_string(&record).ok()?;
+        serde_json::from_str(text.lines().next()?).ok()
+    })
+    .unwrap();
+    process.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = process.wait(Duration::from_secs(60)).unwrap();
+    assert_eq!(status.code(), Some(130), "{}", process.stderr());
+    assert!(
+        process.stderr().contains("interrupted"),
+        "{}",
+        process.stderr()
+    );
+    let pid = call["pid"].as_i64().unwrap() as i32;
+    assert!(
+        !hlsfarm_worker::process::group_alive(pid),
+        "the tool outlived Ctrl-C"
+    );
+
+    // The same command, without the hang, runs the interrupted trial.
+    let mut again = run_cmd(true);
+    again.args(["run", "--input-dir"]).arg(&input).args([
+        "--limit",
+        "1",
+        "--stages",
+        "convert,csynth",
+    ]);
+    let output = run_ok(again).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("(0 already done, 1 to run)"), "{stderr}");
+    assert!(stderr.contains("1 trials: 1 succeeded"), "{stderr}");
+}

@@ -81,13 +81,25 @@ fn tar_names(path: &Path) -> Vec<String> {
 async fn full_flow_keeps_the_essential_files_and_records_everything() {
     let dir = TestDir::new("trial-full").unwrap();
     let spec = spec(&dir, Stage::FULL_FLOW, Backend::Vitis);
+    let heard = std::sync::Mutex::new(Vec::new());
     let result = run_trial(
         &env(&[], Duration::from_secs(120)).await,
         &spec,
         &CancellationToken::new(),
+        &|stage| heard.lock().unwrap().push(stage),
     )
     .await;
     assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            Stage::Convert,
+            Stage::Csynth,
+            Stage::Cosim,
+            Stage::Export,
+            Stage::Vsynth
+        ]
+    );
     let stages: Vec<Stage> = result.timings.iter().map(|t| t.stage).collect();
     assert_eq!(stages, Stage::FULL_FLOW);
     assert!(result.fidelity.is_some());
@@ -170,6 +182,7 @@ async fn vivado_backend_runs_vivado_hls_with_argument_steps() {
         &env(&[], Duration::from_secs(120)).await,
         &spec,
         &CancellationToken::new(),
+        &|_| {},
     )
     .await;
     assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
@@ -194,7 +207,7 @@ async fn a_licence_failure_is_classified_with_the_log_tail() {
         Duration::from_secs(120),
     )
     .await;
-    let result = run_trial(&env, &spec, &CancellationToken::new()).await;
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
     assert_eq!(result.status, TrialStatus::Failed);
     let failure = result.failure.as_ref().unwrap();
     assert_eq!(failure.class, FailureClass::Licence, "{failure:?}");
@@ -224,7 +237,7 @@ async fn a_hanging_tool_is_killed_with_its_whole_tree() {
         Duration::from_secs(3),
     )
     .await;
-    let result = run_trial(&env, &spec, &CancellationToken::new()).await;
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
     let failure = result.failure.as_ref().unwrap();
     assert_eq!(failure.class, FailureClass::Timeout, "{failure:?}");
     assert_eq!(failure.stage, Some(Stage::Csynth));
@@ -262,7 +275,7 @@ async fn cancel_mid_run_stops_the_tool() {
         trigger.cancel();
     });
     let start = std::time::Instant::now();
-    let result = run_trial(&env, &spec, &cancel).await;
+    let result = run_trial(&env, &spec, &cancel, &|_| {}).await;
     assert_eq!(result.status, TrialStatus::Cancelled);
     assert!(start.elapsed() < Duration::from_secs(120));
     let calls = std::fs::read_to_string(&record).unwrap();

@@ -401,11 +401,13 @@ fn dir_bytes(dir: &Path, files: &[String]) -> u64 {
         .sum()
 }
 
-/// Runs the whole trial and returns its result, also written to `output_dir/result.json`.
+/// Runs the whole trial and returns its result, also written to `output_dir/result.json`;
+/// `on_stage` hears each stage as it starts (convert and emulate run as one step).
 pub async fn run_trial(
     env: &TrialEnv,
     spec: &TrialSpec,
     cancel: &CancellationToken,
+    on_stage: &(dyn Fn(Stage) + Send + Sync),
 ) -> TrialResult {
     let start_time = now_rfc3339();
     let stages = normalize_stages(&spec.stages);
@@ -428,6 +430,7 @@ pub async fn run_trial(
         work_dir: &spec.scratch,
         project_name: PROJECT_NAME,
     };
+    on_stage(Stage::Convert);
     match driver::convert(&env.driver, &job, cancel).await {
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
@@ -476,6 +479,7 @@ pub async fn run_trial(
                 version: tool.version.clone(),
             });
         }
+        on_stage(stage);
         match run_tool_stage(env, spec.settings.backend, stage, &project, cancel).await {
             Ok(timing) => timings.push(timing),
             Err((f, log_tail)) => {
