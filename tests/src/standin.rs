@@ -118,3 +118,11 @@ pub fn number(report: &Value, section: &str, key: &str) -> f64 {
         .or_else(|| value.as_f64())
         .unwrap_or_else(|| panic!("{section}.{key} missing in {report}"))
 }
+
+/// Replaces `from` with `to` in one of the project's files (to make a variant of it).
+pub fn edit(project: &Path, file: &str, from: &str, to: &str) {
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path).expect("test set-up: project file");
+    assert!(text.contains(from), "test set-up: `{from}` not in {file}");
+    std::fs::write(&path, text.replace(from, to)).expect("test set-up: project file");
+}

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hlsfarm_tests::standin::{ALL_STEPS, hls4ml_report, number, project, tool, write_build_opt};
+use hlsfarm_tests::standin::{
+    ALL_STEPS, edit, hls4ml_report, number, project, tool, write_build_opt,
+};
 use hlsfarm_tests::{TestDir, run_ok};
 
 fn check_full_flow(project: &Path, hls_log: &str) {
@@ -125,12 +127,12 @@ fn figures_follow_the_project() {
         c
     })
     .unwrap();
-    let params = std::fs::read_to_string(b.join("firmware/parameters.h")).unwrap();
-    std::fs::write(
-        b.join("firmware/parameters.h"),
-        params.replace("reuse_factor = 4", "reuse_factor = 1"),
-    )
-    .unwrap();
+    edit(
+        &b,
+        "firmware/parameters.h",
+        "reuse_factor = 4",
+        "reuse_factor = 1",
+    );
     for p in [&a, &b] {
         write_build_opt(p, &[("synth", 1)]);
         run_ok(tool(p, &["vitis_hls", "-f", "build_prj.tcl"])).unwrap();
@@ -213,18 +215,18 @@ fn an_array_over_maximum_size_fails_partitioning_like_the_seed() {
     let dir = TestDir::new("standin-maxsize").unwrap();
     let project = project(&dir, "Vitis");
     // The seed's failure: a layer's multiplier array above `maximum_size` (Latency strategy).
-    let tcl = std::fs::read_to_string(project.join("project.tcl")).unwrap();
-    std::fs::write(
-        project.join("project.tcl"),
-        tcl.replace("set maximum_size 4096", "set maximum_size 64"),
-    )
-    .unwrap();
-    let config = std::fs::read_to_string(project.join("hls4ml_config.yml")).unwrap();
-    std::fs::write(
-        project.join("hls4ml_config.yml"),
-        config.replace("Strategy: Resource", "Strategy: Latency"),
-    )
-    .unwrap();
+    edit(
+        &project,
+        "project.tcl",
+        "set maximum_size 4096",
+        "set maximum_size 64",
+    );
+    edit(
+        &project,
+        "hls4ml_config.yml",
+        "Strategy: Resource",
+        "Strategy: Latency",
+    );
     write_build_opt(&project, &[("synth", 1)]);
     let output = tool(&project, &["vitis_hls", "-f", "build_prj.tcl"])
         .output()
@@ -282,12 +284,7 @@ fn missing_script_and_unknown_part_fail_like_the_tools() {
     );
 
     let project = project(&dir, "Vitis");
-    let tcl = std::fs::read_to_string(project.join("project.tcl")).unwrap();
-    std::fs::write(
-        project.join("project.tcl"),
-        tcl.replace("xc7z020clg400-1", "ep4ce22f17c6"),
-    )
-    .unwrap();
+    edit(&project, "project.tcl", "xc7z020clg400-1", "ep4ce22f17c6");
     write_build_opt(&project, &[("synth", 1)]);
     let output = tool(&project, &["vitis_hls", "-f", "build_prj.tcl"])
         .output()

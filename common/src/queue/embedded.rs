@@ -259,11 +259,7 @@ impl Queue for EmbeddedQueue {
         fence: Fence,
         outcome: Outcome,
     ) -> Result<TrialState, Error> {
-        let event = match outcome {
-            Outcome::Succeeded => Event::Succeed(fence),
-            Outcome::Failed { retryable } => Event::Fail { fence, retryable },
-            Outcome::Cancelled => Event::CancelConfirmed(fence),
-        };
+        let event = outcome.event(fence);
         let mut inner = self.lock();
         Ok(inner.apply(key, event, self.policy())?.state)
     }

@@ -65,6 +65,18 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// The state machine's event for this outcome under `fence`.
+    pub fn event(self, fence: Fence) -> crate::job::Event {
+        use crate::job::Event;
+        match self {
+            Outcome::Succeeded => Event::Succeed(fence),
+            Outcome::Failed { retryable } => Event::Fail { fence, retryable },
+            Outcome::Cancelled => Event::CancelConfirmed(fence),
+        }
+    }
+}
+
 /// What a heartbeat did for each lease presented.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {

@@ -206,24 +206,13 @@ impl Queue for RedisQueue {
         fence: Fence,
         outcome: Outcome,
     ) -> Result<TrialState, Error> {
-        let (arg, event) = match outcome {
-            Outcome::Succeeded => ("succeeded", Event::Succeed(fence)),
-            Outcome::Failed { retryable: false } => (
-                "failed",
-                Event::Fail {
-                    fence,
-                    retryable: false,
-                },
-            ),
-            Outcome::Failed { retryable: true } => (
-                "failed_retryable",
-                Event::Fail {
-                    fence,
-                    retryable: true,
-                },
-            ),
-            Outcome::Cancelled => ("cancelled", Event::CancelConfirmed(fence)),
+        let arg = match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { retryable: false } => "failed",
+            Outcome::Failed { retryable: true } => "failed_retryable",
+            Outcome::Cancelled => "cancelled",
         };
+        let event = outcome.event(fence);
         let mut connection = self.connection.clone();
         let mut invocation = self.invocation(&self.scripts.complete);
         invocation
