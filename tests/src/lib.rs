@@ -299,15 +299,26 @@ impl RedisServer {
 
 /// A real S3-compatible server (moto) on a free port, with one bucket; stopped when dropped.
 pub struct S3Server {
-    _process: Process,
+    process: Process,
     port: u16,
     bucket: String,
+    dir: PathBuf,
 }
 
 impl S3Server {
     /// Starts the server with its logs in `dir`, waits until it answers, and creates `bucket`.
     pub fn start(dir: &Path, bucket: &str) -> Result<S3Server> {
         let port = free_port()?;
+        let process = Self::spawn(dir, port, bucket)?;
+        Ok(S3Server {
+            process,
+            port,
+            bucket: bucket.to_owned(),
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn spawn(dir: &Path, port: u16, bucket: &str) -> Result<Process> {
         let mut command = Command::new(program("HLSFARM_MOTO_SERVER", "moto_server")?);
         command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let mut process = Process::spawn(&format!("moto-{port}"), command, dir)?;
@@ -329,11 +340,19 @@ impl S3Server {
         ureq::put(&format!("{endpoint}/{bucket}"))
             .send_empty()
             .with_context(|| format!("creating bucket {bucket}"))?;
-        Ok(S3Server {
-            _process: process,
-            port,
-            bucket: bucket.to_owned(),
-        })
+        Ok(process)
+    }
+
+    /// Stops the server, as an outage would (moto keeps nothing: a restart starts empty).
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port, with the bucket.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(&self.dir, self.port, &self.bucket)?;
+        Ok(())
     }
 
     /// The endpoint URL (`http://127.0.0.1:PORT`).

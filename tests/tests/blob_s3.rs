@@ -1,0 +1,146 @@
+//! The object store on a real S3-compatible server: checked uploads, commits that only the
+//! first lease wins, retries with backoff through an outage, and a bounded retry budget.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use hlsfarm_common::blob::{Blobs, Error, RetryBudget};
+use hlsfarm_common::config::{Secret, StoreConfig};
+use hlsfarm_common::job::Fence;
+use hlsfarm_tests::{S3Server, TestDir};
+
+async fn server(dir: &TestDir) -> S3Server {
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || S3Server::start(&path, "hlsfarm-results"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn blobs(s3: &S3Server) -> Blobs {
+    Blobs::open(&StoreConfig {
+        url: format!("s3://{}/cluster-a", s3.bucket()),
+        s3_endpoint: s3.endpoint(),
+        s3_region: "us-east-1".into(),
+        s3_access_key_id: Secret::new("test"),
+        s3_secret_access_key: Secret::new("test"),
+        s3_allow_http: true,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_checked_and_results_commit_once() {
+    let dir = TestDir::new("s3-commit").unwrap();
+    let s3 = server(&dir).await;
+    let blobs = blobs(&s3);
+    let key = "cd".repeat(32);
+    let (winner, loser) = (
+        Fence {
+            attempt: 2,
+            epoch: 0,
+        },
+        Fence {
+            attempt: 1,
+            epoch: 0,
+        },
+    );
+    let tarball: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    for fence in [winner, loser] {
+        let staging = Blobs::staging_prefix(&key, fence);
+        let sha = blobs
+            .put_checked(
+                &format!("{staging}/artifacts.tar.gz"),
+                tarball.clone(),
+                RetryBudget::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(sha.len(), 64);
+        blobs
+            .put_checked(
+                &format!("{staging}/result.json"),
+                format!("{{\"attempt\":{}}}", fence.attempt).into_bytes(),
+                RetryBudget::default(),
+            )
+            .await
+            .unwrap();
+    }
+    blobs
+        .commit(&key, winner, &["result.json", "artifacts.tar.gz"])
+        .await
+        .unwrap();
+    let late = blobs
+        .commit(&key, loser, &["result.json", "artifacts.tar.gz"])
+        .await;
+    assert!(matches!(late, Err(Error::AlreadyExists(_))), "{late:?}");
+    let result = blobs
+        .get(&format!("{}/result.json", Blobs::result_prefix(&key)))
+        .await
+        .unwrap();
+    assert_eq!(result, b"{\"attempt\":2}");
+    assert!(
+        blobs
+            .exists(&format!("{}/artifacts.tar.gz", Blobs::result_prefix(&key)))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_rides_out_an_outage_and_gives_up_past_its_budget() {
+    let dir = TestDir::new("s3-outage").unwrap();
+    let mut s3 = server(&dir).await;
+    let blobs = blobs(&s3);
+    s3.stop();
+
+    // Down past the budget: a clear store error, after retrying.
+    let start = std::time::Instant::now();
+    let budget = RetryBudget {
+        max_elapsed: Duration::from_secs(2),
+        initial: Duration::from_millis(100),
+    };
+    let err = blobs
+        .put_checked("staging/x/1-0/result.json", b"{}".to_vec(), budget)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err:?}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "gave up after {:?}",
+        start.elapsed()
+    );
+
+    // Down for a moment: the upload retries until the store is back.
+    let budget = RetryBudget {
+        max_elapsed: Duration::from_secs(60),
+        initial: Duration::from_millis(100),
+    };
+    let upload = tokio::spawn({
+        let blobs = blobs.clone();
+        async move {
+            blobs
+                .put_checked(
+                    "staging/y/1-0/result.json",
+                    b"{\"ok\":true}".to_vec(),
+                    budget,
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!upload.is_finished(), "the upload should still be retrying");
+    let s3 = tokio::task::spawn_blocking(move || {
+        s3.restart().unwrap();
+        s3
+    })
+    .await
+    .unwrap();
+    upload.await.unwrap().unwrap();
+    assert_eq!(
+        blobs.get("staging/y/1-0/result.json").await.unwrap(),
+        b"{\"ok\":true}"
+    );
+    drop(s3);
+}
