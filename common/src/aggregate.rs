@@ -172,7 +172,7 @@ fn csv_row(entry: &SeedEntry) -> Vec<String> {
     let csynth = r.reports.csynth.as_ref();
     let vivado = r.reports.vivado_synth.as_ref();
     let fidelity = r.fidelity.as_ref();
-    let seconds: f64 = r.timings.iter().map(|t| t.seconds).sum();
+    let seconds = r.timings.iter().fold(0.0, |sum, t| sum + t.seconds);
     vec![
         r.model.name.clone(),
         r.trial_key.clone(),

@@ -305,7 +305,7 @@ fn finished_result(output_dir: &Path, key: &str) -> Option<TrialResult> {
 
 fn line_for(result: &TrialResult) -> String {
     let mut parts = vec![format!("{:?}", result.status).to_lowercase()];
-    let seconds: f64 = result.timings.iter().map(|t| t.seconds).sum();
+    let seconds = result.timings.iter().fold(0.0, |sum, t| sum + t.seconds);
     parts.push(format!("in {seconds:.1} s"));
     if let Some(c) = &result.reports.csynth {
         if let Some(lut) = c.used.lut {
@@ -328,7 +328,16 @@ fn line_for(result: &TrialResult) -> String {
 /// 130: interrupted).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (spec, base) = sweep_spec(&args)?;
-    let models = spec.models.resolve(&base)?;
+    // Absolute paths: each trial's tools run in their own scratch folder.
+    let models = spec
+        .models
+        .resolve(&base)?
+        .into_iter()
+        .map(|p| {
+            p.canonicalize()
+                .with_context(|| format!("cannot resolve {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
     let input_dir = spec.models.dir.as_ref().map(|d| base.join(d));
     let output_dir = match (&args.output_dir, &input_dir) {
         (Some(dir), _) => dir.clone(),

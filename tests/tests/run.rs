@@ -212,8 +212,14 @@ fn a_grid_names_folders_by_setting_and_no_tarball_skips_tarballs() {
 fn without_tools_it_says_what_it_skips() {
     let dir = TestDir::new("run-notools").unwrap();
     let input = input_dir(&dir);
+    assert!(input.ends_with("input"));
+    // A relative input folder, as users type it: the tools run in their own scratch folders
+    // and must still find the models.
     let mut command = run_cmd(false);
-    command.args(["run", "--input-dir"]).arg(&input).args([
+    command.current_dir(dir.path()).args([
+        "run",
+        "--input-dir",
+        "input",
         "--limit",
         "1",
         "--emulation-samples",
