@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use hlsfarm_common::config::{Config, LogFormat};
 
-/// hlsfarm: hls4ml conversion, emulation and Vitis/Vivado synthesis of model sweeps, on one
-/// host or a cluster.
+/// hlsfarm: hls4ml conversion, emulation and Vitis/Vivado synthesis of model sweeps.
 #[derive(Debug, Parser)]
-#[command(name = "hlsfarm", version, about, long_about = None)]
+#[command(name = "hlsfarm", version)]
 pub struct Cli {
     /// TOML config file (also `HLSFARM_CONFIG`). Precedence: defaults < file <
     /// `HLSFARM_<SECTION>__<KEY>` environment (e.g. `HLSFARM_COORDINATOR__LEASE_MS`) < flags.
