@@ -359,14 +359,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         eprintln!("hlsfarm: warning: {error}");
     }
     let points = spec.grid.expand();
-    let tools_for_all = points
+    let hls_for_all = points
         .iter()
-        .all(|p| tool_command(p.backend, &tools).is_some())
-        && tools.iter().any(|t| t.name == "vivado");
+        .all(|p| tool_command(p.backend, &tools).is_some());
+    let vivado = tools.iter().any(|t| t.name == "vivado");
     let stages = if !spec.stages.is_empty() {
         spec.normalized_stages()
-    } else if tools_for_all {
+    } else if hls_for_all && vivado {
         Stage::FULL_FLOW.to_vec()
+    } else if hls_for_all {
+        eprintln!(
+            "hlsfarm: vivado not found on PATH: vsynth skipped; source Vivado's settings64.sh, or pass --stages, to run it"
+        );
+        Stage::FULL_FLOW
+            .iter()
+            .copied()
+            .filter(|s| *s != Stage::Vsynth)
+            .collect()
     } else {
         eprintln!(
             "hlsfarm: Vitis HLS / Vivado not found on PATH: running convert and emulate only (csynth, cosim, export, vsynth skipped); source the Xilinx settings64.sh, or pass --stages, to run them"

@@ -328,3 +328,40 @@ fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
     assert!(stderr.contains("(0 already done, 1 to run)"), "{stderr}");
     assert!(stderr.contains("1 trials: 1 succeeded"), "{stderr}");
 }
+
+#[test]
+fn with_hls_but_without_vivado_only_vsynth_is_skipped() {
+    let dir = TestDir::new("run-novivado").unwrap();
+    let input = input_dir(&dir);
+    // A PATH with the stand-in's vitis_hls and nothing else of AMD's.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        hlsfarm_tests::standin_bin_dir().join("vitis_hls"),
+        bin.join("vitis_hls"),
+    )
+    .unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let mut command = run_cmd(false);
+    command
+        .env("PATH", path)
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--limit", "1", "--emulation-samples", "10"]);
+    let output = run_ok(command).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("vivado not found on PATH: vsynth skipped"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stages convert,emulate,csynth,cosim,export;"),
+        "{stderr}"
+    );
+    let out = input.join("hls_outputs/hls_model_trial_000");
+    assert!(out.join("myproject_csynth.xml").is_file());
+    assert!(!out.join("vivado_synth.rpt").exists());
+}
