@@ -24,6 +24,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// The six files the original script kept per trial (its README), which hlsfarm keeps too.
+pub const SEED_KEPT_FILES: &[&str] = &[
+    "project.tcl",
+    "vitis_hls.log",
+    "vivado_synth.rpt",
+    "vivado_synth.tcl",
+    "vivado.jou",
+    "vivado.log",
+];
+
 /// How to install what the tests need.
 const SETUP_HINT: &str = "run `make setup` (or `bash .ci/setup`) and `source ~/.local/share/hlsfarm/env`, or use `make test`, which does both";
 

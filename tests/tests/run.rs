@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hlsfarm_tests::{TestDir, hls4ml_python, hlsfarm_command, path_with_standin, run_ok};
+use hlsfarm_tests::{
+    SEED_KEPT_FILES, TestDir, hls4ml_python, hlsfarm_command, path_with_standin, run_ok,
+};
 use serde_json::Value;
 
 /// Copies the example trials into a fresh input folder.
@@ -62,15 +64,7 @@ fn original_flags_full_flow_layout_and_resume() {
     // The original layout, under the original default output folder.
     let out = input.join("hls_outputs");
     for trial in ["hls_model_trial_000", "hls_model_trial_001"] {
-        for file in [
-            "project.tcl",
-            "vitis_hls.log",
-            "vivado_synth.rpt",
-            "vivado_synth.tcl",
-            "vivado.jou",
-            "vivado.log",
-            "result.json",
-        ] {
+        for file in SEED_KEPT_FILES.iter().chain(&["result.json"]).copied() {
             assert!(
                 out.join(trial).join(file).is_file(),
                 "{trial}/{file} missing"

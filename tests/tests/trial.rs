@@ -11,7 +11,7 @@ use hlsfarm_common::results::{ModelRef, TrialResult, TrialStatus};
 use hlsfarm_common::settings::{Backend, Settings, Strategy};
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::EmulationSpec;
-use hlsfarm_tests::{TestDir, hls4ml_python, path_with_standin, shared_dir};
+use hlsfarm_tests::{SEED_KEPT_FILES, TestDir, hls4ml_python, path_with_standin, shared_dir};
 use hlsfarm_worker::driver::{DriverEnv, ModelFiles};
 use hlsfarm_worker::tools::detect_tools;
 use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial};
@@ -128,19 +128,14 @@ async fn full_flow_keeps_the_essential_files_and_records_everything() {
     );
     assert_eq!(result.toolchain.hls4ml_version, "1.3.0");
     // The seed's six files, the reports and the config are kept; the project is not.
-    for file in [
-        "project.tcl",
-        "vitis_hls.log",
-        "vivado_synth.rpt",
-        "vivado_synth.tcl",
-        "vivado.jou",
-        "vivado.log",
+    let others = [
         "myproject_csynth.rpt",
         "myproject_csynth.xml",
         "myproject_cosim.rpt",
         "hls4ml_config.yml",
         "hls4ml.log",
-    ] {
+    ];
+    for file in SEED_KEPT_FILES.iter().chain(&others).copied() {
         assert!(
             result.kept_files.contains(&file.to_owned()),
             "{file} not kept: {:?}",

@@ -223,53 +223,37 @@ def convert(request, timings):
                   backend=backend, io_type=settings["io_type"], part=settings["part"],
                   clock_period=settings["clock_period_ns"])
     t = time.monotonic()
+    # Per format: load the model, then the hls4ml config and converter functions to call.
     if fmt in ("keras_h5", "keras_json"):
         net = load_keras(model, fmt)
-        timings["load"] = time.monotonic() - t
         layer_classes = {l.name: type(l).__name__ for l in net.layers}
-        t = time.monotonic()
-        try:
-            cfg = hls4ml.utils.config_from_keras_model(net, granularity="name", backend=backend,
-                                                       default_precision=settings["precision"],
-                                                       default_reuse_factor=settings["reuse_factor"])
-            cfg = apply_settings(cfg, settings, layer_classes)
-            hm = hls4ml.converters.convert_from_keras_model(net, hls_config=cfg, **common)
-        except Failure:
-            raise
-        except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions for unsupported layers
-            raise unsupported(e)
+        config_args = (net,)
+        config_from, convert_from = hls4ml.utils.config_from_keras_model, hls4ml.converters.convert_from_keras_model
     elif fmt == "pytorch":
         net, shape = load_pytorch(model)
-        timings["load"] = time.monotonic() - t
         layer_classes = {name: type(m).__name__ for name, m in net.named_modules()}
-        t = time.monotonic()
-        try:
-            cfg = hls4ml.utils.config_from_pytorch_model(net, shape, granularity="name", backend=backend,
-                                                         default_precision=settings["precision"],
-                                                         default_reuse_factor=settings["reuse_factor"])
-            cfg = apply_settings(cfg, settings, layer_classes)
-            hm = hls4ml.converters.convert_from_pytorch_model(net, hls_config=cfg, **common)
-        except Failure:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise unsupported(e)
+        config_args = (net, shape)
+        config_from, convert_from = hls4ml.utils.config_from_pytorch_model, hls4ml.converters.convert_from_pytorch_model
     elif fmt == "onnx":
         net = load_onnx(model)
-        timings["load"] = time.monotonic() - t
-        t = time.monotonic()
-        try:
-            cfg = hls4ml.utils.config_from_onnx_model(net, granularity="name", backend=backend,
-                                                      default_precision=settings["precision"],
-                                                      default_reuse_factor=settings["reuse_factor"])
-            cfg = apply_settings(cfg, settings, {})
-            hm = hls4ml.converters.convert_from_onnx_model(net, hls_config=cfg, **common)
-        except Failure:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise unsupported(e)
+        layer_classes = {}
+        config_args = (net,)
+        config_from, convert_from = hls4ml.utils.config_from_onnx_model, hls4ml.converters.convert_from_onnx_model
     else:
         raise Failure("bad_input", f"unknown model format `{fmt}`", "convert",
                       "formats: keras_h5, keras_json, pytorch, onnx")
+    timings["load"] = time.monotonic() - t
+    t = time.monotonic()
+    try:
+        cfg = config_from(*config_args, granularity="name", backend=backend,
+                          default_precision=settings["precision"],
+                          default_reuse_factor=settings["reuse_factor"])
+        cfg = apply_settings(cfg, settings, layer_classes)
+        hm = convert_from(net, hls_config=cfg, **common)
+    except Failure:
+        raise
+    except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions for unsupported layers
+        raise unsupported(e)
     if settings.get("max_array_partition_size"):
         hm.config.config["MaximumSize"] = settings["max_array_partition_size"]
     timings["convert"] = time.monotonic() - t
