@@ -470,6 +470,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         // One process holds every lease: nothing can lose one but the process itself.
         lease: Duration::from_secs(30 * 24 * 3600),
         max_attempts: 3,
+        retry_backoff: Duration::ZERO,
     }));
     let sweep_id = "one-host".to_owned();
     let new: Vec<NewTrial> = to_run
@@ -481,6 +482,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .unwrap_or(1.0)
                 / f64::from(p.spec.settings.reuse_factor.max(1)),
             payload: serde_json::Value::Null,
+            needs: Default::default(),
         })
         .collect();
     queue

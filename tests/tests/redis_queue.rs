@@ -28,6 +28,7 @@ async fn conformance_suite_on_real_redis() {
                 QueueConfig {
                     lease,
                     max_attempts: 3,
+                    retry_backoff: Duration::ZERO,
                 },
             )
             .await
@@ -44,7 +45,7 @@ async fn queued_and_leased_trials_survive_a_redis_restart_with_aof() {
     let mut redis = RedisServer::start(dir.path(), RedisOptions { aof: true }).unwrap();
     let config = QueueConfig {
         lease: Duration::from_secs(60),
-        max_attempts: 3,
+        ..QueueConfig::default()
     };
     let q = RedisQueue::connect(&redis.url(), "restart", config)
         .await
@@ -54,6 +55,7 @@ async fn queued_and_leased_trials_survive_a_redis_restart_with_aof() {
             key: format!("t{i}"),
             cost: f64::from(i),
             payload: serde_json::json!({ "i": i }),
+            needs: Default::default(),
         })
         .collect();
     q.submit(
@@ -103,7 +105,7 @@ async fn a_state_that_does_not_exist_is_an_unknown_trial() {
         "unknown",
         QueueConfig {
             lease: Duration::from_secs(5),
-            max_attempts: 3,
+            ..QueueConfig::default()
         },
     )
     .await

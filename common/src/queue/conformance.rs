@@ -25,6 +25,7 @@ fn trial(key: &str, cost: f64) -> NewTrial {
         key: key.to_owned(),
         cost,
         payload: serde_json::json!({ "key": key }),
+        needs: Default::default(),
     }
 }
 

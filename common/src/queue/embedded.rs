@@ -358,7 +358,7 @@ mod tests {
     fn queue(lease: Duration) -> EmbeddedQueue {
         EmbeddedQueue::new(QueueConfig {
             lease,
-            max_attempts: 3,
+            ..QueueConfig::default()
         })
     }
 

@@ -36,6 +36,48 @@ pub struct NewTrial {
     pub cost: f64,
     /// What the worker needs to run it, opaque to the queue.
     pub payload: serde_json::Value,
+    /// Which workers can take it and what it holds while it runs.
+    #[serde(default)]
+    pub needs: Needs,
+}
+
+/// What a trial needs from the worker that leases it (used by the Redis queue; the one-host
+/// queue has one kind of worker and ignores it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Needs {
+    /// Its capability class: only workers that serve the class may lease it ("" for any).
+    pub class: String,
+    /// Memory it needs free on the worker, MiB.
+    pub memory_mib: u64,
+    /// Cores it needs free on the worker.
+    pub cores: u32,
+    /// Licence-seat features it holds while leased (e.g. `vsynth`).
+    pub seats: Vec<String>,
+}
+
+/// What a worker offers when it asks for work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// Classes it serves; `None` for any.
+    pub classes: Option<Vec<String>>,
+    /// Free memory, MiB.
+    pub memory_mib: u64,
+    /// Free cores.
+    pub cores: u32,
+    /// Cluster-wide seat limits per feature; a feature not listed is unlimited.
+    pub seat_limits: std::collections::BTreeMap<String, u32>,
+}
+
+impl Fit {
+    /// A worker that fits anything.
+    pub fn any() -> Fit {
+        Fit {
+            classes: None,
+            memory_mib: u64::MAX / 4,
+            cores: u32::MAX / 4,
+            seat_limits: Default::default(),
+        }
+    }
 }
 
 /// A leased trial.
@@ -153,6 +195,18 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Leases a trial may spend.
     pub max_attempts: u32,
+    /// How long a trial that failed in a retryable way waits before it is leased again.
+    pub retry_backoff: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> QueueConfig {
+        QueueConfig {
+            lease: Duration::from_secs(5),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A trial queue with leases (see the module docs).

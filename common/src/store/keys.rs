@@ -30,6 +30,66 @@ impl Keys {
     pub fn trial(&self, key: &str) -> String {
         format!("{}:t:{key}", self.base)
     }
+
+    /// Every sweep by submit time (zset).
+    pub fn all_sweeps(&self) -> String {
+        format!("{}:all", self.base)
+    }
+
+    /// One sweep's description (hash).
+    pub fn sweep(&self, id: &str) -> String {
+        format!("{}:sw:{id}", self.base)
+    }
+
+    /// One sweep's trials per state (hash).
+    pub fn counts(&self, id: &str) -> String {
+        format!("{}:n:{id}", self.base)
+    }
+
+    /// One sweep's own trials (set).
+    pub fn members(&self, id: &str) -> String {
+        format!("{}:members:{id}", self.base)
+    }
+
+    /// Trials a sweep shares from earlier results or other sweeps (set).
+    pub fn reused(&self, id: &str) -> String {
+        format!("{}:reused:{id}", self.base)
+    }
+
+    /// Registered workers' capabilities (hash).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+
+    /// Workers by last contact, ms (zset).
+    pub fn seen(&self) -> String {
+        format!("{}:wseen", self.base)
+    }
+
+    /// Workers asked to drain (set).
+    pub fn drain(&self) -> String {
+        format!("{}:drain", self.base)
+    }
+
+    /// Leased trials by deadline (zset).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.base)
+    }
+
+    /// Seats held per feature (hash).
+    pub fn seats(&self) -> String {
+        format!("{}:seats", self.base)
+    }
+
+    /// Recently failed trials (list).
+    pub fn failures(&self) -> String {
+        format!("{}:failures", self.base)
+    }
+
+    /// The events stream.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.base)
+    }
 }
 
 #[cfg(test)]

@@ -3,4 +3,7 @@
 pub mod keys;
 pub mod redis_queue;
 
-pub use redis_queue::RedisQueue;
+pub use redis_queue::{
+    ClaimSet, Completion, EventReader, Progress, RedisQueue, Snapshot, StreamEvent, Submitted,
+    SweepRecord, SweepSubmit, TrialRecord, WorkerRecord,
+};

@@ -1,30 +1,70 @@
--- ARGV: P, worker, max, lease_ms. Returns {trial, sweep, attempt, epoch, payload} per lease:
--- the sweep with the least virtual time first, the costliest queued trial within it.
+-- ARGV: P, worker, max, lease_ms, free memory MiB, free cores, classes (comma list; "*" for
+-- any), seat limits ("feature=limit,..."). Returns {trial, sweep, attempt, epoch, payload}
+-- per lease: the active sweep with the least virtual time first; within it the costliest
+-- queued trial of a class the worker serves that fits its free memory, cores and the seats.
 local worker, max, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local deadline = now_ms() + lease_ms
+local mem, cpu = tonumber(ARGV[5]), tonumber(ARGV[6])
+local any = ARGV[7] == '*'
+local worker_classes = split(ARGV[7])
+local limits = {}
+for _, pair in ipairs(split(ARGV[8])) do
+  local f, n = string.match(pair, '([^=]+)=(%d+)')
+  if f then limits[f] = tonumber(n) end
+end
+local now = now_ms()
+local deadline = now + lease_ms
+
+local function seats_free(seat)
+  for _, f in ipairs(split(seat)) do
+    if limits[f] and tonumber(redis.call('HGET', P .. ':seats', f) or '0') >= limits[f] then return false end
+  end
+  return true
+end
+
 local out = {}
 while #out < max do
-  local got = false
+  local pick = nil
   for _, sweep in ipairs(redis.call('ZRANGE', P .. ':sweeps', 0, -1)) do
-    local ready = P .. ':ready:' .. sweep
-    while true do
-      local popped = redis.call('ZPOPMAX', ready)
-      if #popped == 0 then break end
-      local k = string.sub(popped[1], 14)
-      local t = tkey(k)
-      if redis.call('HGET', t, 'st') == 'queued' and redis.call('HGET', t, 's') == sweep then
-        local attempt = redis.call('HINCRBY', t, 'a', 1)
-        redis.call('HSET', t, 'st', 'leased', 'w', worker, 'd', deadline)
-        redis.call('ZADD', P .. ':leases', deadline, k)
-        local prio = tonumber(redis.call('HGET', P .. ':prio', sweep) or '1')
-        redis.call('ZINCRBY', P .. ':sweeps', 1 / prio, sweep)
-        out[#out + 1] = {k, sweep, attempt, tonumber(redis.call('HGET', t, 'e')), redis.call('HGET', t, 'p')}
-        got = true
-        break
+    local classes = worker_classes
+    if any then classes = redis.call('SMEMBERS', P .. ':cls:' .. sweep) end
+    for _, cls in ipairs(classes) do
+      local ready = P .. ':ready:' .. sweep .. ':' .. cls
+      local top = redis.call('ZREVRANGE', ready, 0, 15, 'WITHSCORES')
+      for i = 1, #top, 2 do
+        local cost = tonumber(top[i + 1])
+        if pick and cost <= pick.cost then break end
+        local k = string.sub(top[i], 14)
+        local f = redis.call('HMGET', tkey(k), 'st', 's', 'mem', 'cpu', 'seat', 'nb')
+        if f[1] ~= 'queued' or f[2] ~= sweep then
+          redis.call('ZREM', ready, top[i])
+        elseif tonumber(f[3] or '0') <= mem and tonumber(f[4] or '0') <= cpu
+            and tonumber(f[6] or '0') <= now and seats_free(f[5]) then
+          pick = {k = k, sweep = sweep, cost = cost, ready = ready, member = top[i],
+            mem = tonumber(f[3] or '0'), cpu = tonumber(f[4] or '0'), seat = f[5]}
+          break
+        end
       end
     end
-    if got then break end
+    if pick then break end
   end
-  if not got then break end
+  if not pick then break end
+  local t = tkey(pick.k)
+  redis.call('ZREM', pick.ready, pick.member)
+  set_state(pick.k, 'leased')
+  local attempt = redis.call('HINCRBY', t, 'a', 1)
+  local held = 0
+  if pick.seat and pick.seat ~= '' then
+    held = 1
+    for _, f in ipairs(split(pick.seat)) do redis.call('HINCRBY', P .. ':seats', f, 1) end
+  end
+  redis.call('HSET', t, 'w', worker, 'd', deadline, 't0', now, 'hs', held, 'stg', '', 'ph', '')
+  redis.call('ZADD', P .. ':leases', deadline, pick.k)
+  local prio = tonumber(redis.call('HGET', P .. ':sw:' .. pick.sweep, 'prio') or '1')
+  redis.call('ZINCRBY', P .. ':sweeps', 1 / prio, pick.sweep)
+  emit('leased', pick.k, pick.sweep, 'leased', worker, 'attempt ' .. attempt)
+  mem = mem - pick.mem
+  cpu = cpu - pick.cpu
+  out[#out + 1] = {pick.k, pick.sweep, attempt, tonumber(redis.call('HGET', t, 'e')), redis.call('HGET', t, 'p') or 'null'}
 end
+redis.call('ZADD', P .. ':wseen', now, worker)
 return out

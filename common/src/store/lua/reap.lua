@@ -1,12 +1,13 @@
--- ARGV: P, max_attempts. Leases past their deadline end: queued again, or dead when out of
--- attempts, or cancelled when a cancel was ordered. Returns how many.
+-- ARGV: P, max_attempts. Leases past their deadline end: queued again at once, or dead when
+-- out of attempts, or cancelled when a cancel was ordered. Returns how many.
 local now = now_ms()
 local n = 0
 for _, k in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', now)) do
   local t = tkey(k)
-  local d = tonumber(redis.call('HGET', t, 'd') or '0')
-  if redis.call('HGET', t, 'st') == 'leased' and d <= now then
-    requeue_or_dead(k, ARGV[2])
+  local f = redis.call('HMGET', t, 'st', 'd', 's', 'w')
+  if f[1] == 'leased' and tonumber(f[2] or '0') <= now then
+    local state = requeue_or_dead(k, ARGV[2], 0)
+    emit('expired', k, f[3], state, f[4], 'lease expired')
     n = n + 1
   else
     redis.call('ZREM', P .. ':leases', k)
