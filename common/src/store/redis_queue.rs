@@ -842,7 +842,7 @@ impl RedisQueue {
             ids
         };
         let mut sweeps = self.sweeps(&ids).await?;
-        sweeps.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms));
+        sweeps.sort_by_key(|s| std::cmp::Reverse(s.submitted_ms));
         let seen: HashMap<String, i64> = seen.into_iter().collect();
         let mut workers: Vec<WorkerRecord> = workers
             .into_iter()
