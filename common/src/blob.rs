@@ -214,6 +214,46 @@ impl Blobs {
         }
     }
 
+    /// Copies the files under `staging` (a lease's staging prefix) into the trial's result
+    /// folder, replacing what is there, then deletes the staged copies. Only the coordinator
+    /// calls this, and only after Redis accepted that lease's completion: that is the fence.
+    /// Returns the files copied.
+    pub async fn promote(&self, staging: &str, trial_key: &str) -> Result<Vec<String>, Error> {
+        use futures_util::TryStreamExt;
+        let from = self.path(staging);
+        let listed: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&from)).try_collect().await?;
+        let result = Self::result_prefix(trial_key);
+        let mut copied = Vec::new();
+        for meta in &listed {
+            let Some(name) = meta.location.as_ref().strip_prefix(from.as_ref()) else {
+                continue;
+            };
+            let name = name.trim_start_matches('/');
+            let to = self.path(&format!("{result}/{name}"));
+            self.store.copy(&meta.location, &to).await?;
+            copied.push(name.to_owned());
+        }
+        for meta in listed {
+            self.store.delete(&meta.location).await?;
+        }
+        Ok(copied)
+    }
+
+    /// Deletes every object under `prefix` (a stale lease's staging folder, say).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.path(prefix)))
+            .try_collect()
+            .await?;
+        for meta in &listed {
+            self.store.delete(&meta.location).await?;
+        }
+        Ok(listed.len() as u64)
+    }
+
     /// Commits the staged `files` of a lease as the trial's result, each with a create-only
     /// put: when a result is committed already, nothing is overwritten and
     /// [`Error::AlreadyExists`] says so.

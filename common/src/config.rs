@@ -75,6 +75,8 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     /// The object store holding models, results and artifacts.
     pub store: StoreConfig,
+    /// A worker daemon (`hlsfarm worker`).
+    pub worker: WorkerConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -95,6 +97,19 @@ pub struct CoordinatorConfig {
     pub heartbeat_ms: u64,
     /// Leases a trial may spend before retryable failures make it dead. Default 3.
     pub max_attempts: u32,
+    /// How long a trial that failed in a retryable way (infrastructure, timeout, oom,
+    /// licence) waits before it is leased again, in milliseconds. Default 5000.
+    pub retry_backoff_ms: u64,
+    /// Bearer token of operators (submit, status, cancel, retry, drain). Required by `serve`.
+    pub operator_token: Secret,
+    /// Bearer token of workers (register, lease, heartbeat, complete, hand back). Required
+    /// by `serve`.
+    pub worker_token: Secret,
+    /// Licence seats: at most this many trials running a stage at once, cluster-wide, by
+    /// stage name (e.g. `{ vsynth = 8 }`). Stages not listed are unlimited. Default none.
+    pub seats: std::collections::BTreeMap<String, u32>,
+    /// Largest model file `UploadModel` accepts, in MiB. Default 512.
+    pub max_upload_mib: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -106,6 +121,64 @@ impl Default for CoordinatorConfig {
             lease_ms: 5000,
             heartbeat_ms: 1000,
             max_attempts: 3,
+            retry_backoff_ms: 5000,
+            operator_token: Secret::default(),
+            worker_token: Secret::default(),
+            seats: std::collections::BTreeMap::new(),
+            max_upload_mib: 512,
+        }
+    }
+}
+
+/// Settings of a worker daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// The coordinator's URL. Default `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// The worker token (see `coordinator.worker_token`).
+    pub token: Secret,
+    /// Folder for trial projects. Default `/var/tmp/hlsfarm`.
+    pub scratch: PathBuf,
+    /// Trials run at once; 0 picks cores / 2 (at least 1). Default 0.
+    pub slots: u32,
+    /// No lease while free scratch disk is below this many GiB. Default 10.
+    pub min_free_disk_gib: u64,
+    /// Memory offered to trials, MiB; 0 takes the machine's total. Default 0.
+    pub memory_mib: u64,
+    /// Cores offered to trials; 0 takes the machine's. Default 0.
+    pub cores: u32,
+    /// The hls4ml venv's python; empty: `$HLSFARM_PYTHON` or the venv `make setup` made.
+    pub python: PathBuf,
+    /// Part families this host may synthesize (e.g. `["zynq", "virtexuplus"]`); empty: any.
+    pub part_families: Vec<String>,
+    /// On SIGTERM, how long running trials may take to finish before they are handed back,
+    /// seconds. Default 300.
+    pub drain_timeout_s: u64,
+    /// Time limit of convert + emulate, seconds. Default 3600.
+    pub convert_timeout_s: u64,
+    /// Time limit of each tool stage, seconds. Default 86400.
+    pub stage_timeout_s: u64,
+    /// Keep a trial's scratch folder after it succeeded (always kept on failure). Default false.
+    pub keep_scratch: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinator: "http://127.0.0.1:7070".to_owned(),
+            token: Secret::default(),
+            scratch: PathBuf::from("/var/tmp/hlsfarm"),
+            slots: 0,
+            min_free_disk_gib: 10,
+            memory_mib: 0,
+            cores: 0,
+            python: PathBuf::new(),
+            part_families: Vec::new(),
+            drain_timeout_s: 300,
+            convert_timeout_s: 3600,
+            stage_timeout_s: 24 * 3600,
+            keep_scratch: false,
         }
     }
 }
@@ -231,6 +304,9 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut config = self.clone();
         config.coordinator.redis_url = config.coordinator.redis_url.redacted();
+        config.coordinator.operator_token = config.coordinator.operator_token.redacted();
+        config.coordinator.worker_token = config.coordinator.worker_token.redacted();
+        config.worker.token = config.worker.token.redacted();
         config.store.s3_access_key_id = config.store.s3_access_key_id.redacted();
         config.store.s3_secret_access_key = config.store.s3_secret_access_key.redacted();
         config
@@ -289,6 +365,33 @@ impl Config {
             errors.push(
                 "coordinator.max_attempts",
                 format!("must be between 1 and 100, got {}", c.max_attempts),
+            );
+        }
+        if !c.operator_token.is_empty() && c.operator_token == c.worker_token {
+            errors.push(
+                "coordinator.worker_token",
+                "must differ from operator_token: a worker must not be able to submit or cancel",
+            );
+        }
+        for (stage, limit) in &c.seats {
+            if stage.parse::<crate::stage::Stage>().is_err() {
+                errors.push(
+                    format!("coordinator.seats.{stage}"),
+                    "is not a stage (convert, emulate, csynth, cosim, export, vsynth)",
+                );
+            }
+            if *limit == 0 {
+                errors.push(
+                    format!("coordinator.seats.{stage}"),
+                    "must be at least 1 (leave the stage out for no limit)",
+                );
+            }
+        }
+        let w = &self.worker;
+        if !(w.coordinator.starts_with("http://") || w.coordinator.starts_with("https://")) {
+            errors.push(
+                "worker.coordinator",
+                format!("`{}` must start with http:// or https://", w.coordinator),
             );
         }
         if let Err(msg) = crate::store_url::StoreUrl::parse(&self.store.url) {

@@ -146,3 +146,100 @@ impl TrialResult {
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
+
+/// A trial's result in a few figures: what the queue keeps per finished trial for status,
+/// results listings and the web page (the whole `result.json` stays in the store).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultSummary {
+    /// `success`, `failed` or `cancelled`.
+    pub status: String,
+    /// The failure class, when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<FailureClass>,
+    /// One line saying what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A known fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    /// The stage that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// Seconds over all stages.
+    pub seconds: f64,
+    /// LUTs (Vivado synthesis where run, else C synthesis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lut: Option<f64>,
+    /// Flip-flops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ff: Option<f64>,
+    /// DSP slices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsp: Option<f64>,
+    /// Block RAM (18K units from HLS, tiles from Vivado).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bram: Option<f64>,
+    /// Worst-case latency, cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_cycles: Option<u64>,
+    /// Worst-case latency, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ns: Option<f64>,
+    /// Largest initiation interval, cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_cycles: Option<u64>,
+    /// Emulation: largest absolute difference from the float model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_diff: Option<f64>,
+    /// Emulation: share of samples whose argmax agrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argmax_agreement: Option<f64>,
+    /// hls4ml warnings.
+    pub warnings: usize,
+    /// Bytes kept (tarball).
+    pub kept_bytes: u64,
+}
+
+impl From<&TrialResult> for ResultSummary {
+    fn from(r: &TrialResult) -> Self {
+        let csynth = r.reports.csynth.as_ref();
+        let vivado = r.reports.vivado_synth.as_ref();
+        let pick = |v: Option<f64>, h: Option<f64>| v.or(h);
+        ResultSummary {
+            status: match r.status {
+                TrialStatus::Success => "success",
+                TrialStatus::Failed => "failed",
+                TrialStatus::Cancelled => "cancelled",
+            }
+            .to_owned(),
+            class: r.failure.as_ref().map(|f| f.class),
+            reason: r.failure.as_ref().map(|f| f.reason.clone()),
+            suggestion: r.failure.as_ref().and_then(|f| f.suggestion.clone()),
+            stage: r.failure.as_ref().and_then(|f| f.stage),
+            seconds: r.timings.iter().map(|t| t.seconds).sum(),
+            lut: pick(
+                vivado.and_then(|v| v.used.lut),
+                csynth.and_then(|c| c.used.lut),
+            ),
+            ff: pick(
+                vivado.and_then(|v| v.used.ff),
+                csynth.and_then(|c| c.used.ff),
+            ),
+            dsp: pick(
+                vivado.and_then(|v| v.used.dsp),
+                csynth.and_then(|c| c.used.dsp),
+            ),
+            bram: pick(
+                vivado.and_then(|v| v.used.bram_tiles),
+                csynth.and_then(|c| c.used.bram_18k),
+            ),
+            latency_cycles: csynth.and_then(|c| c.latency_worst_cycles),
+            latency_ns: r.latency_ns(),
+            interval_cycles: csynth.and_then(|c| c.interval_max_cycles),
+            max_abs_diff: r.fidelity.as_ref().map(|f| f.max_abs_diff),
+            argmax_agreement: r.fidelity.as_ref().map(|f| f.argmax_agreement),
+            warnings: r.warnings.len(),
+            kept_bytes: r.kept_bytes,
+        }
+    }
+}

@@ -388,6 +388,27 @@ pub struct SweepSpec {
     /// How emulation samples are generated.
     #[serde(default)]
     pub emulation: EmulationSpec,
+    /// The toolchain the trial keys name (cluster): default, the one most live workers have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<ToolchainSpec>,
+    /// Memory and cores each trial holds on its worker (cluster): default by stages (2 GiB
+    /// for hls4ml alone, 4 GiB with HLS, 8 GiB and 2 cores with Vivado).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::plan::TrialResources>,
+}
+
+/// A toolchain named by a sweep, for submitting before any worker has registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolchainSpec {
+    /// hls4ml version, e.g. `1.3.0`.
+    pub hls4ml_version: String,
+    /// HLS tool command (`vitis-run`, `vitis_hls`, `vivado_hls`); empty with no tool stages.
+    #[serde(default)]
+    pub tool: String,
+    /// Its version, e.g. `2023.2`.
+    #[serde(default)]
+    pub tool_version: String,
 }
 
 fn default_priority() -> u32 {

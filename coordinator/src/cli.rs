@@ -37,6 +37,20 @@ pub enum Command {
     /// and result.json per trial, and synthesis_results.json and results.csv. Running it again
     /// reuses finished trials. Exit code: 0 all succeeded, 1 some failed, 130 interrupted.
     Run(Box<crate::onehost::RunArgs>),
+    /// Run the cluster coordinator: serves operators and workers over gRPC, keeps every fact
+    /// in Redis (coordinator.redis_url), results in the store (store.url). Needs
+    /// coordinator.operator_token and coordinator.worker_token. Stops on SIGTERM/Ctrl-C.
+    Serve {
+        /// Address to listen on (coordinator.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Redis URL (coordinator.redis_url).
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Store URL: a folder or s3://bucket/prefix (store.url).
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Print a finished sweep's trials from its output folder (synthesis_results.json):
     /// settings, resources, latency, fidelity and failures.
     Results {
@@ -66,6 +80,22 @@ impl Cli {
         if let Some(format) = self.log_format {
             overrides["log"] = serde_json::json!({ "format": format });
         }
+        if let Some(Command::Serve {
+            listen,
+            redis_url,
+            store,
+        }) = &self.command
+        {
+            if let Some(v) = listen {
+                overrides["coordinator"]["listen"] = v.clone().into();
+            }
+            if let Some(v) = redis_url {
+                overrides["coordinator"]["redis_url"] = v.clone().into();
+            }
+            if let Some(v) = store {
+                overrides["store"]["url"] = v.clone().into();
+            }
+        }
         Config::load(self.config.as_deref(), &overrides)
     }
 }
@@ -81,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
+        Some(Command::Serve { .. }) => crate::server::serve(config).await,
         Some(Command::Results { path, format }) => crate::results_cmd::run(&path, format),
         None => {
             use clap::CommandFactory;

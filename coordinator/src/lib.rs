@@ -6,6 +6,7 @@
 //! - [`progress`]: bars on a terminal, lines elsewhere, for `hlsfarm run`.
 //! - [`report_cmd`]: `hlsfarm report`, the figures of a project folder or report file.
 //! - [`results_cmd`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
+//! - [`server`]: `hlsfarm serve`, the cluster coordinator (gRPC on Redis and the store).
 //! - [`telemetry`]: tracing set-up from the log config.
 
 #![deny(clippy::unwrap_used)]
@@ -16,4 +17,5 @@ pub mod pareto;
 pub mod progress;
 pub mod report_cmd;
 pub mod results_cmd;
+pub mod server;
 pub mod telemetry;

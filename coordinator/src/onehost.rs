@@ -221,6 +221,8 @@ fn sweep_spec(args: &RunArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
                     samples: args.emulation_samples,
                     seed: args.seed,
                 },
+                toolchain: None,
+                resources: None,
             };
             (spec, PathBuf::from("."))
         }

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use hlsfarm_common::{Backend, IoType, LayerOverride, Settings, Stage, Strategy};
+use hlsfarm_common::job::TrialState;
+use hlsfarm_common::plan::WorkerCaps;
+use hlsfarm_common::sweep::{OneOrMany, SettingsGrid};
+use hlsfarm_common::{Backend, FailureClass, IoType, LayerOverride, Settings, Stage, Strategy};
 
 use crate::v1;
 
@@ -60,6 +63,15 @@ enum_conversion!(Backend, v1::Backend, "backend", { Vitis <=> Vitis, Vivado <=> 
 enum_conversion!(Stage, v1::Stage, "stage", {
     Convert <=> Convert, Emulate <=> Emulate, Csynth <=> Csynth,
     Cosim <=> Cosim, Export <=> Export, Vsynth <=> Vsynth
+});
+
+enum_conversion!(TrialState, v1::TrialState, "state", {
+    Queued <=> Queued, Leased <=> Leased, Succeeded <=> Succeeded,
+    Failed <=> Failed, Cancelled <=> Cancelled, Dead <=> Dead
+});
+enum_conversion!(FailureClass, v1::FailureClass, "class", {
+    BadInput <=> BadInput, ToolError <=> ToolError, Timeout <=> Timeout,
+    Oom <=> Oom, Licence <=> Licence, Infrastructure <=> Infrastructure
 });
 
 /// Converts a stage list from the wire.
@@ -133,6 +145,116 @@ impl TryFrom<v1::Settings> for Settings {
             max_array_partition_size: (s.max_array_partition_size != 0)
                 .then_some(s.max_array_partition_size),
             layers,
+        })
+    }
+}
+
+fn list<T: Clone>(v: &Option<OneOrMany<T>>) -> Vec<T> {
+    v.as_ref().map(OneOrMany::to_vec).unwrap_or_default()
+}
+
+fn some<T>(v: Vec<T>) -> Option<OneOrMany<T>> {
+    (!v.is_empty()).then_some(OneOrMany::Many(v))
+}
+
+fn enums<T: FromWire>(raw: Vec<i32>) -> Result<Option<OneOrMany<T>>, WireError> {
+    Ok(some(
+        raw.into_iter()
+            .map(T::from_wire)
+            .collect::<Result<Vec<T>, WireError>>()?,
+    ))
+}
+
+impl From<&SettingsGrid> for v1::SettingsGrid {
+    fn from(g: &SettingsGrid) -> Self {
+        v1::SettingsGrid {
+            io_type: list(&g.io_type)
+                .into_iter()
+                .map(|v| v1::IoType::from(v) as i32)
+                .collect(),
+            strategy: list(&g.strategy)
+                .into_iter()
+                .map(|v| v1::Strategy::from(v) as i32)
+                .collect(),
+            reuse_factor: list(&g.reuse_factor),
+            precision: list(&g.precision),
+            part: list(&g.part),
+            clock_period_ns: list(&g.clock_period_ns),
+            backend: list(&g.backend)
+                .into_iter()
+                .map(|v| v1::Backend::from(v) as i32)
+                .collect(),
+            max_array_partition_size: list(&g.max_array_partition_size),
+            layers: g
+                .layers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+/// An empty wire list means "the default", as a field left out of a sweep file does.
+impl TryFrom<v1::SettingsGrid> for SettingsGrid {
+    type Error = WireError;
+
+    fn try_from(g: v1::SettingsGrid) -> Result<Self, WireError> {
+        Ok(SettingsGrid {
+            io_type: enums(g.io_type)?,
+            strategy: enums(g.strategy)?,
+            reuse_factor: some(g.reuse_factor),
+            precision: some(g.precision),
+            part: some(g.part),
+            clock_period_ns: some(g.clock_period_ns),
+            backend: enums(g.backend)?,
+            max_array_partition_size: some(g.max_array_partition_size),
+            layers: g
+                .layers
+                .into_iter()
+                .map(|(k, v)| Ok((k, LayerOverride::try_from(v)?)))
+                .collect::<Result<BTreeMap<_, _>, WireError>>()?,
+        })
+    }
+}
+
+impl From<&WorkerCaps> for v1::Capabilities {
+    fn from(c: &WorkerCaps) -> Self {
+        v1::Capabilities {
+            backends: c
+                .backends
+                .iter()
+                .map(|b| v1::Backend::from(*b) as i32)
+                .collect(),
+            tools: c.tools.clone().into_iter().collect(),
+            hls4ml_version: c.hls4ml_version.clone(),
+            part_families: c.part_families.clone(),
+            slots: c.slots,
+            memory_mib: c.memory_mib,
+            cores: c.cores,
+            free_disk_mib: 0,
+            formats: c.formats.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::Capabilities> for WorkerCaps {
+    type Error = WireError;
+
+    fn try_from(c: v1::Capabilities) -> Result<Self, WireError> {
+        Ok(WorkerCaps {
+            backends: c
+                .backends
+                .into_iter()
+                .map(Backend::from_wire)
+                .collect::<Result<_, _>>()?,
+            tools: c.tools.into_iter().collect(),
+            hls4ml_version: c.hls4ml_version,
+            part_families: c.part_families,
+            formats: c.formats,
+            slots: c.slots,
+            memory_mib: c.memory_mib,
+            cores: c.cores,
+            hostname: String::new(),
         })
     }
 }

@@ -86,6 +86,11 @@ impl Keys {
         format!("{}:failures", self.base)
     }
 
+    /// Capability classes: id -> requirement JSON (hash).
+    pub fn classes(&self) -> String {
+        format!("{}:classes", self.base)
+    }
+
     /// The events stream.
     pub fn events(&self) -> String {
         format!("{}:events", self.base)

@@ -907,6 +907,52 @@ impl RedisQueue {
         Ok(old.len() as u64)
     }
 
+    /// Records capability classes (id -> requirement JSON); ids never change meaning.
+    pub async fn put_classes(&self, classes: &BTreeMap<String, String>) -> Result<(), Error> {
+        if classes.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys.classes());
+        for (id, json) in classes {
+            cmd.arg(id).arg(json);
+        }
+        let _: u64 = cmd.query_async(&mut connection).await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// Every capability class (id -> requirement JSON).
+    pub async fn classes(&self) -> Result<HashMap<String, String>, Error> {
+        let mut connection = self.connection.clone();
+        redis::cmd("HGETALL")
+            .arg(self.keys.classes())
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)
+    }
+
+    /// Adds an event of the coordinator's own (e.g. `aggregated`) to the stream.
+    pub async fn note(&self, kind: &str, sweep: &str, message: &str) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100_000)
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("s")
+            .arg(sweep)
+            .arg("m")
+            .arg(message)
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// A reader of the events stream on its own connection (its reads block).
     pub async fn events(&self) -> Result<EventReader, Error> {
         let connection = self

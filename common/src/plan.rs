@@ -1,0 +1,389 @@
+//! A submitted sweep, planned: its models, grid points, stages and toolchains, expanded into
+//! trials with keys, cost estimates and needs (DESIGN §1, §4). The coordinator stores the
+//! plan once per sweep and rebuilds each leased trial from it and two indices.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::Needs;
+use crate::settings::{Backend, Settings, part_family};
+use crate::stage::Stage;
+use crate::trial_key::{EmulationSpec, ModelDigest, ToolVersion, Toolchain, TrialKeyInput};
+
+/// A model file as a sweep names it, stored content-addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanModel {
+    /// Its file name (no folders).
+    pub name: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Its sha256 and its companions' (`weights`, `class`, `inputs`).
+    pub digest: ModelDigest,
+}
+
+impl PlanModel {
+    /// The format the file name says: `keras_h5`, `keras_json`, `pytorch` or `onnx`.
+    pub fn format(&self) -> Result<&'static str, String> {
+        model_format(&self.name)
+    }
+}
+
+/// The format of a model file by its name.
+pub fn model_format(name: &str) -> Result<&'static str, String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".h5") || lower.ends_with(".hdf5") || lower.ends_with(".keras") {
+        Ok("keras_h5")
+    } else if lower.ends_with(".json") {
+        Ok("keras_json")
+    } else if lower.ends_with(".pt") || lower.ends_with(".pth") {
+        Ok("pytorch")
+    } else if lower.ends_with(".onnx") {
+        Ok("onnx")
+    } else {
+        Err(format!(
+            "`{name}` is not a model file hlsfarm converts: use .h5 (Keras/QKeras), .json with \
+             a weights .h5, .pt/.pth (PyTorch) or .onnx (ONNX/QONNX)"
+        ))
+    }
+}
+
+/// Memory and cores one trial holds on its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialResources {
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Cores.
+    pub cores: u32,
+}
+
+impl TrialResources {
+    /// The default for a trial running `stages`: 2 GiB for hls4ml alone, 4 GiB with HLS,
+    /// 8 GiB and 2 cores with Vivado synthesis.
+    pub fn default_for(stages: &[Stage]) -> TrialResources {
+        if stages.contains(&Stage::Vsynth) {
+            TrialResources {
+                memory_mib: 8192,
+                cores: 2,
+            }
+        } else if stages.iter().any(|s| s.needs_xilinx_tools()) {
+            TrialResources {
+                memory_mib: 4096,
+                cores: 1,
+            }
+        } else {
+            TrialResources {
+                memory_mib: 2048,
+                cores: 1,
+            }
+        }
+    }
+}
+
+/// What a worker offers, as it registers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCaps {
+    /// Backends it can synthesize with.
+    pub backends: Vec<Backend>,
+    /// Tool → version found.
+    pub tools: BTreeMap<String, String>,
+    /// hls4ml version of its venv.
+    pub hls4ml_version: String,
+    /// Part families it may synthesize (empty: any).
+    pub part_families: Vec<String>,
+    /// Model formats it converts.
+    pub formats: Vec<String>,
+    /// Trial slots.
+    pub slots: u32,
+    /// Memory for trials, MiB.
+    pub memory_mib: u64,
+    /// Cores for trials.
+    pub cores: u32,
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// What a class of trials requires of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Requirement {
+    /// hls4ml version.
+    pub hls4ml_version: String,
+    /// Model format.
+    pub format: String,
+    /// The HLS tool, for trials with tool stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolVersion>,
+    /// Vivado is needed (vsynth).
+    #[serde(default)]
+    pub vivado: bool,
+    /// The part family, for trials with tool stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+}
+
+impl Requirement {
+    /// The class id: a short hash of the requirement.
+    pub fn class_id(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        crate::trial_key::sha256_hex(&json)[..12].to_owned()
+    }
+
+    /// True when `caps` can run trials of this class.
+    pub fn served_by(&self, caps: &WorkerCaps) -> bool {
+        if caps.hls4ml_version != self.hls4ml_version {
+            return false;
+        }
+        if !caps.formats.iter().any(|f| f == &self.format) {
+            return false;
+        }
+        if let Some(tool) = &self.tool
+            && caps.tools.get(&tool.name) != Some(&tool.version)
+        {
+            return false;
+        }
+        if self.vivado && !caps.tools.contains_key("vivado") {
+            return false;
+        }
+        if let Some(family) = &self.family
+            && !caps.part_families.is_empty()
+            && !caps.part_families.iter().any(|f| f == family)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// A sweep ready to expand: everything a leased trial is rebuilt from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPlan {
+    /// The sweep's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Models.
+    pub models: Vec<PlanModel>,
+    /// Settings points.
+    pub points: Vec<Settings>,
+    /// Stages every trial runs.
+    pub stages: Vec<Stage>,
+    /// Emulation samples.
+    pub emulation: EmulationSpec,
+    /// The toolchain per backend (hls4ml plus the tool where tool stages run).
+    pub toolchains: BTreeMap<Backend, Toolchain>,
+    /// What each trial holds on its worker.
+    pub resources: TrialResources,
+}
+
+/// One trial of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTrial {
+    /// Its key (hex).
+    pub key: String,
+    /// Index into [`SweepPlan::models`].
+    pub model: usize,
+    /// Index into [`SweepPlan::points`].
+    pub point: usize,
+    /// Cost estimate (larger runs longer).
+    pub cost: f64,
+    /// What it needs of a worker.
+    pub needs: Needs,
+    /// Its requirement (the class behind `needs.class`).
+    pub requirement: Requirement,
+}
+
+/// The payload a planned trial carries in the queue: indices into the stored plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanIndex {
+    /// Model index.
+    pub m: usize,
+    /// Point index.
+    pub g: usize,
+}
+
+/// A relative cost estimate: bigger models and smaller reuse factors take longer, and each
+/// tool stage multiplies the work.
+pub fn cost_estimate(size_bytes: u64, settings: &Settings, stages: &[Stage]) -> f64 {
+    let weight: f64 = stages
+        .iter()
+        .map(|s| match s {
+            Stage::Convert | Stage::Emulate => 1.0,
+            Stage::Csynth => 10.0,
+            Stage::Cosim => 6.0,
+            Stage::Export => 2.0,
+            Stage::Vsynth => 12.0,
+        })
+        .sum();
+    (size_bytes.max(1024) as f64) * weight.max(1.0) / f64::from(settings.reuse_factor.max(1)).sqrt()
+}
+
+impl SweepPlan {
+    /// The toolchain trials with `backend` run with.
+    pub fn toolchain(&self, backend: Backend) -> Option<&Toolchain> {
+        self.toolchains.get(&backend)
+    }
+
+    /// Expands the plan into trials. `seats` are the features with a licence-seat limit: a
+    /// trial running such a stage holds a seat of it while leased.
+    pub fn trials(&self, seats: &[String]) -> Result<Vec<PlannedTrial>, String> {
+        let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
+        let seat_list: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .filter(|s| seats.contains(s))
+            .collect();
+        let mut out = Vec::with_capacity(self.models.len() * self.points.len());
+        let mut class_of: BTreeMap<Requirement, String> = BTreeMap::new();
+        for (m, model) in self.models.iter().enumerate() {
+            let format = model.format()?;
+            for (g, point) in self.points.iter().enumerate() {
+                let toolchain = self.toolchain(point.backend).ok_or_else(|| {
+                    format!("no toolchain for the {} backend", point.backend.as_str())
+                })?;
+                let key = TrialKeyInput {
+                    model: &model.digest,
+                    settings: point,
+                    stages: &self.stages,
+                    emulation: &self.emulation,
+                    toolchain,
+                }
+                .key()
+                .to_hex();
+                let requirement = Requirement {
+                    hls4ml_version: toolchain.hls4ml_version.clone(),
+                    format: format.to_owned(),
+                    tool: if has_tools {
+                        toolchain.tool.clone()
+                    } else {
+                        None
+                    },
+                    vivado: self.stages.contains(&Stage::Vsynth),
+                    family: if has_tools {
+                        part_family(&point.part).ok().map(str::to_owned)
+                    } else {
+                        None
+                    },
+                };
+                let class = class_of
+                    .entry(requirement.clone())
+                    .or_insert_with(|| requirement.class_id())
+                    .clone();
+                out.push(PlannedTrial {
+                    key,
+                    model: m,
+                    point: g,
+                    cost: cost_estimate(model.size_bytes, point, &self.stages),
+                    needs: Needs {
+                        class,
+                        memory_mib: self.resources.memory_mib,
+                        cores: self.resources.cores,
+                        seats: seat_list.clone(),
+                    },
+                    requirement,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn plan(stages: Vec<Stage>) -> SweepPlan {
+        let toolchain = Toolchain {
+            hls4ml_version: "1.3.0".into(),
+            tool: Some(ToolVersion {
+                name: "vitis_hls".into(),
+                version: "2023.2".into(),
+            }),
+        };
+        SweepPlan {
+            id: "s".into(),
+            name: "n".into(),
+            models: vec![PlanModel {
+                name: "a.h5".into(),
+                size_bytes: 10_000,
+                digest: ModelDigest {
+                    sha256: "ab".repeat(32),
+                    companions: BTreeMap::new(),
+                },
+            }],
+            points: vec![
+                Settings::default(),
+                Settings {
+                    reuse_factor: 4,
+                    part: "xcvu9p-flga2104-2-e".into(),
+                    ..Settings::default()
+                },
+            ],
+            resources: TrialResources::default_for(&stages),
+            stages,
+            emulation: EmulationSpec::default(),
+            toolchains: [(Backend::Vitis, toolchain)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn trials_carry_keys_classes_and_seats() {
+        let p = plan(Stage::FULL_FLOW.to_vec());
+        let trials = p.trials(&["vsynth".into()]).unwrap();
+        assert_eq!(trials.len(), 2);
+        assert_ne!(trials[0].key, trials[1].key);
+        // Different part families: different classes.
+        assert_ne!(trials[0].needs.class, trials[1].needs.class);
+        assert_eq!(trials[0].needs.seats, vec!["vsynth".to_owned()]);
+        assert_eq!(trials[0].needs.memory_mib, 8192);
+        // Smaller reuse factor: more work.
+        assert!(trials[0].cost > trials[1].cost);
+        let convert_only = plan(Stage::WITHOUT_TOOLS.to_vec());
+        let t = convert_only.trials(&["vsynth".into()]).unwrap();
+        assert_eq!(t[0].needs.class, t[1].needs.class, "no tool: part is moot");
+        assert!(t[0].needs.seats.is_empty());
+    }
+
+    #[test]
+    fn requirements_match_capabilities() {
+        let p = plan(Stage::FULL_FLOW.to_vec());
+        let trials = p.trials(&[]).unwrap();
+        let mut caps = WorkerCaps {
+            hls4ml_version: "1.3.0".into(),
+            formats: vec!["keras_h5".into()],
+            tools: [
+                ("vitis_hls".to_owned(), "2023.2".to_owned()),
+                ("vivado".to_owned(), "2023.2".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            ..WorkerCaps::default()
+        };
+        assert!(trials[0].requirement.served_by(&caps));
+        caps.part_families = vec!["zynq".into()];
+        assert!(trials[0].requirement.served_by(&caps));
+        assert!(
+            !trials[1].requirement.served_by(&caps),
+            "virtex ultrascale+"
+        );
+        caps.tools.remove("vivado");
+        assert!(!trials[0].requirement.served_by(&caps));
+        caps.tools.insert("vivado".into(), "2023.2".into());
+        caps.tools.insert("vitis_hls".into(), "2024.1".into());
+        assert!(
+            !trials[0].requirement.served_by(&caps),
+            "other tool version"
+        );
+    }
+
+    #[test]
+    fn model_formats_by_name() {
+        assert_eq!(model_format("m.H5").unwrap(), "keras_h5");
+        assert_eq!(model_format("m.onnx").unwrap(), "onnx");
+        assert_eq!(model_format("m.pt").unwrap(), "pytorch");
+        assert!(model_format("m.txt").unwrap_err().contains(".onnx"));
+    }
+}

@@ -1,0 +1,192 @@
+//! `hlsfarm serve`: the coordinator (DESIGN §2). Stateless: every fact lives in Redis, so it
+//! can restart at any time and two of them can serve one cluster. It serves the Operator and
+//! Worker gRPC services, and runs three loops: the reaper (expired leases), the committer
+//! (copies accepted results from staging into `results/`), and the aggregator (writes a
+//! finished sweep's `synthesis_results.json` once).
+
+pub mod auth;
+mod background;
+mod operator;
+mod planning;
+mod workers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hlsfarm_common::blob::Blobs;
+use hlsfarm_common::config::Config;
+use hlsfarm_common::plan::{Requirement, SweepPlan, WorkerCaps};
+use hlsfarm_common::queue::QueueConfig;
+use hlsfarm_common::store::RedisQueue;
+use hlsfarm_proto::v1::operator_server::OperatorServer;
+use hlsfarm_proto::v1::worker_server::WorkerServer;
+use tokio::sync::Notify;
+use tonic::Status;
+
+/// The coordinator's shared state: connections and caches of immutable facts.
+pub struct Coordinator {
+    queue: RedisQueue,
+    blobs: Blobs,
+    config: Config,
+    /// Wakes long-polling leases when work arrives through this process.
+    work: Notify,
+    /// Capability classes (immutable once written), refreshed from Redis.
+    classes: Mutex<(Instant, HashMap<String, Requirement>)>,
+    /// Workers' capabilities by id (a worker re-registers under a new id when they change).
+    caps: Mutex<HashMap<String, WorkerCaps>>,
+    /// Sweep plans by id (immutable once submitted).
+    plans: Mutex<HashMap<String, Arc<SweepPlan>>>,
+    /// Cancelled when the process stops: long polls and watches end.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("coordinator backend: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Coordinator {
+    /// Connects to Redis and the store named by `config`.
+    pub async fn connect(config: Config) -> anyhow::Result<Arc<Coordinator>> {
+        let c = &config.coordinator;
+        let queue = RedisQueue::connect(
+            c.redis_url.expose(),
+            &c.key_prefix,
+            QueueConfig {
+                lease: Duration::from_millis(c.lease_ms),
+                max_attempts: c.max_attempts,
+                retry_backoff: Duration::from_millis(c.retry_backoff_ms),
+            },
+        )
+        .await
+        .context("cannot connect to Redis (coordinator.redis_url); is redis-server running?")?;
+        let blobs = Blobs::open(&config.store).context("cannot open the store (store.url)")?;
+        Ok(Arc::new(Coordinator {
+            queue,
+            blobs,
+            config,
+            work: Notify::new(),
+            classes: Mutex::new((Instant::now() - Duration::from_secs(3600), HashMap::new())),
+            caps: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            stop: tokio_util::sync::CancellationToken::new(),
+        }))
+    }
+
+    /// The Redis queue.
+    pub fn queue(&self) -> &RedisQueue {
+        &self.queue
+    }
+
+    async fn classes(&self) -> Result<HashMap<String, Requirement>, Status> {
+        {
+            let cached = lock(&self.classes);
+            if cached.0.elapsed() < Duration::from_secs(1) {
+                return Ok(cached.1.clone());
+            }
+        }
+        let raw = self.queue.classes().await.map_err(internal)?;
+        let parsed: HashMap<String, Requirement> = raw
+            .into_iter()
+            .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|r| (id, r)))
+            .collect();
+        *lock(&self.classes) = (Instant::now(), parsed.clone());
+        Ok(parsed)
+    }
+
+    async fn worker_caps(&self, worker: &str) -> Result<WorkerCaps, Status> {
+        if let Some(caps) = lock(&self.caps).get(worker) {
+            return Ok(caps.clone());
+        }
+        let json = self
+            .queue
+            .worker_capabilities(worker)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "worker `{worker}` is not registered (or was forgotten after an hour of silence): register again"
+                ))
+            })?;
+        let caps: WorkerCaps = serde_json::from_str(&json).map_err(internal)?;
+        lock(&self.caps).insert(worker.to_owned(), caps.clone());
+        Ok(caps)
+    }
+
+    async fn plan(&self, sweep: &str) -> Result<Arc<SweepPlan>, Status> {
+        if let Some(plan) = lock(&self.plans).get(sweep) {
+            return Ok(plan.clone());
+        }
+        let json = self.queue.sweep_plan(sweep).await.map_err(internal)?;
+        let plan: Arc<SweepPlan> = Arc::new(serde_json::from_str(&json).map_err(internal)?);
+        lock(&self.plans).insert(sweep.to_owned(), plan.clone());
+        Ok(plan)
+    }
+}
+
+/// Runs the coordinator until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<i32> {
+    let c = &config.coordinator;
+    if c.operator_token.is_empty() || c.worker_token.is_empty() {
+        bail!(
+            "set both coordinator.operator_token and coordinator.worker_token (e.g. \
+             HLSFARM_COORDINATOR__OPERATOR_TOKEN and HLSFARM_COORDINATOR__WORKER_TOKEN): every \
+             call must carry one"
+        );
+    }
+    let listen: std::net::SocketAddr = c.listen.parse().context("coordinator.listen")?;
+    let tokens = auth::Tokens::new(c.operator_token.expose(), c.worker_token.expose());
+    let coordinator = Coordinator::connect(config.clone()).await?;
+    let stop = coordinator.stop.clone();
+    let loops = background::spawn(coordinator.clone(), stop.clone());
+
+    let operator = OperatorServer::with_interceptor(
+        operator::OperatorApi::new(coordinator.clone()),
+        tokens.interceptor(auth::Role::Operator),
+    );
+    let worker = WorkerServer::with_interceptor(
+        workers::WorkerApi::new(coordinator.clone()),
+        tokens.interceptor(auth::Role::Worker),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (coordinator.listen)"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "coordinator listening");
+    eprintln!("hlsfarm: coordinator listening on {local}");
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: new calls refused, running calls finish");
+            stop.cancel();
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(operator)
+        .add_service(worker)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("the gRPC server failed")?;
+    stop.cancel();
+    for handle in loops {
+        let _ = handle.await;
+    }
+    Ok(0)
+}

@@ -1,0 +1,392 @@
+//! The Operator service: upload, submit, status, watch, results, cancel, retry, drain.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hlsfarm_common::blob::{Blobs, RetryBudget};
+use hlsfarm_common::job::TrialState;
+use hlsfarm_common::results::ResultSummary;
+use hlsfarm_common::store::{SweepRecord, TrialRecord};
+use hlsfarm_common::trial_key::sha256_hex;
+use hlsfarm_proto::v1::{self, operator_server::Operator};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::planning::{check_name, check_sha};
+use super::workers::refused;
+use super::{Coordinator, internal};
+
+/// The Operator service over a coordinator.
+pub(super) struct OperatorApi {
+    c: Arc<Coordinator>,
+}
+
+impl OperatorApi {
+    /// The service.
+    pub(super) fn new(c: Arc<Coordinator>) -> OperatorApi {
+        OperatorApi { c }
+    }
+}
+
+fn wire_state(state: &str) -> i32 {
+    state
+        .parse::<TrialState>()
+        .map_or(0, |s| v1::TrialState::from(s) as i32)
+}
+
+/// A sweep's counts and ETA as the wire shows them.
+pub(super) fn sweep_status(s: &SweepRecord) -> v1::SweepStatus {
+    let c = &s.counts;
+    let counts = [
+        ("queued", c.queued),
+        ("leased", c.leased),
+        ("succeeded", c.succeeded),
+        ("failed", c.failed),
+        ("cancelled", c.cancelled),
+        ("dead", c.dead),
+        ("reused", s.reused),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    v1::SweepStatus {
+        sweep_id: s.id.clone(),
+        name: s.name.clone(),
+        priority: s.priority,
+        counts,
+        eta_seconds: eta(s),
+        submitted_unix_ms: s.submitted_ms,
+    }
+}
+
+/// Seconds left: the mean attempt's duration times the trials left, over the trials running
+/// at once. Unknown until one attempt has finished.
+pub(super) fn eta(s: &SweepRecord) -> Option<f64> {
+    let c = &s.counts;
+    if c.unfinished() == 0 {
+        return Some(0.0);
+    }
+    if s.attempts_finished == 0 {
+        return None;
+    }
+    let mean = s.seconds_total / s.attempts_finished as f64;
+    let parallel = c.leased.max(1) as f64;
+    Some(mean * (c.queued as f64 + c.leased as f64 * 0.5) / parallel)
+}
+
+pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::TrialInfo {
+    let summary: Option<ResultSummary> = serde_json::from_str(&r.summary).ok();
+    let failure = summary.as_ref().and_then(|s| {
+        s.class.map(|class| v1::Failure {
+            class: v1::FailureClass::from(class) as i32,
+            reason: s.reason.clone().unwrap_or_default(),
+            stage: s.stage.map_or(0, |st| v1::Stage::from(st) as i32),
+            log_tail: String::new(),
+            suggestion: s.suggestion.clone().unwrap_or_default(),
+        })
+    });
+    let result = summary.as_ref().map(|s| v1::TrialResult {
+        hls_resources: Some(v1::Resources {
+            lut: s.lut,
+            ff: s.ff,
+            dsp: s.dsp,
+            bram: s.bram,
+            uram: None,
+        }),
+        latency_max_cycles: s.latency_cycles,
+        interval_max_cycles: s.interval_cycles,
+        fidelity: s.max_abs_diff.map(|d| v1::Fidelity {
+            max_abs_diff: d,
+            argmax_agreement: s.argmax_agreement.unwrap_or(0.0),
+            ..v1::Fidelity::default()
+        }),
+        result_json: r.summary.clone(),
+        ..v1::TrialResult::default()
+    });
+    v1::TrialInfo {
+        trial_key: r.key.clone(),
+        sweep_id: r.sweep.clone(),
+        model_name: model.to_owned(),
+        settings: None,
+        state: wire_state(&r.state),
+        attempt: r.attempt,
+        worker_id: r.worker.clone(),
+        current_stage: r
+            .stage
+            .parse::<hlsfarm_common::Stage>()
+            .map_or(0, |s| v1::Stage::from(s) as i32),
+        result,
+        failure,
+        reused,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Operator for OperatorApi {
+    async fn upload_model(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::UploadModelResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        check_name(&first.name).map_err(|e| Status::invalid_argument(format!("file name {e}")))?;
+        check_sha(&first.sha256).map_err(|e| Status::invalid_argument(format!("sha256: {e}")))?;
+        let path = Blobs::input_path(&first.sha256);
+        if self.c.blobs.exists(&path).await.map_err(internal)? {
+            return Ok(Response::new(v1::UploadModelResponse {
+                model: Some(v1::ModelInput {
+                    name: first.name,
+                    sha256: first.sha256,
+                    size_bytes: 0,
+                    companions: Default::default(),
+                }),
+                already_stored: true,
+            }));
+        }
+        let limit = self.c.config.coordinator.max_upload_mib * 1024 * 1024;
+        let mut bytes = first.data;
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+            if bytes.len() as u64 > limit {
+                return Err(Status::invalid_argument(format!(
+                    "`{}` is larger than the upload limit of {} MiB (coordinator.max_upload_mib)",
+                    first.name, self.c.config.coordinator.max_upload_mib
+                )));
+            }
+        }
+        let sha = sha256_hex(&bytes);
+        if sha != first.sha256 {
+            return Err(Status::invalid_argument(format!(
+                "`{}` arrived with sha256 {sha}, not the {} announced: the upload was damaged; send it again",
+                first.name, first.sha256
+            )));
+        }
+        let size = bytes.len() as u64;
+        self.c
+            .blobs
+            .put_checked(&path, bytes, RetryBudget::default())
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(v1::UploadModelResponse {
+            model: Some(v1::ModelInput {
+                name: first.name,
+                sha256: sha,
+                size_bytes: size,
+                companions: Default::default(),
+            }),
+            already_stored: false,
+        }))
+    }
+
+    async fn submit_sweep(
+        &self,
+        request: Request<v1::SubmitSweepRequest>,
+    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("missing spec"))?;
+        let (sweep_id, trials, submitted) = self.c.submit(spec).await?;
+        Ok(Response::new(v1::SubmitSweepResponse {
+            sweep_id,
+            trials,
+            queued: submitted.added,
+            reused: submitted.reused,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        let r = request.into_inner();
+        let snap = self
+            .c
+            .queue
+            .snapshot(r.include_finished, 200)
+            .await
+            .map_err(internal)?;
+        let mut workers = Vec::new();
+        for w in &snap.workers {
+            let caps: hlsfarm_common::plan::WorkerCaps =
+                serde_json::from_str(&w.capabilities).unwrap_or_default();
+            workers.push(v1::WorkerStatus {
+                worker_id: w.id.clone(),
+                hostname: caps.hostname.clone(),
+                capabilities: Some((&caps).into()),
+                trials: snap
+                    .leased
+                    .iter()
+                    .filter(|t| t.worker == w.id)
+                    .map(|t| trial_info(t, false, ""))
+                    .collect(),
+                heartbeat_age_seconds: (snap.now_ms - w.seen_ms).max(0) as f64 / 1000.0,
+                draining: w.draining,
+            });
+        }
+        let limits = &self.c.config.coordinator.seats;
+        let mut features: Vec<&String> = limits.keys().chain(snap.seats.keys()).collect();
+        features.sort();
+        features.dedup();
+        Ok(Response::new(v1::GetStatusResponse {
+            sweeps: snap.sweeps.iter().map(sweep_status).collect(),
+            workers,
+            seats: features
+                .into_iter()
+                .map(|f| v1::SeatStatus {
+                    feature: f.clone(),
+                    in_use: snap.seats.get(f).copied().unwrap_or(0),
+                    limit: limits.get(f).copied().unwrap_or(0),
+                })
+                .collect(),
+            recent_failures: snap
+                .failures
+                .iter()
+                .map(|t| trial_info(t, false, ""))
+                .collect(),
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let mut reader = self.c.queue.events().await.map_err(internal)?;
+        let mut cursor = if r.after_cursor.is_empty() {
+            self.c.queue.last_event_id().await.map_err(internal)?
+        } else {
+            r.after_cursor
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let stop = self.c.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let events = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                    events = reader.read(&cursor, 5000, 500) => events,
+                };
+                let events = match events {
+                    Ok(events) => events,
+                    Err(e) => {
+                        // Redis restarting: keep the cursor and try again.
+                        tracing::warn!(error = %e, "watch: cannot read events, retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                for e in events {
+                    cursor = e.id.clone();
+                    if !r.sweep_id.is_empty() && e.sweep != r.sweep_id {
+                        continue;
+                    }
+                    let event = v1::Event {
+                        time_unix_ms: e.time_ms(),
+                        cursor: e.id,
+                        sweep_id: e.sweep,
+                        trial_key: e.trial,
+                        worker_id: e.worker,
+                        state: wire_state(&e.state),
+                        message: if e.message.is_empty() {
+                            e.kind
+                        } else {
+                            format!("{} {}", e.kind, e.message)
+                        },
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_results(
+        &self,
+        request: Request<v1::GetResultsRequest>,
+    ) -> Result<Response<v1::GetResultsResponse>, Status> {
+        let id = request.into_inner().sweep_id;
+        let sweep = self.c.queue.sweep(&id).await.map_err(refused)?;
+        let plan = self.c.plan(&id).await?;
+        let trials = self.c.queue.sweep_trials(&id).await.map_err(refused)?;
+        let infos = trials
+            .iter()
+            .map(|(t, reused)| {
+                let index: Option<hlsfarm_common::plan::PlanIndex> =
+                    serde_json::from_str(&t.payload).ok();
+                let (model, settings) = index
+                    .and_then(|i| Some((plan.models.get(i.m)?, plan.points.get(i.g)?)))
+                    .map_or((String::new(), None), |(m, s)| (m.name.clone(), Some(s)));
+                let mut info = trial_info(t, *reused, &model);
+                info.settings = settings.map(Into::into);
+                info
+            })
+            .collect();
+        Ok(Response::new(v1::GetResultsResponse {
+            sweep: Some(sweep_status(&sweep)),
+            trials: infos,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::CancelResponse>, Status> {
+        let r = request.into_inner();
+        if r.sweep_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the sweep (and optionally trial keys within it)",
+            ));
+        }
+        let (dropped, stopping) = self
+            .c
+            .queue
+            .cancel(&r.sweep_id, &r.trial_keys)
+            .await
+            .map_err(refused)?;
+        tracing::info!(sweep = %r.sweep_id, dropped, stopping, "cancelled");
+        Ok(Response::new(v1::CancelResponse { dropped, stopping }))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<v1::RetryRequest>,
+    ) -> Result<Response<v1::RetryResponse>, Status> {
+        let r = request.into_inner();
+        if r.sweep_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the sweep (and optionally trial keys within it)",
+            ));
+        }
+        let requeued = self
+            .c
+            .queue
+            .retry(&r.sweep_id, &r.trial_keys)
+            .await
+            .map_err(refused)?;
+        self.c.work.notify_waiters();
+        Ok(Response::new(v1::RetryResponse { requeued }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let id = request.into_inner().worker_id;
+        if !self.c.queue.drain(&id).await.map_err(internal)? {
+            return Err(Status::not_found(format!("no worker `{id}` is registered")));
+        }
+        Ok(Response::new(v1::DrainWorkerResponse {}))
+    }
+}

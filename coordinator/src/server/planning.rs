@@ -1,0 +1,363 @@
+//! Submit: a wire sweep validated at the edge, planned (toolchains, stages, resources),
+//! expanded into trials and queued (DESIGN §1, §6).
+
+use std::collections::{BTreeMap, HashMap};
+
+use hlsfarm_common::Stage;
+use hlsfarm_common::plan::{PlanIndex, PlanModel, SweepPlan, TrialResources, WorkerCaps};
+use hlsfarm_common::queue::NewTrial;
+use hlsfarm_common::settings::Backend;
+use hlsfarm_common::store::{Submitted, SweepSubmit};
+use hlsfarm_common::sweep::SettingsGrid;
+use hlsfarm_common::trial_key::{EmulationSpec, ModelDigest, ToolVersion, Toolchain, sha256_hex};
+use hlsfarm_common::validation::ValidationErrors;
+use hlsfarm_proto::stages_from_wire;
+use hlsfarm_proto::v1;
+use tonic::Status;
+
+use super::{Coordinator, internal};
+use hlsfarm_common::blob::Blobs;
+
+/// Workers seen within this long count as live for choosing a sweep's toolchain.
+const LIVE: i64 = 60_000;
+
+/// A file name as users give it: no folders, no traversal, printable, at most 255 bytes.
+pub(super) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 255 {
+        return Err("is longer than 255 bytes".into());
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(format!(
+            "`{name}` must be a plain file name, without folders or `..`"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+pub(super) fn check_sha(sha: &str) -> Result<(), String> {
+    if sha.len() == 64
+        && sha
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_uppercase())
+    {
+        Ok(())
+    } else {
+        Err(format!("`{sha}` is not a lower-case hex sha256"))
+    }
+}
+
+/// The hls4ml version and tool most live workers have, for a backend.
+fn toolchain_from_workers(
+    workers: &[WorkerCaps],
+    backend: Backend,
+    tools_needed: bool,
+) -> Option<Toolchain> {
+    let mut votes: BTreeMap<(String, Option<ToolVersion>), usize> = BTreeMap::new();
+    for w in workers {
+        if w.hls4ml_version.is_empty() {
+            continue;
+        }
+        let tool = if tools_needed {
+            if !w.backends.contains(&backend) {
+                continue;
+            }
+            let names: &[&str] = match backend {
+                Backend::Vitis => &["vitis-run", "vitis_hls"],
+                Backend::Vivado => &["vivado_hls"],
+            };
+            let Some((name, version)) = names
+                .iter()
+                .find_map(|n| w.tools.get(*n).map(|v| ((*n).to_owned(), v.clone())))
+            else {
+                continue;
+            };
+            Some(ToolVersion { name, version })
+        } else {
+            None
+        };
+        *votes.entry((w.hls4ml_version.clone(), tool)).or_default() += 1;
+    }
+    votes
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|((hls4ml_version, tool), _)| Toolchain {
+            hls4ml_version,
+            tool,
+        })
+}
+
+impl Coordinator {
+    async fn live_workers(&self) -> Result<Vec<WorkerCaps>, Status> {
+        let snapshot = self.queue.snapshot(false, 0).await.map_err(internal)?;
+        Ok(snapshot
+            .workers
+            .iter()
+            .filter(|w| snapshot.now_ms - w.seen_ms < LIVE)
+            .filter_map(|w| serde_json::from_str(&w.capabilities).ok())
+            .collect())
+    }
+
+    /// Validates, plans and queues a sweep.
+    pub(super) async fn submit(
+        &self,
+        spec: v1::SweepSpec,
+    ) -> Result<(String, u64, Submitted), Status> {
+        let mut errors = ValidationErrors::default();
+        if spec.models.is_empty() {
+            errors.push("models", "names no model: give at least one model file");
+        }
+        let mut models = Vec::new();
+        for (i, m) in spec.models.iter().enumerate() {
+            if let Err(e) = check_name(&m.name) {
+                errors.push(format!("models[{i}].name"), e);
+            } else if let Err(e) = hlsfarm_common::plan::model_format(&m.name) {
+                errors.push(format!("models[{i}].name"), e);
+            }
+            if let Err(e) = check_sha(&m.sha256) {
+                errors.push(format!("models[{i}].sha256"), e);
+            }
+            for (role, sha) in &m.companions {
+                if !["weights", "class", "inputs"].contains(&role.as_str()) {
+                    errors.push(
+                        format!("models[{i}].companions.{role}"),
+                        "is not a companion role (weights, class, inputs)",
+                    );
+                }
+                if let Err(e) = check_sha(sha) {
+                    errors.push(format!("models[{i}].companions.{role}"), e);
+                }
+            }
+            models.push(PlanModel {
+                name: m.name.clone(),
+                size_bytes: m.size_bytes,
+                digest: ModelDigest {
+                    sha256: m.sha256.clone(),
+                    companions: m.companions.clone().into_iter().collect(),
+                },
+            });
+        }
+        let grid = match spec.grid.clone().map(SettingsGrid::try_from).transpose() {
+            Ok(grid) => grid.unwrap_or_default(),
+            Err(e) => {
+                errors.push("grid", e.to_string());
+                SettingsGrid::default()
+            }
+        };
+        if let Err(e) = grid.validate() {
+            for field in e.0 {
+                errors.push(format!("grid.{}", field.field), field.message);
+            }
+        }
+        let stages = match stages_from_wire(&spec.stages) {
+            Ok(s) => hlsfarm_common::stage::normalize_stages(&s),
+            Err(e) => {
+                errors.push("stages", e.to_string());
+                Vec::new()
+            }
+        };
+        if !stages.is_empty() && !stages.contains(&Stage::Convert) {
+            errors.push(
+                "stages",
+                "must include convert: every later stage works on the converted project",
+            );
+        }
+        if let Some(r) = &spec.resources
+            && (r.memory_mib == 0 || r.cores == 0)
+        {
+            errors.push(
+                "resources",
+                "memory_mib and cores must be at least 1 (leave resources out for the default)",
+            );
+        }
+        errors
+            .into_result()
+            .map_err(|e| Status::invalid_argument(format!("invalid sweep: {e}")))?;
+
+        // Every input must be stored already: workers fetch them from the store.
+        for m in &models {
+            let shas = std::iter::once(&m.digest.sha256).chain(m.digest.companions.values());
+            for sha in shas {
+                if !self
+                    .blobs
+                    .exists(&Blobs::input_path(sha))
+                    .await
+                    .map_err(internal)?
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "model `{}`: file {sha} is not in the store; upload it first (hlsfarm submit does)",
+                        m.name
+                    )));
+                }
+            }
+        }
+
+        let points = grid.expand();
+        let backends: Vec<Backend> = {
+            let mut b: Vec<Backend> = points.iter().map(|p| p.backend).collect();
+            b.sort();
+            b.dedup();
+            b
+        };
+        let workers = if spec.toolchain.is_none() {
+            self.live_workers().await?
+        } else {
+            Vec::new()
+        };
+        // Stages: as given, else the full flow where workers have the tools, else convert
+        // and emulate.
+        let stages = if !stages.is_empty() {
+            stages
+        } else if let Some(t) = &spec.toolchain {
+            if t.tool.is_empty() {
+                Stage::WITHOUT_TOOLS.to_vec()
+            } else {
+                Stage::FULL_FLOW.to_vec()
+            }
+        } else if backends
+            .iter()
+            .all(|b| toolchain_from_workers(&workers, *b, true).is_some())
+        {
+            if workers.iter().any(|w| w.tools.contains_key("vivado")) {
+                Stage::FULL_FLOW.to_vec()
+            } else {
+                Stage::FULL_FLOW
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != Stage::Vsynth)
+                    .collect()
+            }
+        } else {
+            Stage::WITHOUT_TOOLS.to_vec()
+        };
+        let tools_needed = stages.iter().any(|s| s.needs_xilinx_tools());
+        let mut toolchains = BTreeMap::new();
+        for backend in &backends {
+            let toolchain = match &spec.toolchain {
+                Some(t) => Toolchain {
+                    hls4ml_version: t.hls4ml_version.clone(),
+                    tool: (tools_needed && !t.tool.is_empty()).then(|| ToolVersion {
+                        name: t.tool.clone(),
+                        version: t.tool_version.clone(),
+                    }),
+                },
+                None => toolchain_from_workers(&workers, *backend, tools_needed).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "no live worker {} for the {} backend, so the trial keys cannot name a toolchain: start `hlsfarm worker` on a host with {}, or name it in the sweep (toolchain.hls4ml_version, toolchain.tool, toolchain.tool_version)",
+                        if tools_needed { "has hls4ml and an HLS tool" } else { "has hls4ml" },
+                        backend.as_str(),
+                        if tools_needed { "hls4ml and the tools" } else { "hls4ml" },
+                    ))
+                })?,
+            };
+            if tools_needed && toolchain.tool.is_none() {
+                return Err(Status::invalid_argument(
+                    "the stages run HLS tools but toolchain.tool is empty: name the tool and its version",
+                ));
+            }
+            toolchains.insert(*backend, toolchain);
+        }
+        let resources = spec.resources.map_or_else(
+            || TrialResources::default_for(&stages),
+            |r| TrialResources {
+                memory_mib: r.memory_mib,
+                cores: r.cores,
+            },
+        );
+        let emulation = EmulationSpec {
+            samples: if spec.emulation_samples == 0 {
+                EmulationSpec::default().samples
+            } else {
+                spec.emulation_samples
+            },
+            seed: spec.emulation_seed,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!(
+            "s{}-{}",
+            now.as_secs(),
+            &sha256_hex(format!("{spec:?}{}", now.as_nanos()).as_bytes())[..8]
+        );
+        let name = if spec.name.trim().is_empty() {
+            id.clone()
+        } else {
+            spec.name.trim().to_owned()
+        };
+        let plan = SweepPlan {
+            id: id.clone(),
+            name: name.clone(),
+            models,
+            points,
+            stages,
+            emulation,
+            toolchains,
+            resources,
+        };
+        let seats: Vec<String> = self.config.coordinator.seats.keys().cloned().collect();
+        let planned = plan.trials(&seats).map_err(Status::invalid_argument)?;
+        let mut classes: BTreeMap<String, String> = BTreeMap::new();
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let trials: Vec<NewTrial> = planned
+            .into_iter()
+            .filter(|t| seen.insert(t.key.clone(), ()).is_none())
+            .map(|t| {
+                classes
+                    .entry(t.needs.class.clone())
+                    .or_insert_with(|| serde_json::to_string(&t.requirement).unwrap_or_default());
+                NewTrial {
+                    key: t.key,
+                    cost: t.cost,
+                    payload: serde_json::to_value(PlanIndex {
+                        m: t.model,
+                        g: t.point,
+                    })
+                    .unwrap_or_default(),
+                    needs: t.needs,
+                }
+            })
+            .collect();
+        let total = trials.len() as u64;
+        self.queue.put_classes(&classes).await.map_err(internal)?;
+        let plan_json = serde_json::to_string(&plan).map_err(internal)?;
+        let submitted = self
+            .queue
+            .submit_sweep(
+                &SweepSubmit {
+                    id: id.clone(),
+                    priority: spec.priority.max(1),
+                    name,
+                    force: spec.force,
+                    plan: plan_json,
+                },
+                &trials,
+            )
+            .await
+            .map_err(internal)?;
+        self.work.notify_waiters();
+        tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, "sweep submitted");
+        Ok((id, total, submitted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape() {
+        assert!(check_name("model.h5").is_ok());
+        for bad in ["../x.h5", "a/b.h5", "..", "", "a\\b", "x\0"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_sha(&"a".repeat(64)).is_ok());
+        assert!(check_sha(&"A".repeat(64)).is_err());
+        assert!(check_sha("abc").is_err());
+    }
+}

@@ -1,0 +1,365 @@
+//! The Worker service: register, lease (long-poll), heartbeat, complete, hand back. Every
+//! call about a trial presents its lease token; a stale one gets `FAILED_PRECONDITION` and
+//! changes nothing (DESIGN §3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hlsfarm_common::blob::Blobs;
+use hlsfarm_common::job::{Fence, TrialState};
+use hlsfarm_common::plan::{PlanIndex, WorkerCaps};
+use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
+use hlsfarm_common::results::{ResultSummary, TrialResult, TrialStatus};
+use hlsfarm_common::store::{Completion, Progress};
+use hlsfarm_proto::FromWire;
+use hlsfarm_proto::v1::{self, worker_server::Worker};
+use tonic::{Request, Response, Status};
+
+use super::{Coordinator, internal, lock};
+
+/// The longest a lease call waits for work.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// The Worker service over a coordinator.
+pub(super) struct WorkerApi {
+    c: Arc<Coordinator>,
+}
+
+impl WorkerApi {
+    /// The service.
+    pub(super) fn new(c: Arc<Coordinator>) -> WorkerApi {
+        WorkerApi { c }
+    }
+}
+
+fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Status> {
+    let t = t.ok_or_else(|| Status::invalid_argument("missing lease token"))?;
+    Ok((
+        t.trial_key,
+        Fence {
+            attempt: t.attempt,
+            epoch: t.epoch,
+        },
+    ))
+}
+
+fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
+    v1::LeaseToken {
+        trial_key: key.to_owned(),
+        attempt: fence.attempt,
+        epoch: fence.epoch,
+    }
+}
+
+/// A queue refusal as the status workers act on.
+pub(super) fn refused(e: QueueError) -> Status {
+    match e {
+        QueueError::Transition(t) => Status::failed_precondition(format!(
+            "lease no longer held ({t}): discard this trial's work"
+        )),
+        QueueError::UnknownTrial(k) => Status::not_found(format!("unknown trial {k}")),
+        QueueError::UnknownSweep(s) => Status::not_found(format!("unknown sweep {s}")),
+        QueueError::Backend(b) => internal(b),
+    }
+}
+
+impl Coordinator {
+    async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Status> {
+        let plan = self.plan(&lease.sweep_id).await?;
+        let index: PlanIndex = serde_json::from_value(lease.payload).map_err(internal)?;
+        let (Some(model), Some(settings)) = (plan.models.get(index.m), plan.points.get(index.g))
+        else {
+            return Err(internal(format!(
+                "trial {} points outside its sweep's plan",
+                lease.key
+            )));
+        };
+        Ok(v1::LeasedTrial {
+            token: Some(wire_token(&lease.key, lease.fence)),
+            sweep_id: lease.sweep_id.clone(),
+            model: Some(v1::ModelInput {
+                name: model.name.clone(),
+                sha256: model.digest.sha256.clone(),
+                size_bytes: model.size_bytes,
+                companions: model.digest.companions.clone().into_iter().collect(),
+            }),
+            settings: Some(settings.into()),
+            stages: plan
+                .stages
+                .iter()
+                .map(|s| v1::Stage::from(*s) as i32)
+                .collect(),
+            emulation_samples: plan.emulation.samples,
+            emulation_seed: plan.emulation.seed,
+            staging_prefix: Blobs::staging_prefix(&lease.key, lease.fence),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        if r.worker_id.is_empty()
+            || r.worker_id.len() > 200
+            || r.worker_id.contains(char::is_whitespace)
+        {
+            return Err(Status::invalid_argument(
+                "worker_id must be 1-200 characters without spaces",
+            ));
+        }
+        let mut caps = WorkerCaps::try_from(r.capabilities.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(format!("capabilities: {e}")))?;
+        caps.hostname = r.hostname;
+        let json = serde_json::to_string(&caps).map_err(internal)?;
+        self.c
+            .queue
+            .register(&r.worker_id, &json)
+            .await
+            .map_err(internal)?;
+        lock(&self.c.caps).insert(r.worker_id.clone(), caps.clone());
+        tracing::info!(worker = %r.worker_id, host = %caps.hostname, slots = caps.slots, hls4ml = %caps.hls4ml_version, tools = ?caps.tools, "worker registered");
+        let c = &self.c.config.coordinator;
+        Ok(Response::new(v1::RegisterResponse {
+            lease_ms: c.lease_ms,
+            heartbeat_ms: c.heartbeat_ms,
+        }))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<v1::LeaseRequest>,
+    ) -> Result<Response<v1::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let caps = self.c.worker_caps(&r.worker_id).await?;
+        let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let max = usize::try_from(r.max_trials).unwrap_or(0).min(64);
+        if max == 0 {
+            return Ok(Response::new(v1::LeaseResponse::default()));
+        }
+        loop {
+            let classes = self.c.classes().await?;
+            let served: Vec<String> = classes
+                .iter()
+                .filter(|(_, req)| req.served_by(&caps))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let fit = Fit {
+                classes: Some(served),
+                memory_mib: r.free_memory_mib,
+                cores: r.free_cores,
+                seat_limits: self.c.config.coordinator.seats.clone(),
+            };
+            let leases = self
+                .c
+                .queue
+                .lease_fitting(&r.worker_id, max, &fit)
+                .await
+                .map_err(internal)?;
+            if !leases.is_empty() {
+                let mut trials = Vec::with_capacity(leases.len());
+                for lease in leases {
+                    tracing::info!(trial = %&lease.key[..12], sweep = %lease.sweep_id, worker = %r.worker_id, attempt = lease.fence.attempt, "leased");
+                    trials.push(self.c.leased_trial(lease).await?);
+                }
+                return Ok(Response::new(v1::LeaseResponse { trials }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.c.stop.is_cancelled() {
+                return Ok(Response::new(v1::LeaseResponse::default()));
+            }
+            // Work submitted here wakes us at once; work from another coordinator, a reaped
+            // lease or a backoff ending is seen within the poll period.
+            let nap = (deadline - now).min(Duration::from_millis(100));
+            tokio::select! {
+                _ = self.c.work.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.c.stop.cancelled() => {}
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let mut progress = Vec::with_capacity(r.trials.len());
+        let mut fences = std::collections::HashMap::new();
+        for t in r.trials {
+            let (key, fence) = token(t.token)?;
+            let stage = if t.stage == 0 {
+                String::new()
+            } else {
+                hlsfarm_common::Stage::from_wire(t.stage)
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            fences.insert(key.clone(), fence);
+            progress.push(Progress {
+                key,
+                fence,
+                stage,
+                phase: t.phase.chars().take(200).collect(),
+            });
+        }
+        let (reply, drain) = self
+            .c
+            .queue
+            .heartbeat_progress(&r.worker_id, &progress)
+            .await
+            .map_err(internal)?;
+        let tokens = |keys: Vec<String>| -> Vec<v1::LeaseToken> {
+            keys.into_iter()
+                .filter_map(|k| fences.get(&k).map(|f| wire_token(&k, *f)))
+                .collect()
+        };
+        if !reply.stale.is_empty() {
+            tracing::warn!(worker = %r.worker_id, stale = reply.stale.len(), "heartbeat presented stale leases");
+        }
+        Ok(Response::new(v1::HeartbeatResponse {
+            extended: tokens(reply.extended),
+            stale: tokens(reply.stale),
+            cancel: tokens(reply.cancel),
+            drain,
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<v1::CompleteRequest>,
+    ) -> Result<Response<v1::CompleteResponse>, Status> {
+        let r = request.into_inner();
+        let (key, fence) = token(r.token)?;
+        let staging = Blobs::staging_prefix(&key, fence);
+        let result_json = r
+            .result
+            .as_ref()
+            .map(|x| x.result_json.clone())
+            .unwrap_or_default();
+        let parsed: Option<TrialResult> = if result_json.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&result_json).map_err(|e| {
+                Status::invalid_argument(format!("result_json is not a result.json: {e}"))
+            })?)
+        };
+        if let Some(p) = &parsed
+            && p.trial_key != key
+        {
+            return Err(Status::invalid_argument(format!(
+                "result.json is for trial {}, not {key}",
+                p.trial_key
+            )));
+        }
+        let outcome = if r.cancelled {
+            Outcome::Cancelled
+        } else if let Some(f) = &r.failure {
+            let class = hlsfarm_common::FailureClass::from_wire(f.class)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Outcome::Failed {
+                retryable: class.is_retryable(),
+            }
+        } else if parsed
+            .as_ref()
+            .is_some_and(|p| p.status == TrialStatus::Success)
+        {
+            Outcome::Succeeded
+        } else {
+            return Err(Status::invalid_argument(
+                "a completion carries a successful result, a failure, or cancelled",
+            ));
+        };
+        // The worker uploads result.json (and the tarball) before it completes; the commit
+        // copies what is staged, so it must be there.
+        let has_files = parsed.is_some()
+            && self
+                .c
+                .blobs
+                .exists(&format!("{staging}/result.json"))
+                .await
+                .map_err(internal)?;
+        if parsed.is_some() && !has_files && outcome == Outcome::Succeeded {
+            return Err(Status::failed_precondition(format!(
+                "{staging}/result.json is not in the store: upload the results before completing"
+            )));
+        }
+        let mut summary = parsed.as_ref().map(ResultSummary::from);
+        if let (Some(s), Some(f)) = (summary.as_mut(), &r.failure)
+            && s.reason.is_none()
+        {
+            s.reason = Some(f.reason.clone());
+        }
+        if summary.is_none()
+            && let Some(f) = &r.failure
+        {
+            summary = Some(ResultSummary {
+                status: "failed".into(),
+                class: hlsfarm_common::FailureClass::from_wire(f.class).ok(),
+                reason: Some(f.reason.clone()),
+                suggestion: (!f.suggestion.is_empty()).then(|| f.suggestion.clone()),
+                ..ResultSummary::default()
+            });
+        }
+        let seconds = summary.as_ref().map_or(0.0, |s| s.seconds);
+        let completion = Completion {
+            summary: summary
+                .as_ref()
+                .map(|s| serde_json::to_string(s).unwrap_or_default())
+                .unwrap_or_default(),
+            prefix: if has_files {
+                staging.clone()
+            } else {
+                String::new()
+            },
+            seconds,
+        };
+        let state = self
+            .c
+            .queue
+            .complete_with(&key, fence, outcome, &completion)
+            .await
+            .map_err(|e| {
+                tracing::warn!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, error = %e, "completion refused");
+                refused(e)
+            })?;
+        tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
+        if has_files {
+            // Accepted: this token won. Copy its files now; the committer loop retries if
+            // this fails or the coordinator dies here.
+            self.c.commit_result(&key).await;
+        }
+        if state == TrialState::Queued {
+            self.c.work.notify_waiters();
+        }
+        Ok(Response::new(v1::CompleteResponse {
+            state: v1::TrialState::from(state) as i32,
+        }))
+    }
+
+    async fn hand_back(
+        &self,
+        request: Request<v1::HandBackRequest>,
+    ) -> Result<Response<v1::HandBackResponse>, Status> {
+        let r = request.into_inner();
+        let mut requeued = 0;
+        for t in r.tokens {
+            let (key, fence) = token(Some(t))?;
+            match self.c.queue.hand_back_with(&key, fence, &r.reason).await {
+                Ok(TrialState::Queued) => requeued += 1,
+                Ok(_) => {}
+                // A lease already lost needs no hand-back.
+                Err(QueueError::Transition(_)) => {}
+                Err(e) => return Err(refused(e)),
+            }
+        }
+        if requeued > 0 {
+            self.c.work.notify_waiters();
+        }
+        Ok(Response::new(v1::HandBackResponse { requeued }))
+    }
+}
