@@ -51,6 +51,49 @@ pub enum Command {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Run a worker daemon on this host: registers its tools, hls4ml venv, cores and memory
+    /// with the coordinator, leases trials that fit, runs them (convert, emulate, the tool
+    /// stages), uploads the pruned results to the store and reports. SIGTERM drains: no new
+    /// leases, running trials get worker.drain_timeout_s to finish, the rest go back.
+    Worker(Box<WorkerArgs>),
+    /// Submit a sweep to a coordinator: uploads the model files (and companions:
+    /// `<stem>_weights.h5` of a Keras JSON, `<stem>.py` of a PyTorch file,
+    /// `<stem>_inputs.npy`), queues every trial without a stored result, prints the sweep id.
+    Submit(Box<crate::client::SubmitArgs>),
+    /// Show the cluster: sweeps with counts and ETA, workers and what they run, licence
+    /// seats, recent failures.
+    Status {
+        /// The coordinator.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// Include finished sweeps.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a sweep, or some of its trials: queued ones are dropped, running ones are
+    /// killed on their workers.
+    Cancel {
+        /// The coordinator.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// The sweep id.
+        sweep: String,
+        /// Only these trial keys.
+        trials: Vec<String>,
+    },
+    /// Queue a sweep's failed, dead and cancelled trials again (or only the keys given).
+    Retry {
+        /// The coordinator.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// The sweep id.
+        sweep: String,
+        /// Only these trial keys.
+        trials: Vec<String>,
+    },
     /// Print a finished sweep's trials from its output folder (synthesis_results.json):
     /// settings, resources, latency, fidelity and failures.
     Results {
@@ -70,6 +113,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Flags of `hlsfarm worker`; each overrides its `[worker]` config key.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL (worker.coordinator), e.g. http://coord:7070.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The worker token (worker.token). Prefer HLSFARM_WORKER__TOKEN: flags show in `ps`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The store (store.url): the folder or s3://bucket/prefix the coordinator uses.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Folder for trial projects (worker.scratch).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Trials at once (worker.slots); default cores / 2.
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// The hls4ml venv's python (worker.python).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// No lease below this much free scratch disk, GiB (worker.min_free_disk_gib).
+    #[arg(long)]
+    pub min_free_disk_gib: Option<u64>,
+    /// Exit when no work is left and nothing runs (for batch schedulers such as Slurm).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// This worker's id; default `<host>-<pid>`.
+    #[arg(long)]
+    pub worker_id: Option<String>,
 }
 
 impl Cli {
@@ -96,6 +171,31 @@ impl Cli {
                 overrides["store"]["url"] = v.clone().into();
             }
         }
+        if let Some(Command::Worker(w)) = &self.command {
+            let mut worker = serde_json::Map::new();
+            if let Some(v) = &w.coordinator {
+                worker.insert("coordinator".into(), v.clone().into());
+            }
+            if let Some(v) = &w.token {
+                worker.insert("token".into(), v.clone().into());
+            }
+            if let Some(v) = &w.scratch {
+                worker.insert("scratch".into(), v.display().to_string().into());
+            }
+            if let Some(v) = w.slots {
+                worker.insert("slots".into(), v.into());
+            }
+            if let Some(v) = &w.python {
+                worker.insert("python".into(), v.display().to_string().into());
+            }
+            if let Some(v) = w.min_free_disk_gib {
+                worker.insert("min_free_disk_gib".into(), v.into());
+            }
+            overrides["worker"] = worker.into();
+            if let Some(v) = &w.store {
+                overrides["store"] = serde_json::json!({ "url": v });
+            }
+        }
         Config::load(self.config.as_deref(), &overrides)
     }
 }
@@ -112,6 +212,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
         Some(Command::Serve { .. }) => crate::server::serve(config).await,
+        Some(Command::Submit(args)) => crate::client::submit(*args).await,
+        Some(Command::Status { client, all, json }) => {
+            crate::client::status(&client, all, json).await
+        }
+        Some(Command::Cancel {
+            client,
+            sweep,
+            trials,
+        }) => crate::client::cancel(&client, &sweep, &trials).await,
+        Some(Command::Retry {
+            client,
+            sweep,
+            trials,
+        }) => crate::client::retry(&client, &sweep, &trials).await,
+        Some(Command::Worker(w)) => {
+            if config.worker.token.is_empty() {
+                anyhow::bail!(
+                    "no worker token: set HLSFARM_WORKER__TOKEN (or --token, or worker.token)"
+                );
+            }
+            Ok(
+                hlsfarm_worker::daemon::run(hlsfarm_worker::daemon::Options {
+                    config: config.worker.clone(),
+                    store: config.store.clone(),
+                    exit_when_idle: w.exit_when_idle,
+                    worker_id: w.worker_id.clone(),
+                })
+                .await?,
+            )
+        }
         Some(Command::Results { path, format }) => crate::results_cmd::run(&path, format),
         None => {
             use clap::CommandFactory;

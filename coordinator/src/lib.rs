@@ -1,6 +1,7 @@
 //! The hlsfarm coordinator, and the `hlsfarm` command that users meet.
 //!
 //! - [`cli`]: the command line: global flags, config loading, subcommands.
+//! - [`client`]: `hlsfarm submit`, `status`, `cancel`, `retry`: the operator side of the API.
 //! - [`onehost`]: `hlsfarm run`, a sweep on this host through the embedded queue.
 //! - [`pareto`]: the sweep's Pareto plot (SVG and PNG).
 //! - [`progress`]: bars on a terminal, lines elsewhere, for `hlsfarm run`.
@@ -12,6 +13,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod cli;
+pub mod client;
 pub mod onehost;
 pub mod pareto;
 pub mod progress;

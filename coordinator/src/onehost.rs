@@ -31,28 +31,18 @@ use hlsfarm_worker::tools::detect_tools;
 use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial, tool_command};
 use tokio_util::sync::CancellationToken;
 
-/// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
-/// ...) are accepted too.
+/// The flags that describe a sweep, shared by `hlsfarm run` and `hlsfarm submit`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub struct SweepArgs {
     /// Folder with the model files (required unless --sweep names one).
     #[arg(long = "input-dir", alias = "input_dir", value_name = "DIR")]
     pub input_dir: Option<PathBuf>,
-    /// Where results go [default: INPUT_DIR/hls_outputs].
-    #[arg(long = "output-dir", alias = "output_dir", value_name = "DIR")]
-    pub output_dir: Option<PathBuf>,
-    /// Trials run at once.
-    #[arg(long = "num-workers", alias = "num_workers", default_value_t = 4)]
-    pub num_workers: usize,
     /// Glob over file names in the input folder [default: model_trial_*.h5].
     #[arg(long)]
     pub pattern: Option<String>,
     /// FPGA part(s), comma-separated [default: xc7z020clg400-1].
     #[arg(long = "fpga-part", aliases = ["fpga_part", "part"], value_delimiter = ',')]
     pub fpga_part: Vec<String>,
-    /// Do not write a tarball per trial.
-    #[arg(long = "no-tarball", alias = "no_tarball")]
-    pub no_tarball: bool,
     /// At most this many models (in name order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -94,6 +84,24 @@ pub struct RunArgs {
     /// Seed for the generated emulation samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
+/// ...) are accepted too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Which models, settings and stages.
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// Where results go [default: INPUT_DIR/hls_outputs].
+    #[arg(long = "output-dir", alias = "output_dir", value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Trials run at once.
+    #[arg(long = "num-workers", alias = "num_workers", default_value_t = 4)]
+    pub num_workers: usize,
+    /// Do not write a tarball per trial.
+    #[arg(long = "no-tarball", alias = "no_tarball")]
+    pub no_tarball: bool,
     /// Python of the hls4ml venv [default: $HLSFARM_PYTHON, else the venv `make setup` made].
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
@@ -117,58 +125,7 @@ struct Planned {
     reused: bool,
 }
 
-/// Finds the hls4ml venv's Python: the flag, `$HLSFARM_PYTHON`, or the venv `.ci/setup` made.
-fn find_python(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = flag {
-        return Ok(path.to_owned());
-    }
-    if let Some(path) = std::env::var_os("HLSFARM_PYTHON") {
-        return Ok(PathBuf::from(path));
-    }
-    let home = std::env::var_os("HLSFARM_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm"))
-        });
-    if let Some(home) = home
-        && let Ok(entries) = std::fs::read_dir(home.join("venvs"))
-    {
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("hls4ml-keras-"))
-            .map(|e| e.path().join("bin/python"))
-            .filter(|p| p.is_file())
-            .collect();
-        found.sort();
-        if let Some(python) = found.pop() {
-            return Ok(python);
-        }
-    }
-    bail!(
-        "no Python with hls4ml found: run `make setup` (it installs one), set HLSFARM_PYTHON, or pass --python"
-    )
-}
-
-/// Asks the venv for its hls4ml version.
-fn hls4ml_version(python: &Path) -> anyhow::Result<String> {
-    let output = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('hls4ml'))",
-        ])
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} has no hls4ml ({}): run `make setup`, or pass --python with a venv that has hls4ml 1.3",
-            python.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-fn grid_from_flags(args: &RunArgs) -> SettingsGrid {
+fn grid_from_flags(args: &SweepArgs) -> SettingsGrid {
     fn list<T: Clone>(v: &[T]) -> Option<OneOrMany<T>> {
         (!v.is_empty()).then(|| OneOrMany::Many(v.to_vec()))
     }
@@ -186,7 +143,7 @@ fn grid_from_flags(args: &RunArgs) -> SettingsGrid {
 }
 
 /// The sweep the flags (or the sweep file) describe, and the folder relative paths start from.
-fn sweep_spec(args: &RunArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
+pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
     let grid_flags = grid_from_flags(args) != SettingsGrid::default();
     let (mut spec, base) = match &args.sweep {
         Some(file) => {
@@ -329,7 +286,7 @@ fn line_for(result: &TrialResult) -> String {
 /// Runs the sweep on this host; returns the exit code (0: all succeeded, 1: some failed,
 /// 130: interrupted).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let (spec, base) = sweep_spec(&args)?;
+    let (spec, base) = sweep_spec(&args.sweep)?;
     // Absolute paths: each trial's tools run in their own scratch folder.
     let models = spec
         .models
@@ -350,8 +307,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot create the output folder {}", output_dir.display()))?;
     let output_dir = output_dir.canonicalize()?;
 
-    let python = find_python(args.python.as_deref())?;
-    let hls4ml = hls4ml_version(&python)?;
+    let python =
+        hlsfarm_worker::venv::find_python(args.python.as_deref()).map_err(anyhow::Error::msg)?;
+    let hls4ml = hlsfarm_worker::venv::probe(&python)
+        .map_err(anyhow::Error::msg)?
+        .hls4ml_version;
     let (tools, tool_errors) = detect_tools(
         &std::env::var_os("PATH").unwrap_or_default(),
         Duration::from_secs(60),

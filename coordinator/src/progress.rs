@@ -92,6 +92,18 @@ impl Progress {
         }
     }
 
+    /// Sets the overall position and message (a sweep watched from afar); without a
+    /// terminal, prints the message as a line.
+    pub fn set(&self, position: u64, message: &str) {
+        match &self.bars {
+            Some((_, overall)) => {
+                overall.set_position(position);
+                overall.set_message(message.to_owned());
+            }
+            None => eprintln!("hlsfarm: {message}"),
+        }
+    }
+
     /// Removes the bars at the end.
     pub fn done(&self) {
         if let Some((_, overall)) = &self.bars {

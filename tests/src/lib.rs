@@ -13,6 +13,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod standin;
 
 use std::fs::File;

@@ -5,10 +5,14 @@
 //! - [`trial`]: one trial from start to end: stages, reports, kept files, `result.json`.
 //! - [`tools`]: finds `vitis-run`, `vitis_hls`, `vivado_hls` and `vivado` and reads their
 //!   versions from their banners.
+//! - [`venv`]: the hls4ml venv: where it is, its version, the formats it converts.
+//! - [`daemon`]: `hlsfarm worker`: register, lease, run, upload, report, drain.
 
 #![deny(clippy::unwrap_used)]
 
+pub mod daemon;
 pub mod driver;
 pub mod process;
 pub mod tools;
 pub mod trial;
+pub mod venv;

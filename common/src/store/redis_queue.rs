@@ -57,7 +57,7 @@ impl Scripts {
 }
 
 /// Trials sent to Redis per submit script call; the calls of one submit go in one pipeline.
-const SUBMIT_CHUNK: usize = 5000;
+const SUBMIT_CHUNK: usize = 2000;
 
 /// The queue on Redis (see the module docs).
 pub struct RedisQueue {
@@ -319,7 +319,9 @@ impl RedisQueue {
         let client = redis::Client::open(url).map_err(backend)?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(6)
-            .set_max_delay(std::time::Duration::from_secs(2));
+            .set_max_delay(std::time::Duration::from_secs(2))
+            // A 100k-trial submit is one pipeline of script calls: give it time.
+            .set_response_timeout(Some(std::time::Duration::from_secs(60)));
         let connection = ConnectionManager::new_with_config(client.clone(), manager)
             .await
             .map_err(backend)?;

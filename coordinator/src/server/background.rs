@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hlsfarm_common::FailureClass;
 use hlsfarm_common::aggregate::{SeedEntry, SeedSummary};
 use hlsfarm_common::blob::{Blobs, RetryBudget};
+use hlsfarm_common::plan::{PlanIndex, SweepPlan};
 use hlsfarm_common::queue::Queue;
-use hlsfarm_common::results::TrialResult;
-use hlsfarm_common::store::ClaimSet;
+use hlsfarm_common::results::{ModelRef, ResultSummary, TrialFailure, TrialResult, TrialStatus};
+use hlsfarm_common::store::{ClaimSet, TrialRecord};
+use hlsfarm_common::trial_key::Toolchain;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -112,6 +115,71 @@ pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHan
     handles
 }
 
+/// The result of a trial that left no `result.json`: its state and last known reason.
+fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
+    let index: Option<PlanIndex> = serde_json::from_str(&record.payload).ok();
+    let model = index.and_then(|i| plan.models.get(i.m));
+    let settings = index
+        .and_then(|i| plan.points.get(i.g))
+        .cloned()
+        .unwrap_or_default();
+    let summary: Option<ResultSummary> = serde_json::from_str(&record.summary).ok();
+    let cancelled = record.state == "cancelled";
+    let reason = summary
+        .as_ref()
+        .and_then(|s| s.reason.clone())
+        .unwrap_or_else(|| match record.state.as_str() {
+            "dead" => format!(
+                "dead after {} attempts (leases lost: the worker died or was cut off)",
+                record.attempt
+            ),
+            "cancelled" => "cancelled by an operator".to_owned(),
+            other => format!("not finished ({other})"),
+        });
+    TrialResult {
+        schema: hlsfarm_common::results::RESULT_SCHEMA.to_owned(),
+        trial_key: record.key.clone(),
+        model: ModelRef {
+            name: model.map(|m| m.name.clone()).unwrap_or_default(),
+            sha256: model.map(|m| m.digest.sha256.clone()).unwrap_or_default(),
+        },
+        toolchain: plan
+            .toolchain(settings.backend)
+            .cloned()
+            .unwrap_or(Toolchain {
+                hls4ml_version: String::new(),
+                tool: None,
+            }),
+        settings,
+        stages: plan.stages.clone(),
+        status: if cancelled {
+            TrialStatus::Cancelled
+        } else {
+            TrialStatus::Failed
+        },
+        start_time: String::new(),
+        end_time: String::new(),
+        timings: Vec::new(),
+        fidelity: None,
+        warnings: Vec::new(),
+        effective_reuse_factor: Default::default(),
+        reports: Default::default(),
+        failure: Some(TrialFailure {
+            class: summary
+                .as_ref()
+                .and_then(|s| s.class)
+                .unwrap_or(FailureClass::Infrastructure),
+            reason,
+            stage: summary.as_ref().and_then(|s| s.stage),
+            log_tail: String::new(),
+            suggestion: summary.and_then(|s| s.suggestion),
+        }),
+        kept_files: Vec::new(),
+        tarball: None,
+        kept_bytes: 0,
+    }
+}
+
 impl Coordinator {
     /// Copies an accepted result from its staging prefix into `results/<key>/`. The trial's
     /// record names the prefix Redis accepted, so a stale lease's files are never copied.
@@ -156,25 +224,29 @@ impl Coordinator {
             return Ok(false);
         }
         let trials = self.queue.sweep_trials(sweep).await?;
+        let plan = self
+            .plan(sweep)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         let mut entries = Vec::new();
         for (record, reused) in &trials {
             let committed = format!("{}/result.json", Blobs::result_prefix(&record.key));
-            let bytes = match self.blobs.get(&committed).await {
-                Ok(b) => b,
-                Err(_) if !record.result_prefix.is_empty() => {
-                    match self
-                        .blobs
-                        .get(&format!("{}/result.json", record.result_prefix))
-                        .await
-                    {
-                        Ok(b) => b,
-                        Err(_) => continue,
-                    }
-                }
-                Err(_) => continue,
-            };
-            let Ok(result) = serde_json::from_slice::<TrialResult>(&bytes) else {
-                continue;
+            let mut bytes = self.blobs.get(&committed).await.ok();
+            if bytes.is_none() && !record.result_prefix.is_empty() {
+                bytes = self
+                    .blobs
+                    .get(&format!("{}/result.json", record.result_prefix))
+                    .await
+                    .ok();
+            }
+            let stored = bytes
+                .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
+                .filter(|r| r.trial_key == record.key);
+            // Trials that never produced a result.json (dead after lost leases, cancelled)
+            // are listed too, with what Redis knows.
+            let result = match stored {
+                Some(r) => r,
+                None => unreported(&plan, record),
             };
             let dir = Blobs::result_prefix(&record.key);
             let mut entry = SeedEntry::new(

@@ -92,6 +92,10 @@ impl Coordinator {
             emulation_samples: plan.emulation.samples,
             emulation_seed: plan.emulation.seed,
             staging_prefix: Blobs::staging_prefix(&lease.key, lease.fence),
+            resources: Some(v1::TrialResources {
+                memory_mib: plan.resources.memory_mib,
+                cores: plan.resources.cores,
+            }),
         })
     }
 }

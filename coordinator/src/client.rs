@@ -1,0 +1,560 @@
+//! The operator commands that talk to a coordinator: `submit`, `status`, `cancel`, `retry`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hlsfarm_common::trial_key::sha256_hex;
+use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
+use hlsfarm_worker::daemon::{Bearer, channel};
+use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::onehost::{SweepArgs, sweep_spec};
+
+/// How to reach the coordinator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "HLSFARM_URL", default_value = "http://127.0.0.1:7070")]
+    pub coordinator: String,
+    /// The operator token (coordinator.operator_token).
+    #[arg(long, env = "HLSFARM_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
+
+fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let (channel, bearer) = channel(&args.coordinator, &args.token).map_err(anyhow::Error::msg)?;
+    Ok(OperatorClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
+}
+
+fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!(
+            "cannot reach the coordinator at {url} ({}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)",
+            s.message()
+        ),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
+            "{}: use the operator token (--token / HLSFARM_TOKEN)",
+            s.message()
+        ),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
+/// Flags of `hlsfarm submit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// Which models, settings and stages.
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// The coordinator.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A name for the sweep (shown in status).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Share of workers against other sweeps (≥ 1).
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// Wait until the sweep ends, showing progress; exit 1 when a trial failed.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// The companion files found beside a model: `weights` for a Keras JSON
+/// (`<stem>_weights.h5`), `class` for a PyTorch file (`<stem>.py`), `inputs` for sample
+/// inputs (`<stem>_inputs.npy`).
+fn companions(model: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Some(stem) = model.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        return out;
+    };
+    let ext = model
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let beside = |name: String| Some(model.with_file_name(name)).filter(|p| p.is_file());
+    if ext == "json"
+        && let Some(p) = beside(format!("{stem}_weights.h5"))
+    {
+        out.insert("weights".to_owned(), p);
+    }
+    if (ext == "pt" || ext == "pth")
+        && let Some(p) = beside(format!("{stem}.py"))
+    {
+        out.insert("class".to_owned(), p);
+    }
+    if let Some(p) = beside(format!("{stem}_inputs.npy")) {
+        out.insert("inputs".to_owned(), p);
+    }
+    out
+}
+
+async fn upload(client: &mut Client, path: &Path) -> anyhow::Result<(String, u64)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sha = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut chunks = Vec::new();
+    let mut first = true;
+    for piece in bytes
+        .chunks(1 << 20)
+        .chain(bytes.is_empty().then_some(&[][..]))
+    {
+        chunks.push(v1::UploadChunk {
+            name: if first { name.clone() } else { String::new() },
+            sha256: if first { sha.clone() } else { String::new() },
+            data: piece.to_vec(),
+        });
+        first = false;
+    }
+    client
+        .upload_model(tokio_stream::iter(chunks))
+        .await
+        .map_err(|s| anyhow::anyhow!("uploading {}: {}", path.display(), s.message()))?;
+    Ok((sha, size))
+}
+
+/// `hlsfarm submit`: uploads the models, submits the sweep, prints its id.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    let (mut spec, base) = sweep_spec(&args.sweep)?;
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    if let Some(p) = args.priority {
+        spec.priority = p.max(1);
+    }
+    let models = spec.models.resolve(&base)?;
+    let mut client = connect(&args.client)?;
+    let mut inputs = Vec::new();
+    for model in &models {
+        let (sha, size) = upload(&mut client, model)
+            .await
+            .map_err(|e| e.context(format!("coordinator {}", args.client.coordinator)))?;
+        let mut roles = std::collections::HashMap::new();
+        for (role, path) in companions(model) {
+            roles.insert(role, upload(&mut client, &path).await?.0);
+        }
+        inputs.push(v1::ModelInput {
+            name: model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: sha,
+            size_bytes: size,
+            companions: roles,
+        });
+    }
+    let wire = v1::SweepSpec {
+        name: spec.name.clone(),
+        models: inputs,
+        grid: Some((&spec.grid).into()),
+        stages: spec
+            .normalized_stages()
+            .into_iter()
+            .map(|s| v1::Stage::from(s) as i32)
+            .collect(),
+        priority: spec.priority,
+        force: spec.force,
+        emulation_samples: spec.emulation.samples,
+        emulation_seed: spec.emulation.seed,
+        toolchain: spec.toolchain.as_ref().map(|t| v1::ToolchainSpec {
+            hls4ml_version: t.hls4ml_version.clone(),
+            tool: t.tool.clone(),
+            tool_version: t.tool_version.clone(),
+        }),
+        resources: spec.resources.map(|r| v1::TrialResources {
+            memory_mib: r.memory_mib,
+            cores: r.cores,
+        }),
+    };
+    let answer = client
+        .submit_sweep(v1::SubmitSweepRequest { spec: Some(wire) })
+        .await
+        .map_err(|s| status_error(s, &args.client.coordinator))?
+        .into_inner();
+    eprintln!(
+        "hlsfarm: sweep {}: {} models, {} trials ({} queued, {} reused)",
+        answer.sweep_id,
+        models.len(),
+        answer.trials,
+        answer.queued,
+        answer.reused
+    );
+    println!("{}", answer.sweep_id);
+    if !args.wait {
+        return Ok(0);
+    }
+    wait_for(&mut client, &answer.sweep_id, answer.trials).await
+}
+
+fn count(s: &v1::SweepStatus, state: &str) -> u64 {
+    s.counts.get(state).copied().unwrap_or(0)
+}
+
+/// Shows a sweep's progress until it ends; 0 when every trial succeeded.
+async fn wait_for(client: &mut Client, sweep: &str, total: u64) -> anyhow::Result<i32> {
+    let progress = crate::progress::Progress::new(total);
+    let mut last = String::new();
+    loop {
+        let status = client
+            .get_results(v1::GetResultsRequest {
+                sweep_id: sweep.to_owned(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let s = status.sweep.unwrap_or_default();
+        let done = count(&s, "succeeded")
+            + count(&s, "failed")
+            + count(&s, "cancelled")
+            + count(&s, "dead");
+        let line = format!(
+            "{} succeeded, {} failed, {} running, {} queued{}",
+            count(&s, "succeeded") + count(&s, "reused"),
+            count(&s, "failed") + count(&s, "dead"),
+            count(&s, "leased"),
+            count(&s, "queued"),
+            s.eta_seconds
+                .filter(|e| *e > 0.0)
+                .map(|e| format!(", ETA {}", humantime_secs(e)))
+                .unwrap_or_default()
+        );
+        if line != last {
+            progress.set(done + count(&s, "reused"), &line);
+            last = line;
+        }
+        if count(&s, "queued") + count(&s, "leased") == 0 {
+            progress.done();
+            let failed: Vec<&v1::TrialInfo> = status
+                .trials
+                .iter()
+                .filter(|t| t.failure.is_some())
+                .collect();
+            for t in &failed {
+                if let Some(f) = &t.failure {
+                    eprintln!(
+                        "hlsfarm: {} {}: {}",
+                        t.model_name,
+                        &t.trial_key[..t.trial_key.len().min(12)],
+                        f.reason
+                    );
+                }
+            }
+            eprintln!("hlsfarm: sweep {sweep} finished: {last}");
+            let bad = count(&s, "failed") + count(&s, "dead") + count(&s, "cancelled");
+            return Ok(if bad == 0 { 0 } else { 1 });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn humantime_secs(s: f64) -> String {
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `hlsfarm status --json`: the cluster as JSON.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Sweeps.
+    pub sweeps: Vec<SweepJson>,
+    /// Workers.
+    pub workers: Vec<WorkerJson>,
+    /// Seats per feature.
+    pub seats: Vec<SeatJson>,
+    /// Recent failures.
+    pub recent_failures: Vec<FailureJson>,
+}
+
+/// One sweep.
+#[derive(Debug, Serialize)]
+pub struct SweepJson {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Priority.
+    pub priority: u32,
+    /// Trials per state, and `reused`.
+    pub counts: BTreeMap<String, u64>,
+    /// Seconds to go, when known.
+    pub eta_seconds: Option<f64>,
+}
+
+/// One worker.
+#[derive(Debug, Serialize)]
+pub struct WorkerJson {
+    /// Id.
+    pub id: String,
+    /// Host.
+    pub hostname: String,
+    /// Trial keys it runs, with their stage.
+    pub trials: Vec<(String, String)>,
+    /// Seconds since it was last heard from.
+    pub heartbeat_age_seconds: f64,
+    /// Draining.
+    pub draining: bool,
+    /// Slots.
+    pub slots: u32,
+    /// Tools and versions.
+    pub tools: BTreeMap<String, String>,
+}
+
+/// Seats of one feature.
+#[derive(Debug, Serialize)]
+pub struct SeatJson {
+    /// Feature (stage).
+    pub feature: String,
+    /// Held.
+    pub in_use: u32,
+    /// Limit (0: none).
+    pub limit: u32,
+}
+
+/// A recent failure.
+#[derive(Debug, Serialize)]
+pub struct FailureJson {
+    /// Trial key.
+    pub trial: String,
+    /// Sweep.
+    pub sweep: String,
+    /// State.
+    pub state: String,
+    /// Class.
+    pub class: String,
+    /// Reason.
+    pub reason: String,
+}
+
+fn state_name(raw: i32) -> String {
+    v1::TrialState::try_from(raw)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TRIAL_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn stage_name(raw: i32) -> String {
+    v1::Stage::try_from(raw)
+        .ok()
+        .filter(|s| *s != v1::Stage::Unspecified)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("STAGE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// `hlsfarm status`.
+pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<i32> {
+    let mut client = connect(args)?;
+    let s = client
+        .get_status(v1::GetStatusRequest {
+            include_finished: all,
+        })
+        .await
+        .map_err(|s| status_error(s, &args.coordinator))?
+        .into_inner();
+    let out = StatusJson {
+        sweeps: s
+            .sweeps
+            .iter()
+            .map(|w| SweepJson {
+                id: w.sweep_id.clone(),
+                name: w.name.clone(),
+                priority: w.priority,
+                counts: w.counts.clone().into_iter().collect(),
+                eta_seconds: w.eta_seconds,
+            })
+            .collect(),
+        workers: s
+            .workers
+            .iter()
+            .map(|w| {
+                let caps = w.capabilities.clone().unwrap_or_default();
+                WorkerJson {
+                    id: w.worker_id.clone(),
+                    hostname: w.hostname.clone(),
+                    trials: w
+                        .trials
+                        .iter()
+                        .map(|t| (t.trial_key.clone(), stage_name(t.current_stage)))
+                        .collect(),
+                    heartbeat_age_seconds: w.heartbeat_age_seconds,
+                    draining: w.draining,
+                    slots: caps.slots,
+                    tools: caps.tools.into_iter().collect(),
+                }
+            })
+            .collect(),
+        seats: s
+            .seats
+            .iter()
+            .map(|x| SeatJson {
+                feature: x.feature.clone(),
+                in_use: x.in_use,
+                limit: x.limit,
+            })
+            .collect(),
+        recent_failures: s
+            .recent_failures
+            .iter()
+            .map(|t| FailureJson {
+                trial: t.trial_key.clone(),
+                sweep: t.sweep_id.clone(),
+                state: state_name(t.state),
+                class: t
+                    .failure
+                    .as_ref()
+                    .and_then(|f| v1::FailureClass::try_from(f.class).ok())
+                    .map(|c| {
+                        c.as_str_name()
+                            .trim_start_matches("FAILURE_CLASS_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+                reason: t
+                    .failure
+                    .as_ref()
+                    .map(|f| f.reason.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    println!("SWEEPS");
+    if out.sweeps.is_empty() {
+        println!("  none active (--all shows finished ones)");
+    }
+    for w in &out.sweeps {
+        let c = |k: &str| w.counts.get(k).copied().unwrap_or(0);
+        println!(
+            "  {}  {:<24} prio {}  queued {}  running {}  succeeded {}  failed {}  dead {}  cancelled {}  reused {}{}",
+            w.id,
+            w.name,
+            w.priority,
+            c("queued"),
+            c("leased"),
+            c("succeeded"),
+            c("failed"),
+            c("dead"),
+            c("cancelled"),
+            c("reused"),
+            w.eta_seconds
+                .map(|e| format!("  ETA {}", humantime_secs(e)))
+                .unwrap_or_default()
+        );
+    }
+    println!("WORKERS");
+    if out.workers.is_empty() {
+        println!("  none registered");
+    }
+    for w in &out.workers {
+        println!(
+            "  {:<28} {} slots  heard {:.1} s ago{}  running {}  tools {}",
+            w.id,
+            w.slots,
+            w.heartbeat_age_seconds,
+            if w.draining { "  DRAINING" } else { "" },
+            w.trials.len(),
+            if w.tools.is_empty() {
+                "none".to_owned()
+            } else {
+                w.tools
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        for (key, stage) in &w.trials {
+            println!("      {}  {}", &key[..key.len().min(12)], stage);
+        }
+    }
+    if !out.seats.is_empty() {
+        println!("SEATS");
+        for x in &out.seats {
+            println!(
+                "  {:<8} {} in use of {}",
+                x.feature,
+                x.in_use,
+                if x.limit == 0 {
+                    "unlimited".to_owned()
+                } else {
+                    x.limit.to_string()
+                }
+            );
+        }
+    }
+    if !out.recent_failures.is_empty() {
+        println!("RECENT FAILURES");
+        for f in out.recent_failures.iter().take(10) {
+            println!(
+                "  {}  {}  {}  {}: {}",
+                &f.trial[..f.trial.len().min(12)],
+                f.sweep,
+                f.state,
+                f.class,
+                f.reason
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `hlsfarm cancel`.
+pub async fn cancel(args: &ClientArgs, sweep: &str, keys: &[String]) -> anyhow::Result<i32> {
+    let mut client = connect(args)?;
+    let r = client
+        .cancel(v1::CancelRequest {
+            sweep_id: sweep.to_owned(),
+            trial_keys: keys.to_vec(),
+        })
+        .await
+        .map_err(|s| status_error(s, &args.coordinator))?
+        .into_inner();
+    eprintln!(
+        "hlsfarm: {} queued trials dropped, {} running trials ordered to stop",
+        r.dropped, r.stopping
+    );
+    Ok(0)
+}
+
+/// `hlsfarm retry`.
+pub async fn retry(args: &ClientArgs, sweep: &str, keys: &[String]) -> anyhow::Result<i32> {
+    let mut client = connect(args)?;
+    let r = client
+        .retry(v1::RetryRequest {
+            sweep_id: sweep.to_owned(),
+            trial_keys: keys.to_vec(),
+        })
+        .await
+        .map_err(|s| status_error(s, &args.coordinator))?
+        .into_inner();
+    eprintln!("hlsfarm: {} trials queued again", r.requeued);
+    if r.requeued == 0 {
+        bail!("nothing to retry in sweep {sweep}: no failed, dead or cancelled trials");
+    }
+    Ok(0)
+}

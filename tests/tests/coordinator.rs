@@ -1,0 +1,798 @@
+//! The coordinator (`hlsfarm serve`) as a real process on a real `redis-server`, driven over
+//! gRPC by this test acting as workers and operators: lifecycle, expiry, fencing, dead
+//! trials, fairness, longest-first order, capability and memory routing, seats, cancel, two
+//! coordinators, a restart mid-sweep, a 100k-trial submit, and the tokens.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hlsfarm_common::results::{ModelRef, Reports, TrialResult, TrialStatus};
+use hlsfarm_common::trial_key::{Toolchain, sha256_hex};
+use hlsfarm_common::{Settings, Stage};
+use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
+use hlsfarm_tests::TestDir;
+use hlsfarm_tests::cluster::{Cluster, ClusterOptions, OPERATOR_TOKEN, WORKER_TOKEN};
+use hlsfarm_worker::daemon::{Bearer, channel};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Op = OperatorClient<InterceptedService<Channel, Bearer>>;
+type Wk = WorkerClient<InterceptedService<Channel, Bearer>>;
+
+fn operator(url: &str) -> Op {
+    let (c, b) = channel(url, OPERATOR_TOKEN).unwrap();
+    OperatorClient::with_interceptor(c, b)
+}
+
+fn worker_client(url: &str) -> Wk {
+    let (c, b) = channel(url, WORKER_TOKEN).unwrap();
+    WorkerClient::with_interceptor(c, b)
+}
+
+fn caps(tools: &[(&str, &str)], families: &[&str]) -> v1::Capabilities {
+    v1::Capabilities {
+        backends: vec![v1::Backend::Vitis as i32],
+        tools: tools
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        hls4ml_version: "1.3.0".into(),
+        part_families: families.iter().map(|s| (*s).to_owned()).collect(),
+        slots: 4,
+        memory_mib: 65536,
+        cores: 16,
+        free_disk_mib: 100_000,
+        formats: vec!["keras_h5".into()],
+    }
+}
+
+fn full_caps() -> v1::Capabilities {
+    caps(&[("vitis_hls", "2023.2"), ("vivado", "2023.2")], &[])
+}
+
+async fn register(url: &str, id: &str, c: v1::Capabilities) -> Wk {
+    let mut w = worker_client(url);
+    w.register(v1::RegisterRequest {
+        worker_id: id.into(),
+        hostname: "test".into(),
+        capabilities: Some(c),
+        version: "test".into(),
+    })
+    .await
+    .unwrap();
+    w
+}
+
+/// Uploads `n` fake model files (sizes grow with the index) and returns their inputs.
+async fn upload(op: &mut Op, n: usize, tag: &str) -> Vec<v1::ModelInput> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let bytes = vec![b'a' + (i % 26) as u8; 2048 * (i + 1)]
+            .into_iter()
+            .chain(tag.bytes())
+            .collect::<Vec<u8>>();
+        let sha = sha256_hex(&bytes);
+        let name = format!("model_{tag}_{i:03}.h5");
+        op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
+            name: name.clone(),
+            sha256: sha.clone(),
+            data: bytes.clone(),
+        }]))
+        .await
+        .unwrap();
+        out.push(v1::ModelInput {
+            name,
+            sha256: sha,
+            size_bytes: bytes.len() as u64,
+            companions: Default::default(),
+        });
+    }
+    out
+}
+
+fn spec(models: Vec<v1::ModelInput>, reuse: Vec<u32>, stages: &[Stage]) -> v1::SweepSpec {
+    v1::SweepSpec {
+        name: "test".into(),
+        models,
+        grid: Some(v1::SettingsGrid {
+            reuse_factor: reuse,
+            ..Default::default()
+        }),
+        stages: stages.iter().map(|s| v1::Stage::from(*s) as i32).collect(),
+        priority: 1,
+        force: false,
+        emulation_samples: 10,
+        emulation_seed: 0,
+        toolchain: Some(v1::ToolchainSpec {
+            hls4ml_version: "1.3.0".into(),
+            tool: "vitis_hls".into(),
+            tool_version: "2023.2".into(),
+        }),
+        resources: None,
+    }
+}
+
+async fn submit(op: &mut Op, spec: v1::SweepSpec) -> v1::SubmitSweepResponse {
+    op.submit_sweep(v1::SubmitSweepRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn lease(w: &mut Wk, id: &str, n: u32, wait_ms: u64) -> Vec<v1::LeasedTrial> {
+    w.lease(v1::LeaseRequest {
+        worker_id: id.into(),
+        max_trials: n,
+        free_memory_mib: 65536,
+        free_cores: 16,
+        free_disk_mib: 100_000,
+        wait_ms,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .trials
+}
+
+fn failure() -> v1::Failure {
+    v1::Failure {
+        class: v1::FailureClass::BadInput as i32,
+        reason: "test failure".into(),
+        ..Default::default()
+    }
+}
+
+async fn fail(w: &mut Wk, id: &str, t: &v1::LeasedTrial) -> Result<i32, tonic::Status> {
+    w.complete(v1::CompleteRequest {
+        worker_id: id.into(),
+        token: t.token.clone(),
+        failure: Some(failure()),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().state)
+}
+
+/// Writes a successful result.json into the trial's staging prefix (as a worker uploads it)
+/// and completes with it.
+async fn succeed(
+    w: &mut Wk,
+    id: &str,
+    t: &v1::LeasedTrial,
+    store: &std::path::Path,
+) -> Result<i32, tonic::Status> {
+    let key = t.token.as_ref().unwrap().trial_key.clone();
+    let result = TrialResult {
+        schema: hlsfarm_common::results::RESULT_SCHEMA.into(),
+        trial_key: key,
+        model: ModelRef {
+            name: t.model.as_ref().unwrap().name.clone(),
+            sha256: t.model.as_ref().unwrap().sha256.clone(),
+        },
+        settings: Settings::default(),
+        stages: vec![Stage::Convert],
+        status: TrialStatus::Success,
+        start_time: "2026-11-22T00:00:00Z".into(),
+        end_time: "2026-11-22T00:00:01Z".into(),
+        timings: vec![],
+        toolchain: Toolchain {
+            hls4ml_version: "1.3.0".into(),
+            tool: None,
+        },
+        fidelity: None,
+        warnings: vec![format!("by {id}")],
+        effective_reuse_factor: Default::default(),
+        reports: Reports::default(),
+        failure: None,
+        kept_files: vec![],
+        tarball: None,
+        kept_bytes: 0,
+    };
+    let json = serde_json::to_string(&result).unwrap();
+    let dir = store.join(&t.staging_prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("result.json"), &json).unwrap();
+    w.complete(v1::CompleteRequest {
+        worker_id: id.into(),
+        token: t.token.clone(),
+        result: Some(v1::TrialResult {
+            result_json: json,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().state)
+}
+
+async fn counts(op: &mut Op, sweep: &str) -> HashMap<String, u64> {
+    op.get_results(v1::GetResultsRequest {
+        sweep_id: sweep.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .sweep
+    .unwrap()
+    .counts
+}
+
+fn key(t: &v1::LeasedTrial) -> String {
+    t.token.as_ref().unwrap().trial_key.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_expiry_fencing_dead_and_retry() {
+    let dir = TestDir::new("coord-lifecycle").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            lease_ms: 600,
+            heartbeat_ms: 200,
+            max_attempts: 2,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "life").await;
+    let sweep = submit(&mut op, spec(models, vec![], &[Stage::Convert])).await;
+    assert_eq!((sweep.trials, sweep.queued), (1, 1));
+    let mut w1 = register(&url, "w1", full_caps()).await;
+    let mut w2 = register(&url, "w2", full_caps()).await;
+
+    let t1 = lease(&mut w1, "w1", 4, 1000).await.pop().unwrap();
+    assert_eq!(t1.token.as_ref().unwrap().attempt, 1);
+    assert!(t1.staging_prefix.starts_with("staging/"));
+    // A heartbeat extends the lease; then w1 goes silent and loses it.
+    let hb = w1
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "w1".into(),
+            trials: vec![v1::TrialProgress {
+                token: t1.token.clone(),
+                stage: v1::Stage::Convert as i32,
+                phase: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.extended.len(), 1);
+    let silent = Instant::now();
+    let t2 = lease(&mut w2, "w2", 1, 5000).await.pop().unwrap();
+    let recovery = silent.elapsed();
+    println!(
+        "lease expiry -> re-lease: {:.2} s (lease 0.6 s)",
+        recovery.as_secs_f64()
+    );
+    assert_eq!(key(&t2), key(&t1));
+    assert_eq!(t2.token.as_ref().unwrap().attempt, 2);
+    assert!(recovery < Duration::from_secs(3), "{recovery:?}");
+
+    // The stale token: heartbeat says stale, complete and its commit are refused.
+    let hb = w1
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "w1".into(),
+            trials: vec![v1::TrialProgress {
+                token: t1.token.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.stale.len(), 1, "{hb:?}");
+    let late = succeed(&mut w1, "w1", &t1, &cluster.store()).await;
+    assert_eq!(late.unwrap_err().code(), Code::FailedPrecondition);
+    let results = cluster.store().join("results").join(key(&t1));
+    assert!(!results.exists(), "a stale lease's files were committed");
+
+    // w2 goes silent too: attempts run out, the trial is dead.
+    hlsfarm_tests::wait_until("the trial to die", Duration::from_secs(10), || {
+        let c = futures_block(counts(&mut op, &sweep.sweep_id));
+        (c.get("dead") == Some(&1)).then_some(())
+    })
+    .unwrap();
+    let again = op
+        .retry(v1::RetryRequest {
+            sweep_id: sweep.sweep_id.clone(),
+            trial_keys: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.requeued, 1);
+    let t3 = lease(&mut w2, "w2", 1, 5000).await.pop().unwrap();
+    assert_eq!(
+        (
+            t3.token.as_ref().unwrap().attempt,
+            t3.token.as_ref().unwrap().epoch
+        ),
+        (1, 1)
+    );
+    let state = succeed(&mut w2, "w2", &t3, &cluster.store()).await.unwrap();
+    assert_eq!(state, v1::TrialState::Succeeded as i32);
+    // The winner's result is committed under the key; the aggregate follows.
+    let committed = results.join("result.json");
+    hlsfarm_tests::wait_until("the commit", Duration::from_secs(10), || {
+        committed.is_file().then_some(())
+    })
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&committed)
+            .unwrap()
+            .contains("by w2")
+    );
+    let aggregate = cluster
+        .store()
+        .join(format!("sweeps/{}/synthesis_results.json", sweep.sweep_id));
+    // Written when the trial died (one failed entry), then again when its retry succeeded.
+    hlsfarm_tests::wait_until("the aggregate", Duration::from_secs(10), || {
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&aggregate).ok()?).ok()?;
+        (summary["total"] == 1 && summary["successful"] == 1).then_some(())
+    })
+    .unwrap();
+    // Submitting the same sweep again reuses the result.
+    let models = upload(&mut op, 1, "life").await;
+    let again = submit(&mut op, spec(models, vec![], &[Stage::Convert])).await;
+    assert_eq!((again.queued, again.reused), (0, 1));
+}
+
+/// Blocks on a future from inside a multi-threaded runtime (for `wait_until` closures).
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fairness_and_longest_first() {
+    let dir = TestDir::new("coord-fair").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let big_models = upload(&mut op, 10, "big").await;
+    let big = submit(
+        &mut op,
+        spec(big_models, (1..=100).collect(), &[Stage::Convert]),
+    )
+    .await;
+    assert_eq!(big.queued, 1000);
+    let mut w = register(&url, "w", full_caps()).await;
+    // The first lease is the biggest model at the smallest reuse factor.
+    let first = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    assert_eq!(first.model.as_ref().unwrap().name, "model_big_009.h5");
+    assert_eq!(first.settings.as_ref().unwrap().reuse_factor, 1);
+    fail(&mut w, "w", &first).await.unwrap();
+    for _ in 0..50 {
+        let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+        fail(&mut w, "w", &t).await.unwrap();
+    }
+    let small_models = upload(&mut op, 1, "small").await;
+    let small = submit(
+        &mut op,
+        spec(small_models, (1..=10).collect(), &[Stage::Convert]),
+    )
+    .await;
+    let mut small_rfs = Vec::new();
+    let mut n = 0;
+    while small_rfs.len() < 10 {
+        let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+        n += 1;
+        if t.sweep_id == small.sweep_id {
+            small_rfs.push(t.settings.as_ref().unwrap().reuse_factor);
+        }
+        fail(&mut w, "w", &t).await.unwrap();
+    }
+    println!(
+        "the 10-trial sweep finished within {n} leases after it arrived behind 949 queued trials"
+    );
+    assert!(n <= 21, "the small sweep waited {n} leases");
+    assert_eq!(
+        small_rfs,
+        (1..=10).collect::<Vec<_>>(),
+        "longest (smallest RF) first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capability_and_memory_routing() {
+    let dir = TestDir::new("coord-routing").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "route").await;
+    // Convert only: any worker with hls4ml 1.3.0 and Keras.
+    let light = submit(&mut op, spec(models.clone(), vec![], &[Stage::Convert])).await;
+    // C synthesis for a Virtex UltraScale+ part: needs vitis_hls 2023.2 and that family.
+    let mut heavy_spec = spec(models, vec![], &[Stage::Convert, Stage::Csynth]);
+    heavy_spec.grid.as_mut().unwrap().part = vec!["xcvu9p-flga2104-2-e".into()];
+    let heavy = submit(&mut op, heavy_spec).await;
+
+    let mut no_tools = register(&url, "no-tools", caps(&[], &[])).await;
+    let mut zynq = register(&url, "zynq", caps(&[("vitis_hls", "2023.2")], &["zynq"])).await;
+    let mut old = register(&url, "old", caps(&[("vitis_hls", "2022.2")], &[])).await;
+    let mut small = register(&url, "small", full_caps()).await;
+    // Too little memory: convert-only trials hold 2 GiB, C synthesis 4 GiB.
+    let none = small
+        .lease(v1::LeaseRequest {
+            worker_id: "small".into(),
+            max_trials: 4,
+            free_memory_mib: 1000,
+            free_cores: 4,
+            wait_ms: 300,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trials;
+    assert!(
+        none.is_empty(),
+        "a trial was leased beyond the worker's memory"
+    );
+    assert!(
+        lease(&mut zynq, "zynq", 4, 300)
+            .await
+            .iter()
+            .all(|t| t.sweep_id == light.sweep_id)
+    );
+    // The light trial is gone now (zynq took it, or nothing was left for it).
+    assert!(lease(&mut no_tools, "no-tools", 4, 300).await.is_empty());
+    assert!(
+        lease(&mut old, "old", 4, 300).await.is_empty(),
+        "other tool version"
+    );
+    let got = lease(&mut small, "small", 4, 1000).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sweep_id, heavy.sweep_id);
+    assert_eq!(got[0].resources.unwrap().memory_mib, 4096);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seats_are_never_exceeded_with_50_concurrent_lessees() {
+    let dir = TestDir::new("coord-seats").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            seats: vec![("vsynth".into(), 3)],
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 6, "seat").await;
+    let sweep = submit(&mut op, spec(models, (1..=10).collect(), Stage::FULL_FLOW)).await;
+    assert_eq!(sweep.queued, 60);
+    let held = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let url = url.clone();
+        let (held, peak, done) = (held.clone(), peak.clone(), done.clone());
+        tasks.spawn(async move {
+            let id = format!("w{i}");
+            let mut w = register(&url, &id, full_caps()).await;
+            while done.load(Ordering::SeqCst) < 60 {
+                let Some(t) = lease(&mut w, &id, 1, 200).await.pop() else {
+                    continue;
+                };
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                held.fetch_sub(1, Ordering::SeqCst);
+                fail(&mut w, &id, &t).await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    println!("vsynth seats: limit 3, peak held {peak}, 60 trials, 50 lessees");
+    assert!(peak <= 3, "seats exceeded: {peak}");
+    assert_eq!(peak, 3, "the limit was never reached: nothing was tested");
+    assert_eq!(counts(&mut op, &sweep.sweep_id).await["failed"], 60);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_reaches_queued_and_running_trials() {
+    let dir = TestDir::new("coord-cancel").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "cancel").await;
+    let sweep = submit(&mut op, spec(models, vec![1, 2, 3], &[Stage::Convert])).await;
+    let mut w = register(&url, "w", full_caps()).await;
+    let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    let r = op
+        .cancel(v1::CancelRequest {
+            sweep_id: sweep.sweep_id.clone(),
+            trial_keys: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.dropped, r.stopping), (2, 1));
+    let hb = w
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "w".into(),
+            trials: vec![v1::TrialProgress {
+                token: t.token.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.cancel.len(), 1, "{hb:?}");
+    let state = w
+        .complete(v1::CompleteRequest {
+            worker_id: "w".into(),
+            token: t.token.clone(),
+            cancelled: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(state, v1::TrialState::Cancelled as i32);
+    assert_eq!(counts(&mut op, &sweep.sweep_id).await["cancelled"], 3);
+    assert!(lease(&mut w, "w", 4, 300).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_coordinators_serve_one_cluster_and_aggregate_once() {
+    let dir = TestDir::new("coord-two").unwrap();
+    let mut cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    cluster.start_coordinator().unwrap();
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let mut op = operator(&a);
+    let models = upload(&mut op, 4, "two").await;
+    let sweep = submit(&mut op, spec(models, (1..=25).collect(), &[Stage::Convert])).await;
+    assert_eq!(sweep.queued, 100);
+    let store = cluster.store();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, url) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("w{i}");
+            let mut w = register(&url, &id, full_caps()).await;
+            let mut keys = Vec::new();
+            loop {
+                let got = lease(&mut w, &id, 2, 300).await;
+                if got.is_empty() {
+                    return keys;
+                }
+                for t in got {
+                    succeed(&mut w, &id, &t, &store).await.unwrap();
+                    keys.push(key(&t));
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    while let Some(keys) = tasks.join_next().await {
+        let keys = keys.unwrap();
+        per_worker.push(keys.len());
+        all.extend(keys);
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    println!(
+        "two coordinators: 100 trials leased {} times by 4 workers {per_worker:?}",
+        all.len()
+    );
+    assert_eq!(
+        (all.len(), unique.len()),
+        (100, 100),
+        "a trial ran twice or not at all"
+    );
+    let mut op_b = operator(&b);
+    assert_eq!(counts(&mut op_b, &sweep.sweep_id).await["succeeded"], 100);
+    let aggregate = store.join(format!("sweeps/{}/synthesis_results.json", sweep.sweep_id));
+    hlsfarm_tests::wait_until("the aggregate", Duration::from_secs(10), || {
+        aggregate.is_file().then_some(())
+    })
+    .unwrap();
+    // Both coordinators run the aggregator; the sweep is aggregated exactly once.
+    std::thread::sleep(Duration::from_secs(2));
+    let queue = hlsfarm_common::store::RedisQueue::connect(
+        &cluster.redis.url(),
+        "test",
+        hlsfarm_common::queue::QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let events = queue
+        .events()
+        .await
+        .unwrap()
+        .read("0-0", 100, 100_000)
+        .await
+        .unwrap();
+    let aggregated = events.iter().filter(|e| e.kind == "aggregated").count();
+    assert_eq!(aggregated, 1, "aggregated {aggregated} times");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_restart_mid_sweep_loses_nothing() {
+    let dir = TestDir::new("coord-restart").unwrap();
+    // Leases outlive the restart (the worker's heartbeats fail while the port is closed).
+    let mut cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            lease_ms: 15_000,
+            heartbeat_ms: 1000,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 2, "restart").await;
+    let sweep = submit(&mut op, spec(models, (1..=10).collect(), &[Stage::Convert])).await;
+    let mut w = register(&url, "w", full_caps()).await;
+    let held = lease(&mut w, "w", 5, 1000).await;
+    assert_eq!(held.len(), 5);
+    cluster.restart_coordinator(0).unwrap();
+    // Same address; the worker's leases, the queue and the sweep are all still there.
+    let mut w = worker_client(&url);
+    let hb = w
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "w".into(),
+            trials: held
+                .iter()
+                .map(|t| v1::TrialProgress {
+                    token: t.token.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.extended.len(), 5, "{hb:?}");
+    for t in &held {
+        succeed(&mut w, "w", t, &cluster.store()).await.unwrap();
+    }
+    loop {
+        let got = lease(&mut w, "w", 4, 300).await;
+        if got.is_empty() {
+            break;
+        }
+        for t in &got {
+            succeed(&mut w, "w", t, &cluster.store()).await.unwrap();
+        }
+    }
+    let mut op = operator(&url);
+    let c = counts(&mut op, &sweep.sweep_id).await;
+    assert_eq!(c["succeeded"], 20, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100k_trial_sweep_is_submitted_in_one_go() {
+    let dir = TestDir::new("coord-100k").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "big").await;
+    let mut s = spec(models, (1..=1000).collect(), &[Stage::Convert]);
+    s.grid.as_mut().unwrap().clock_period_ns =
+        (1..=100).map(|c| 2.0 + f64::from(c) / 10.0).collect();
+    let started = Instant::now();
+    let r = submit(&mut op, s).await;
+    let took = started.elapsed();
+    println!(
+        "100k-trial submit: {:.2} s (debug build)",
+        took.as_secs_f64()
+    );
+    assert_eq!((r.trials, r.queued), (100_000, 100_000));
+    let status = op
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let sweep = status
+        .sweeps
+        .iter()
+        .find(|s| s.sweep_id == r.sweep_id)
+        .unwrap();
+    assert_eq!(sweep.counts["queued"], 100_000);
+    let mut w = register(&url, "w", full_caps()).await;
+    assert_eq!(lease(&mut w, "w", 4, 1000).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_call_needs_the_right_token() {
+    let dir = TestDir::new("coord-auth").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let (c, b) = channel(&url, "").unwrap();
+    let mut anonymous = OperatorClient::with_interceptor(c, b);
+    let err = anonymous
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let (c, b) = channel(&url, WORKER_TOKEN).unwrap();
+    let mut as_worker = OperatorClient::with_interceptor(c, b);
+    for err in [
+        as_worker
+            .submit_sweep(v1::SubmitSweepRequest::default())
+            .await
+            .unwrap_err(),
+        as_worker
+            .cancel(v1::CancelRequest {
+                sweep_id: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    let (c, b) = channel(&url, OPERATOR_TOKEN).unwrap();
+    let mut as_operator = WorkerClient::with_interceptor(c, b);
+    let err = as_operator
+        .lease(v1::LeaseRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Bad input at the edge: a traversal name, a missing upload, a bad grid.
+    let mut op = operator(&url);
+    let err = op
+        .upload_model(tokio_stream::iter(vec![v1::UploadChunk {
+            name: "../evil.h5".into(),
+            sha256: sha256_hex(b"x"),
+            data: b"x".to_vec(),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let ghost = v1::ModelInput {
+        name: "ghost.h5".into(),
+        sha256: sha256_hex(b"never uploaded"),
+        size_bytes: 5,
+        companions: Default::default(),
+    };
+    let err = op
+        .submit_sweep(v1::SubmitSweepRequest {
+            spec: Some(spec(vec![ghost.clone()], vec![], &[Stage::Convert])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("upload it first"),
+        "{}",
+        err.message()
+    );
+    let err = op
+        .submit_sweep(v1::SubmitSweepRequest {
+            spec: Some(spec(vec![ghost], vec![0], &[Stage::Convert])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("reuse_factor"), "{}", err.message());
+    // The coordinator never logs a token.
+    let log = cluster.coordinators[0].0.stderr();
+    assert!(!log.contains(OPERATOR_TOKEN) && !log.contains(WORKER_TOKEN));
+}
