@@ -34,6 +34,9 @@ fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
 
 fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
     match s.code() {
+        tonic::Code::Unavailable if s.message().starts_with("coordinator backend") => {
+            anyhow::anyhow!("the coordinator at {url} failed: {}", s.message())
+        }
         tonic::Code::Unavailable => anyhow::anyhow!(
             "cannot reach the coordinator at {url} ({}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)",
             s.message()

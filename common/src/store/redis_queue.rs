@@ -746,6 +746,9 @@ impl RedisQueue {
     }
 
     async fn sweeps(&self, ids: &[String]) -> Result<Vec<SweepRecord>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for id in ids {
