@@ -53,12 +53,24 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     let (sweep, stderr) = submit(
         &cluster,
         &models,
-        &["--stages", "convert,emulate,csynth", "--wait", "--name", "e2e"],
+        &[
+            "--stages",
+            "convert,emulate,csynth",
+            "--wait",
+            "--name",
+            "e2e",
+        ],
     );
     println!("{stderr}");
-    println!("2 trials through one worker in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "2 trials through one worker in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(stderr.contains("2 trials (2 queued, 0 reused)"), "{stderr}");
-    assert!(stderr.contains("finished: 2 succeeded, 0 failed"), "{stderr}");
+    assert!(
+        stderr.contains("finished: 2 succeeded, 0 failed"),
+        "{stderr}"
+    );
 
     // Results committed under each key, staging emptied, the aggregate in the seed schema.
     let results: Vec<_> = std::fs::read_dir(cluster.store().join("results"))
@@ -70,7 +82,10 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(r.join("result.json")).unwrap()).unwrap();
         assert_eq!(json["status"], "success");
-        assert!(json["reports"]["csynth"]["latency_worst_cycles"].is_u64(), "{json}");
+        assert!(
+            json["reports"]["csynth"]["latency_worst_cycles"].is_u64(),
+            "{json}"
+        );
         assert!(json["fidelity"]["max_abs_diff"].is_f64(), "{json}");
         let tarball = std::fs::metadata(r.join("artifacts.tar.gz")).unwrap();
         assert!(tarball.len() > 100);
@@ -86,7 +101,10 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     .unwrap();
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&aggregate).unwrap()).unwrap();
-    assert_eq!((summary["total"].as_u64(), summary["successful"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (summary["total"].as_u64(), summary["successful"].as_u64()),
+        (Some(2), Some(2))
+    );
 
     // status --json agrees with the coordinator, and names the worker and its tools.
     let status = cluster.status().unwrap();
@@ -122,4 +140,228 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Processes whose working folder is under `dir` (the tools a worker started there).
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(&dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Trial keys with the stage each runs, from `status --json`.
+fn running(cluster: &Cluster) -> Vec<(String, String)> {
+    let status = cluster.status().unwrap();
+    status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["trials"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| Some((t[0].as_str()?.to_owned(), t[1].as_str()?.to_owned())))
+        .collect()
+}
+
+#[test]
+fn cancel_kills_a_running_trial_and_drain_hands_back_the_rest() {
+    let dir = TestDir::new("cluster-cancel-drain").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    // C synthesis hangs (with a child process) until killed.
+    let mut worker = cluster
+        .start_worker(
+            "w1",
+            &["--slots", "2"],
+            &[
+                ("STANDIN_HANG", "1"),
+                ("HLSFARM_WORKER__DRAIN_TIMEOUT_S", "2"),
+            ],
+        )
+        .unwrap();
+    wait_registered(&worker);
+    let models = copy_examples(dir.path(), 2);
+    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    let both = wait_until("both trials in csynth", Duration::from_secs(180), || {
+        let r = running(&cluster);
+        (r.len() == 2 && r.iter().all(|(_, s)| s == "csynth")).then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    let scratch = dir.join("scratch-w1");
+    wait_until("the hanging tools", Duration::from_secs(30), || {
+        (processes_under(&scratch).len() >= 2).then_some(())
+    })
+    .unwrap();
+
+    // Cancel one trial: its tool tree dies, it ends cancelled; the other keeps running.
+    let mut cancel = cluster.operator_command().unwrap();
+    cancel.args(["cancel", &sweep, &both[0].0]);
+    run_ok(cancel).unwrap();
+    wait_until("the cancel", Duration::from_secs(30), || {
+        (cluster.counts(&sweep).ok()?["cancelled"] == 1).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    assert_eq!(running(&cluster).len(), 1);
+
+    // SIGTERM: no new leases; after the 2 s drain deadline the hanging trial is handed back
+    // (attempt refunded), its tools are killed, and the worker exits cleanly.
+    worker.signal(Signal::SIGTERM).unwrap();
+    let status = worker.wait(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{}", worker.stderr());
+    let counts = cluster.counts(&sweep).unwrap();
+    assert_eq!(
+        (counts["queued"].as_u64(), counts["leased"].as_u64()),
+        (Some(1), Some(0)),
+        "{counts}"
+    );
+    let left = processes_under(&scratch);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(
+        worker.stderr().contains("drain deadline"),
+        "{}",
+        worker.stderr()
+    );
+}
+
+#[test]
+fn a_worker_cut_off_past_its_lease_discards_its_work() {
+    let dir = TestDir::new("cluster-stale").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    // w1's C synthesis takes 6 s; w2's is quick.
+    let w1 = cluster
+        .start_worker("w1", &["--slots", "1"], &[("STANDIN_SLEEP", "6")])
+        .unwrap();
+    wait_registered(&w1);
+    let models = copy_examples(dir.path(), 1);
+    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    wait_until("w1 in csynth", Duration::from_secs(180), || {
+        running(&cluster)
+            .iter()
+            .any(|(_, s)| s == "csynth")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", w1.stderr()));
+    let w2 = cluster.start_worker("w2", &["--slots", "1"], &[]).unwrap();
+    wait_registered(&w2);
+    // Freeze w1 past its lease (2 s): the coordinator gives the trial to w2.
+    w1.signal(Signal::SIGSTOP).unwrap();
+    wait_until("w2 to take the trial", Duration::from_secs(30), || {
+        let status = cluster.status().ok()?;
+        let w2 = status["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["id"] == "w2")?
+            .clone();
+        (!w2["trials"].as_array()?.is_empty()).then_some(())
+    })
+    .unwrap();
+    w1.signal(Signal::SIGCONT).unwrap();
+    wait_until("the trial to succeed", Duration::from_secs(180), || {
+        (cluster.counts(&sweep).ok()?["succeeded"] == 1).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w1.stderr(), w2.stderr()));
+    // w1 learned it lost the lease (from a heartbeat or its refused completion) and
+    // discarded its work; w2's result is the one committed.
+    wait_until("w1 to discard", Duration::from_secs(30), || {
+        let log = w1.stderr();
+        (log.contains("lease lost") || log.contains("completion refused")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", w1.stderr()));
+    assert!(w2.stderr().contains("trial succeeded"), "{}", w2.stderr());
+    let results = walk_files(&cluster.store().join("results"));
+    assert_eq!(
+        results
+            .iter()
+            .filter(|p| p.ends_with("result.json"))
+            .count(),
+        1
+    );
+    let staged = walk_files(&cluster.store().join("staging"));
+    assert!(
+        staged
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/2-0/")),
+        "the winner's staging should have been promoted: {staged:?}"
+    );
+}
+
+#[test]
+fn results_go_to_a_real_s3_server() {
+    let dir = TestDir::new("cluster-s3").unwrap();
+    let s3 = hlsfarm_tests::S3Server::start(dir.path(), "farm").unwrap();
+    let env = vec![
+        ("HLSFARM_STORE__S3_ENDPOINT".to_owned(), s3.endpoint()),
+        ("HLSFARM_STORE__S3_ALLOW_HTTP".to_owned(), "true".to_owned()),
+        (
+            "HLSFARM_STORE__S3_ACCESS_KEY_ID".to_owned(),
+            "test".to_owned(),
+        ),
+        (
+            "HLSFARM_STORE__S3_SECRET_ACCESS_KEY".to_owned(),
+            "test".to_owned(),
+        ),
+    ];
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            store_url: Some("s3://farm/cluster".into()),
+            env,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let worker = cluster.start_worker("w1", &["--slots", "1"], &[]).unwrap();
+    wait_registered(&worker);
+    let models = copy_examples(dir.path(), 1);
+    let (sweep, stderr) = submit(
+        &cluster,
+        &models,
+        &["--stages", "convert,emulate,csynth", "--wait"],
+    );
+    assert!(
+        stderr.contains("finished: 1 succeeded"),
+        "{stderr}\n{}",
+        worker.stderr()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blobs = hlsfarm_common::blob::Blobs::open(&hlsfarm_common::config::StoreConfig {
+        url: "s3://farm/cluster".into(),
+        s3_endpoint: s3.endpoint(),
+        s3_region: "us-east-1".into(),
+        s3_access_key_id: hlsfarm_common::config::Secret::new("test"),
+        s3_secret_access_key: hlsfarm_common::config::Secret::new("test"),
+        s3_allow_http: true,
+    })
+    .unwrap();
+    let summary = rt.block_on(async {
+        for _ in 0..100 {
+            if let Ok(b) = blobs
+                .get(&format!("sweeps/{sweep}/synthesis_results.json"))
+                .await
+            {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no aggregate in S3");
+    });
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    let tarball = summary["results"][0]["tarball"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(tarball.starts_with("results/") && tarball.ends_with("artifacts.tar.gz"));
+    let bytes = rt.block_on(blobs.get(&tarball)).unwrap();
+    assert!(bytes.len() > 100);
+    assert!(
+        !dir.join("store").exists(),
+        "nothing should land in a local folder"
+    );
 }

@@ -104,6 +104,9 @@ struct Running {
     log: PathBuf,
     cancel: CancellationToken,
     ending: Ending,
+    /// Uploading and reporting: the lease is still extended, but a stale or cancel answer
+    /// from a heartbeat sent meanwhile is left to the completion's own answer.
+    reporting: bool,
     memory_mib: u64,
     cores: u32,
 }
@@ -507,6 +510,7 @@ fn start_trial(
             log,
             cancel: cancel.clone(),
             ending: Ending::Normal,
+            reporting: false,
             memory_mib: resources.memory_mib,
             cores: resources.cores,
         },
@@ -703,6 +707,9 @@ async fn run_one(
         }
         Ending::Normal => {}
     }
+    if let Some(r) = lock(&shared.running).get_mut(key) {
+        r.reporting = true;
+    }
     // Upload result.json and the tarball to the staging prefix, then report.
     let staging = trial.staging_prefix.clone();
     let budget = RetryBudget::default();
@@ -883,6 +890,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, period: Duration) {
             if let Some(r) = running.get_mut(&t.trial_key)
                 && r.fence.attempt == t.attempt
                 && r.fence.epoch == t.epoch
+                && !r.reporting
             {
                 tracing::warn!(trial = %&t.trial_key[..t.trial_key.len().min(12)], "lease lost: killing the trial and discarding its work");
                 r.ending = Ending::Discard;
@@ -892,6 +900,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, period: Duration) {
         for t in reply.cancel {
             if let Some(r) = running.get_mut(&t.trial_key)
                 && r.ending == Ending::Normal
+                && !r.reporting
             {
                 tracing::info!(trial = %&t.trial_key[..t.trial_key.len().min(12)], "cancel ordered: killing the trial");
                 r.ending = Ending::Cancel;

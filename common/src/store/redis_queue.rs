@@ -608,6 +608,29 @@ impl RedisQueue {
             .map_err(backend)
     }
 
+    /// Puts a claimed entry back, claimable again after `after` (a step that failed).
+    pub async fn defer(
+        &self,
+        set: ClaimSet,
+        member: &str,
+        after: std::time::Duration,
+    ) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let script = Script::new(
+            "local t = redis.call('TIME') \
+             local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+             return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])",
+        );
+        let _: i64 = script
+            .key(format!("{}:{}", self.keys.base(), set.name()))
+            .arg(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+            .arg(member)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// Marks a claimed entry done.
     pub async fn release(&self, set: ClaimSet, member: &str) -> Result<(), Error> {
         let mut connection = self.connection.clone();

@@ -200,7 +200,13 @@ impl Coordinator {
                 tracing::debug!(trial = %key, files = files.len(), "result committed");
                 let _ = self.queue.release(ClaimSet::Commits, key).await;
             }
-            Err(e) => tracing::warn!(trial = %key, error = %e, "commit failed; retrying later"),
+            Err(e) => {
+                tracing::warn!(trial = %key, error = %e, "commit failed; retrying in 2 s");
+                let _ = self
+                    .queue
+                    .defer(ClaimSet::Commits, key, Duration::from_secs(2))
+                    .await;
+            }
         }
     }
 
@@ -212,7 +218,13 @@ impl Coordinator {
                 let _ = self.queue.release(ClaimSet::Finished, sweep).await;
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(sweep, error = %e, "aggregate failed; retrying later"),
+            Err(e) => {
+                tracing::warn!(sweep, error = %e, "aggregate failed; retrying in 2 s");
+                let _ = self
+                    .queue
+                    .defer(ClaimSet::Finished, sweep, Duration::from_secs(2))
+                    .await;
+            }
         }
     }
 
@@ -230,6 +242,8 @@ impl Coordinator {
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         let mut entries = Vec::new();
         for (record, reused) in &trials {
+            // A commit copies, then deletes the staged copy, so one of the two is always
+            // there: the committed copy is read again after the staged one.
             let committed = format!("{}/result.json", Blobs::result_prefix(&record.key));
             let mut bytes = self.blobs.get(&committed).await.ok();
             if bytes.is_none() && !record.result_prefix.is_empty() {
@@ -238,6 +252,15 @@ impl Coordinator {
                     .get(&format!("{}/result.json", record.result_prefix))
                     .await
                     .ok();
+                if bytes.is_none() {
+                    bytes = self.blobs.get(&committed).await.ok();
+                }
+            }
+            if bytes.is_none() && record.state == "succeeded" {
+                anyhow::bail!(
+                    "the result of trial {} is not readable from the store yet",
+                    record.key
+                );
             }
             let stored = bytes
                 .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
