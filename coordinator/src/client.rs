@@ -1,7 +1,7 @@
 //! The operator commands that talk to a coordinator: `submit`, `status`, `cancel`, `retry`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -69,35 +69,6 @@ pub struct SubmitArgs {
     pub wait: bool,
 }
 
-/// The companion files found beside a model: `weights` for a Keras JSON
-/// (`<stem>_weights.h5`), `class` for a PyTorch file (`<stem>.py`), `inputs` for sample
-/// inputs (`<stem>_inputs.npy`).
-fn companions(model: &Path) -> BTreeMap<String, PathBuf> {
-    let mut out = BTreeMap::new();
-    let Some(stem) = model.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-        return out;
-    };
-    let ext = model
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let beside = |name: String| Some(model.with_file_name(name)).filter(|p| p.is_file());
-    if ext == "json"
-        && let Some(p) = beside(format!("{stem}_weights.h5"))
-    {
-        out.insert("weights".to_owned(), p);
-    }
-    if (ext == "pt" || ext == "pth")
-        && let Some(p) = beside(format!("{stem}.py"))
-    {
-        out.insert("class".to_owned(), p);
-    }
-    if let Some(p) = beside(format!("{stem}_inputs.npy")) {
-        out.insert("inputs".to_owned(), p);
-    }
-    out
-}
-
 async fn upload(client: &mut Client, path: &Path) -> anyhow::Result<(String, u64)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let sha = sha256_hex(&bytes);
@@ -143,7 +114,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             .await
             .map_err(|e| e.context(format!("coordinator {}", args.client.coordinator)))?;
         let mut roles = std::collections::HashMap::new();
-        for (role, path) in companions(model) {
+        for (role, path) in hlsfarm_worker::driver::companions(model) {
             roles.insert(role, upload(&mut client, &path).await?.0);
         }
         inputs.push(v1::ModelInput {

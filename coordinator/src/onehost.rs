@@ -237,17 +237,13 @@ fn suffix(point: &Settings, points: &[Settings]) -> String {
 }
 
 /// The model's files: a Keras JSON takes `<stem>_weights.h5` beside it as its weights.
-fn model_files(path: &Path) -> ModelFiles {
+/// A model's files: the model and the companions found beside it.
+fn model_files(path: &Path) -> (ModelFiles, std::collections::BTreeMap<String, PathBuf>) {
     let mut files = ModelFiles::auto(path);
-    if path.extension().is_some_and(|e| e == "json")
-        && let Some(stem) = path.file_stem()
-    {
-        let weights = path.with_file_name(format!("{}_weights.h5", stem.to_string_lossy()));
-        if weights.is_file() {
-            files.weights = Some(weights);
-        }
-    }
-    files
+    let companions = hlsfarm_worker::driver::companions(path);
+    files.weights = companions.get("weights").cloned();
+    files.class_file = companions.get("class").cloned();
+    (files, companions)
 }
 
 fn file_sha256(path: &Path) -> anyhow::Result<String> {
@@ -349,11 +345,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut planned: Vec<Planned> = Vec::new();
     let scratch_root = output_dir.join(".hlsfarm/scratch");
     for model in &models {
-        let files = model_files(model);
+        let (files, found) = model_files(model);
         let sha = file_sha256(model)?;
         let mut companions = std::collections::BTreeMap::new();
-        if let Some(weights) = &files.weights {
-            companions.insert("weights".to_owned(), file_sha256(weights)?);
+        for (role, path) in &found {
+            companions.insert(role.clone(), file_sha256(path)?);
         }
         let digest = ModelDigest {
             sha256: sha.clone(),
@@ -401,7 +397,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     settings: point.clone(),
                     stages: stages.clone(),
                     emulation: spec.emulation.clone(),
-                    inputs: None,
+                    inputs: found.get("inputs").cloned(),
                     scratch: scratch_root.join(&key[..16]),
                     tarball: output_dir.join(format!("{name}.tar.gz")),
                     output_dir: trial_out,
@@ -475,6 +471,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
+            by_format: hlsfarm_worker::venv::format_pythons(),
             timeout: Duration::from_secs(args.convert_timeout),
         },
         tools,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 fn env(timeout: Duration) -> DriverEnv {
     DriverEnv {
         python: hls4ml_python().unwrap(),
+        by_format: hlsfarm_worker::venv::format_pythons(),
         timeout,
     }
 }

@@ -23,6 +23,7 @@ async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
     TrialEnv {
         driver: DriverEnv {
             python: hls4ml_python().unwrap(),
+            by_format: hlsfarm_worker::venv::format_pythons(),
             timeout: Duration::from_secs(600),
         },
         tools,

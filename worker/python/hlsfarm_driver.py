@@ -123,33 +123,73 @@ def load_keras(model, fmt):
     return net
 
 
-def load_pytorch(model):
+def load_sidecar(class_file):
+    """The model's Python file: it defines the class (and may set INPUT_SHAPE, MODEL_CLASS).
+    Its names are also put in __main__, where pickles of whole models saved from a script
+    look for their class."""
     import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("hlsfarm_user_model", class_file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - user code raises anything
+        raise Failure("bad_input", f"the model's Python file {os.path.basename(class_file)} fails to import: {first_line(e)}",
+                      "convert", "run the file with python to see the error")
+    main = sys.modules.get("__main__")
+    for name, value in vars(module).items():
+        if not name.startswith("_") and main is not None and not hasattr(main, name):
+            setattr(main, name, value)
+    return module
+
+
+def load_pytorch(model):
     import torch
     path = model["path"]
+    module = load_sidecar(model["class_file"]) if model.get("class_file") else None
     try:
+        # Whole pickled models run code when loaded: hlsfarm takes models only from
+        # authenticated operators (see the security notes in deploy/README.md).
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds
         raise Failure("bad_input", f"cannot load {os.path.basename(path)} with torch.load: {first_line(e)}", "convert",
-                      "check that the file is complete and saved with torch.save")
+                      "check that the file is complete and saved with torch.save; a pickled whole model needs its "
+                      "class in <model>.py beside it")
     if isinstance(obj, torch.nn.Module):
         net = obj
     else:
-        class_file, class_name = model.get("class_file"), model.get("class_name")
-        if not class_file or not class_name:
+        if module is None:
             raise Failure("bad_input", f"{os.path.basename(path)} is a state_dict: the model's class is needed", "convert",
-                          "give the Python file defining the model class and its name (class_file, class_name)")
-        spec = importlib.util.spec_from_file_location("hlsfarm_user_model", class_file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        net = getattr(module, class_name)()
-        net.load_state_dict(obj)
+                          "put the Python file defining the model class beside it as <model>.py")
+        class_name = model.get("class_name") or getattr(module, "MODEL_CLASS", None)
+        if isinstance(class_name, type):
+            cls = class_name
+        elif class_name:
+            cls = getattr(module, class_name, None)
+        else:
+            found = [v for v in vars(module).values()
+                     if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == module.__name__]
+            cls = found[0] if len(found) == 1 else None
+        if cls is None:
+            raise Failure("bad_input", f"cannot tell which class in {os.path.basename(model['class_file'])} is the model",
+                          "convert", "define exactly one nn.Module subclass there, or set MODEL_CLASS = TheClass")
+        net = cls()
+        try:
+            net.load_state_dict(obj)
+        except Exception as e:  # noqa: BLE001
+            raise Failure("bad_input", f"the state_dict does not fit {cls.__name__}: {first_line(e)}", "convert", None)
     net.eval()
-    shape = model.get("input_shape")
+    shape = model.get("input_shape") or (getattr(module, "INPUT_SHAPE", None) if module else None)
+    if not shape:
+        # A model that starts with a Linear layer tells its input size itself.
+        first = next((m for m in net.modules() if not list(m.children())), None)
+        if isinstance(first, torch.nn.Linear):
+            shape = [first.in_features]
     if not shape:
         raise Failure("bad_input", "a PyTorch model needs its input shape", "convert",
-                      "give input_shape without the batch dimension, e.g. [16] or [3, 32, 32]")
-    return net, [None] + list(shape)
+                      "set INPUT_SHAPE = (3, 32, 32) (without the batch dimension) in <model>.py")
+    model["input_shape"] = list(shape)
+    return net, tuple([None] + list(shape))
 
 
 def load_onnx(model):
@@ -158,13 +198,22 @@ def load_onnx(model):
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
     try:
+        reference = cleanup_model(ModelWrapper(model["path"]))
+        # The reference runs one sample at a time; some exports fix another batch size,
+        # in the inputs, outputs and every intermediate shape.
+        graph = reference.graph
+        batch = graph.input[0].type.tensor_type.shape.dim[0].dim_value if graph.input[0].type.tensor_type.shape.dim else 1
+        for tensor in list(graph.input[:1]) + list(graph.output) + list(graph.value_info):
+            dims = tensor.type.tensor_type.shape.dim
+            if len(dims) > 0 and dims[0].dim_value in (batch, 0):
+                dims[0].dim_value = 1
         qm = cleanup_model(ModelWrapper(model["path"]))
         qm = qm.transform(ConvertToChannelsLastAndClean())
         qm = cleanup_model(qm.transform(GemmToMatMul()))
     except Exception as e:  # noqa: BLE001 - onnx raises many kinds
         raise Failure("bad_input", f"cannot read {os.path.basename(model['path'])} as ONNX: {first_line(e)}", "convert",
                       "check the file; hand-built graphs need explicit Conv attributes (strides, pads, dilations, group)")
-    return qm
+    return qm, reference
 
 
 def first_line(error):
@@ -185,7 +234,8 @@ def apply_settings(cfg, settings, layer_classes):
         lc["Strategy"] = strategy
         # Float layers get `auto` result types that can collapse a softmax to 1/N
         # (research/conversion.md §6): give them the model's precision instead.
-        if not layer_classes.get(name, "Q").startswith("Q"):
+        is_float = layer_classes is None or not layer_classes.get(name, "Q").startswith("Q")
+        if is_float:
             prec = lc.get("Precision")
             if isinstance(prec, dict):
                 for key, value in prec.items():
@@ -231,12 +281,15 @@ def convert(request, timings):
         config_from, convert_from = hls4ml.utils.config_from_keras_model, hls4ml.converters.convert_from_keras_model
     elif fmt == "pytorch":
         net, shape = load_pytorch(model)
-        layer_classes = {name: type(m).__name__ for name, m in net.named_modules()}
+        # Plain PyTorch layers are float (hls4ml renames them, `0` -> `_0`): all get the fix.
+        layer_classes = None
         config_args = (net, shape)
         config_from, convert_from = hls4ml.utils.config_from_pytorch_model, hls4ml.converters.convert_from_pytorch_model
     elif fmt == "onnx":
-        net = load_onnx(model)
-        layer_classes = {}
+        net, onnx_reference = load_onnx(model)
+        quantized = any(n.op_type in ("Quant", "BipolarQuant", "Trunc") for n in net.graph.node)
+        # QONNX layers carry their own types; a float ONNX graph is all float layers.
+        layer_classes = {} if quantized else None
         config_args = (net,)
         config_from, convert_from = hls4ml.utils.config_from_onnx_model, hls4ml.converters.convert_from_onnx_model
     else:
@@ -260,6 +313,8 @@ def convert(request, timings):
     t = time.monotonic()
     hm.write()
     timings["write"] = time.monotonic() - t
+    if fmt == "onnx":
+        return hm, onnx_reference, fmt
     return hm, net, fmt
 
 
@@ -306,6 +361,9 @@ def emulate(request, hm, net, fmt, timings):
         from qonnx.core.onnx_exec import execute_onnx
         name = net.graph.input[0].name
         dims = [d.dim_value for d in net.graph.input[0].type.tensor_type.shape.dim][1:]
+        if any(d <= 0 for d in dims):
+            raise Failure("bad_input", f"the ONNX input `{name}` has no fixed shape {dims}", "emulate",
+                          "export the model with a fixed input shape (batch may stay free)")
         x = sample_inputs(request, dims)
         out_name = net.graph.output[0].name
         reference = np.concatenate([execute_onnx(net, {name: x[i:i + 1]})[out_name] for i in range(len(x))])

@@ -175,7 +175,24 @@ fn last_line(path: &Path) -> String {
 pub async fn run(options: Options) -> Result<i32, Error> {
     let config = options.config.clone();
     let python = crate::venv::find_python(Some(&config.python)).map_err(Error::Setup)?;
-    let venv = crate::venv::probe(&python).map_err(Error::Setup)?;
+    let mut venv = crate::venv::probe(&python).map_err(Error::Setup)?;
+    // Venvs of other formats (ONNX, PyTorch) widen what this worker converts.
+    let by_format = crate::venv::format_pythons();
+    for (format, other) in &by_format {
+        match crate::venv::probe(other) {
+            Ok(info)
+                if info.formats.contains(format) && info.hls4ml_version == venv.hls4ml_version =>
+            {
+                venv.formats.push(format.clone());
+            }
+            Ok(info) => {
+                tracing::warn!(python = %other.display(), hls4ml = %info.hls4ml_version, "the {format} venv does not fit (format missing or another hls4ml); not used")
+            }
+            Err(e) => tracing::warn!(error = %e, "the {format} venv is not usable"),
+        }
+    }
+    venv.formats.sort();
+    venv.formats.dedup();
     let (tools, tool_errors) = detect_tools(
         &std::env::var_os("PATH").unwrap_or_default(),
         Duration::from_secs(60),
@@ -265,6 +282,7 @@ pub async fn run(options: Options) -> Result<i32, Error> {
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
+            by_format,
             timeout: Duration::from_secs(config.convert_timeout_s),
         },
         tools,

@@ -45,6 +45,35 @@ pub struct ModelFiles {
     pub input_shape: Option<Vec<u64>>,
 }
 
+/// The companion files found beside a model, by role: `weights` for a Keras JSON
+/// (`<stem>_weights.h5`), `class` for a PyTorch file (`<stem>.py`: its class, `INPUT_SHAPE`),
+/// `inputs` for sample inputs (`<stem>_inputs.npy`).
+pub fn companions(model: &Path) -> std::collections::BTreeMap<String, PathBuf> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(stem) = model.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        return out;
+    };
+    let ext = model
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let beside = |name: String| Some(model.with_file_name(name)).filter(|p| p.is_file());
+    if ext == "json"
+        && let Some(p) = beside(format!("{stem}_weights.h5"))
+    {
+        out.insert("weights".to_owned(), p);
+    }
+    if (ext == "pt" || ext == "pth")
+        && let Some(p) = beside(format!("{stem}.py"))
+    {
+        out.insert("class".to_owned(), p);
+    }
+    if let Some(p) = beside(format!("{stem}_inputs.npy")) {
+        out.insert("inputs".to_owned(), p);
+    }
+    out
+}
+
 impl ModelFiles {
     /// A model file whose format is told by its name, with no companions.
     pub fn auto(path: impl Into<PathBuf>) -> ModelFiles {
@@ -144,6 +173,9 @@ pub struct Converted {
 pub struct DriverEnv {
     /// The venv's Python.
     pub python: PathBuf,
+    /// Pythons of other venvs by model format (`onnx`, `pytorch`), where one venv does not
+    /// hold every framework.
+    pub by_format: std::collections::BTreeMap<String, PathBuf>,
     /// Time limit for one run.
     pub timeout: Duration,
 }
@@ -225,7 +257,17 @@ pub async fn convert(
         .map_err(|e| failure(FailureClass::Infrastructure, e.to_string(), None))?;
     std::fs::write(&request_path, bytes).map_err(|e| infra("cannot write the request", e))?;
 
-    let mut command = tokio::process::Command::new(&env.python);
+    let format = if job.model.format == "auto" {
+        job.model
+            .path
+            .file_name()
+            .and_then(|n| hlsfarm_common::plan::model_format(&n.to_string_lossy()).ok())
+            .unwrap_or("")
+    } else {
+        job.model.format.as_str()
+    };
+    let python = env.by_format.get(format).unwrap_or(&env.python);
+    let mut command = tokio::process::Command::new(python);
     command
         .arg(&driver)
         .arg(&request_path)

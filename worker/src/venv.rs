@@ -45,6 +45,43 @@ pub fn find_python(flag: Option<&Path>) -> Result<PathBuf, String> {
     Err("no Python with hls4ml found: run `make setup` (it installs one), set HLSFARM_PYTHON, or pass --python".into())
 }
 
+/// Pythons of the format venvs `make setup` makes beside the Keras one
+/// (`hls4ml-onnx-*`, `hls4ml-pytorch-*` under `$HLSFARM_HOME/venvs`), or named by
+/// `$HLSFARM_PYTHON_ONNX` / `$HLSFARM_PYTHON_PYTORCH`.
+pub fn format_pythons() -> std::collections::BTreeMap<String, PathBuf> {
+    let mut out = std::collections::BTreeMap::new();
+    let home = std::env::var_os("HLSFARM_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm"))
+        });
+    for (format, env, prefix) in [
+        ("onnx", "HLSFARM_PYTHON_ONNX", "hls4ml-onnx-"),
+        ("pytorch", "HLSFARM_PYTHON_PYTORCH", "hls4ml-pytorch-"),
+    ] {
+        if let Some(path) = std::env::var_os(env) {
+            out.insert(format.to_owned(), PathBuf::from(path));
+            continue;
+        }
+        let Some(home) = &home else { continue };
+        let Ok(entries) = std::fs::read_dir(home.join("venvs")) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter(|e| e.path().join(".complete").is_file())
+            .map(|e| e.path().join("bin/python"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        if let Some(p) = found.pop() {
+            out.insert(format.to_owned(), p);
+        }
+    }
+    out
+}
+
 const PROBE: &str = r#"
 import importlib.metadata as m, importlib.util as u, json
 formats = []
