@@ -439,6 +439,21 @@ pub fn hls4ml_python() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The Python of the ONNX or PyTorch venv (`$HLSFARM_PYTHON_ONNX`, `$HLSFARM_PYTHON_PYTORCH`).
+pub fn format_python(format: &str) -> Result<PathBuf> {
+    let var = format!("HLSFARM_PYTHON_{}", format.to_ascii_uppercase());
+    let path = std::env::var_os(&var)
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("{var} (the {format} venv's python) is unset; {SETUP_HINT}"))?;
+    if !path.is_file() {
+        bail!(
+            "{var} points at {}, which does not exist; {SETUP_HINT}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// The `shared/` folder beside the repository (`$HLSFARM_SHARED` overrides).
 pub fn shared_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("HLSFARM_SHARED").map_or_else(

@@ -284,3 +284,96 @@ async fn a_conversion_past_its_time_limit_is_a_timeout() {
     assert_eq!(err.class, FailureClass::Timeout, "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(30));
 }
+
+fn generate(format: &str, script: &str, dir: &Path) {
+    let mut command = Command::new(hlsfarm_tests::format_python(format).unwrap());
+    command
+        .arg(hlsfarm_tests::tests_dir().join("python").join(script))
+        .arg(dir);
+    run_ok(command).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onnx_models_convert_and_emulate() {
+    let dir = TestDir::new("convert-onnx").unwrap();
+    let shared = shared_dir().unwrap().join("models/onnx");
+    // An hls4ml example model (a Keras export, softmax output), and a CNN made here.
+    generate("onnx", "make_onnx_model.py", &dir.join("gen"));
+    for (model, max_diff) in [
+        (shared.join("three_layer_keras.onnx"), 0.5),
+        (dir.join("gen/tiny_cnn.onnx"), 0.1),
+    ] {
+        let work = dir.join(model.file_stem().unwrap());
+        let c = run(&ModelFiles::auto(&model), &Settings::default(), true, &work)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", model.display()));
+        assert_eq!(c.format, "onnx");
+        check_fidelity(&c, max_diff);
+        println!(
+            "{}: max |diff| {:.4}, argmax agreement {:.2}",
+            model.display(),
+            c.fidelity.as_ref().unwrap().max_abs_diff,
+            c.fidelity.as_ref().unwrap().argmax_agreement
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pytorch_models_convert_and_emulate() {
+    let dir = TestDir::new("convert-pytorch").unwrap();
+    // An hls4ml example model saved whole (a Sequential MLP with softmax): its input size
+    // comes from its first Linear layer.
+    let whole = shared_dir()
+        .unwrap()
+        .join("models/pytorch/three_layer_model.pt");
+    let c = run(
+        &ModelFiles::auto(&whole),
+        &Settings::default(),
+        true,
+        &dir.join("whole"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.format, "pytorch");
+    check_fidelity(&c, 0.5);
+    // A state_dict made here, with its class and INPUT_SHAPE in the sidecar file; RF 4 on a
+    // 3x3x3 conv is invalid and hls4ml picks another: the warning and the real RF are kept.
+    generate("pytorch", "make_torch_model.py", &dir.join("gen"));
+    let files = ModelFiles {
+        class_file: Some(dir.join("gen/tiny_cnn.py")),
+        ..ModelFiles::auto(dir.join("gen/tiny_cnn.pt"))
+    };
+    let settings = Settings {
+        io_type: IoType::Stream,
+        strategy: Strategy::Resource,
+        reuse_factor: 4,
+        ..Settings::default()
+    };
+    let c = run(&files, &settings, true, &dir.join("state"))
+        .await
+        .unwrap();
+    check_fidelity(&c, 0.1);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("Invalid ReuseFactor=4")),
+        "{:?}",
+        c.warnings
+    );
+    assert_ne!(
+        c.effective_reuse_factor["conv"], 4,
+        "{:?}",
+        c.effective_reuse_factor
+    );
+    // Without the sidecar a state_dict is bad input that says what is missing.
+    let bare = run(
+        &ModelFiles::auto(dir.join("gen/tiny_cnn.pt")),
+        &settings,
+        false,
+        &dir.join("bare"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bare.class, FailureClass::BadInput);
+    assert!(bare.reason.contains("state_dict"), "{}", bare.reason);
+}
