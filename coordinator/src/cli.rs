@@ -94,6 +94,10 @@ pub enum Command {
         /// Only these trial keys.
         trials: Vec<String>,
     },
+    /// Measure: each benchmark starts its own redis-server and coordinator and prints its
+    /// figures, one per line (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(crate::bench::Bench),
     /// Print a finished sweep's trials from its output folder (synthesis_results.json):
     /// settings, resources, latency, fidelity and failures.
     Results {
@@ -212,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
         Some(Command::Serve { .. }) => crate::server::serve(config).await,
+        Some(Command::Bench(bench)) => crate::bench::run(bench).await,
         Some(Command::Submit(args)) => crate::client::submit(*args).await,
         Some(Command::Status { client, all, json }) => {
             crate::client::status(&client, all, json).await

@@ -1,5 +1,6 @@
 //! The hlsfarm coordinator, and the `hlsfarm` command that users meet.
 //!
+//! - [`bench`]: `hlsfarm bench`, figures (submit time, Redis cost, cache) on a Redis and coordinator of its own.
 //! - [`cli`]: the command line: global flags, config loading, subcommands.
 //! - [`client`]: `hlsfarm submit`, `status`, `cancel`, `retry`: the operator side of the API.
 //! - [`onehost`]: `hlsfarm run`, a sweep on this host through the embedded queue.
@@ -12,6 +13,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod onehost;

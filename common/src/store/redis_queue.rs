@@ -38,6 +38,7 @@ struct Scripts {
     reap: Script,
     claim: Script,
     register: Script,
+    trials: Script,
 }
 
 impl Scripts {
@@ -52,6 +53,7 @@ impl Scripts {
             reap: script(include_str!("lua/reap.lua")),
             claim: script(include_str!("lua/claim.lua")),
             register: script(include_str!("lua/register.lua")),
+            trials: script(include_str!("lua/trials.lua")),
         }
     }
 }
@@ -709,22 +711,30 @@ impl RedisQueue {
         TrialRecord::from_map(key, map).ok_or_else(|| Error::UnknownTrial(key.to_owned()))
     }
 
+    /// Many trials' records, a thousand per script call.
     async fn trials(&self, keys: &[String]) -> Result<Vec<TrialRecord>, Error> {
+        const FIELDS: [&str; 12] = [
+            "s", "st", "a", "e", "p", "w", "stg", "ph", "r", "res", "t0", "c",
+        ];
         let mut connection = self.connection.clone();
         let mut records = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
+            let mut invocation = self.invocation(&self.scripts.trials);
             for key in chunk {
-                pipe.cmd("HGETALL").arg(self.keys.trial(key));
+                invocation.arg(key);
             }
-            let maps: Vec<HashMap<String, String>> =
-                pipe.query_async(&mut connection).await.map_err(backend)?;
-            records.extend(
-                chunk
+            let rows: Vec<Vec<Option<String>>> = invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(backend)?;
+            records.extend(chunk.iter().zip(rows).filter_map(|(key, row)| {
+                let map: HashMap<String, String> = FIELDS
                     .iter()
-                    .zip(maps)
-                    .filter_map(|(key, map)| TrialRecord::from_map(key, map)),
-            );
+                    .zip(row)
+                    .filter_map(|(f, v)| v.map(|v| ((*f).to_owned(), v)))
+                    .collect();
+                TrialRecord::from_map(key, map)
+            }));
         }
         Ok(records)
     }
