@@ -188,13 +188,21 @@ pub struct PlannedTrial {
     pub point: usize,
     /// Cost estimate (larger runs longer).
     pub cost: f64,
-    /// What it needs of a worker.
+    /// What it needs of a worker (`needs.class` names a requirement of [`Planned`]).
     pub needs: Needs,
-    /// Its requirement (the class behind `needs.class`).
-    pub requirement: Requirement,
 }
 
-/// The payload a planned trial carries in the queue: indices into the stored plan.
+/// A plan's trials and the requirements their classes stand for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The trials.
+    pub trials: Vec<PlannedTrial>,
+    /// Class id → requirement.
+    pub classes: BTreeMap<String, Requirement>,
+}
+
+/// The payload a planned trial carries in the queue: indices into the stored plan, stored as
+/// the JSON array `[m, g]` (an object `{"m":..,"g":..}` reads too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanIndex {
     /// Model index.
@@ -227,7 +235,7 @@ impl SweepPlan {
 
     /// Expands the plan into trials. `seats` are the features with a licence-seat limit: a
     /// trial running such a stage holds a seat of it while leased.
-    pub fn trials(&self, seats: &[String]) -> Result<Vec<PlannedTrial>, String> {
+    pub fn trials(&self, seats: &[String]) -> Result<Planned, String> {
         let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
         let seat_list: Vec<String> = self
             .stages
@@ -267,10 +275,14 @@ impl SweepPlan {
                         None
                     },
                 };
-                let class = class_of
-                    .entry(requirement.clone())
-                    .or_insert_with(|| requirement.class_id())
-                    .clone();
+                let class = match class_of.get(&requirement) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = requirement.class_id();
+                        class_of.insert(requirement, id.clone());
+                        id
+                    }
+                };
                 out.push(PlannedTrial {
                     key,
                     model: m,
@@ -282,11 +294,13 @@ impl SweepPlan {
                         cores: self.resources.cores,
                         seats: seat_list.clone(),
                     },
-                    requirement,
                 });
             }
         }
-        Ok(out)
+        Ok(Planned {
+            trials: out,
+            classes: class_of.into_iter().map(|(r, id)| (id, r)).collect(),
+        })
     }
 }
 
@@ -332,7 +346,7 @@ mod tests {
     #[test]
     fn trials_carry_keys_classes_and_seats() {
         let p = plan(Stage::FULL_FLOW.to_vec());
-        let trials = p.trials(&["vsynth".into()]).unwrap();
+        let trials = p.trials(&["vsynth".into()]).unwrap().trials;
         assert_eq!(trials.len(), 2);
         assert_ne!(trials[0].key, trials[1].key);
         // Different part families: different classes.
@@ -342,7 +356,7 @@ mod tests {
         // Smaller reuse factor: more work.
         assert!(trials[0].cost > trials[1].cost);
         let convert_only = plan(Stage::WITHOUT_TOOLS.to_vec());
-        let t = convert_only.trials(&["vsynth".into()]).unwrap();
+        let t = convert_only.trials(&["vsynth".into()]).unwrap().trials;
         assert_eq!(t[0].needs.class, t[1].needs.class, "no tool: part is moot");
         assert!(t[0].needs.seats.is_empty());
     }
@@ -350,7 +364,8 @@ mod tests {
     #[test]
     fn requirements_match_capabilities() {
         let p = plan(Stage::FULL_FLOW.to_vec());
-        let trials = p.trials(&[]).unwrap();
+        let planned = p.trials(&[]).unwrap();
+        let req = |i: usize| &planned.classes[&planned.trials[i].needs.class];
         let mut caps = WorkerCaps {
             hls4ml_version: "1.3.0".into(),
             formats: vec!["keras_h5".into()],
@@ -362,21 +377,15 @@ mod tests {
             .collect(),
             ..WorkerCaps::default()
         };
-        assert!(trials[0].requirement.served_by(&caps));
+        assert!(req(0).served_by(&caps));
         caps.part_families = vec!["zynq".into()];
-        assert!(trials[0].requirement.served_by(&caps));
-        assert!(
-            !trials[1].requirement.served_by(&caps),
-            "virtex ultrascale+"
-        );
+        assert!(req(0).served_by(&caps));
+        assert!(!req(1).served_by(&caps), "virtex ultrascale+");
         caps.tools.remove("vivado");
-        assert!(!trials[0].requirement.served_by(&caps));
+        assert!(!req(0).served_by(&caps));
         caps.tools.insert("vivado".into(), "2023.2".into());
         caps.tools.insert("vitis_hls".into(), "2024.1".into());
-        assert!(
-            !trials[0].requirement.served_by(&caps),
-            "other tool version"
-        );
+        assert!(!req(0).served_by(&caps), "other tool version");
     }
 
     #[test]

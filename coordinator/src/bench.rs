@@ -309,10 +309,11 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
                     .into_inner();
                 let s = started.elapsed().as_secs_f64();
                 println!(
-                    "submit run {}: {} trials queued in {s:.3} s ({:.0} trials/s)",
+                    "submit run {}: {} trials queued in {s:.3} s ({:.0} trials/s); coordinator RSS now {:.1} MiB",
                     run + 1,
                     r.queued,
-                    f64::from(trials) / s
+                    f64::from(trials) / s,
+                    rig.coordinator_rss_mib()
                 );
                 times.push(s);
             }

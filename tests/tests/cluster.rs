@@ -121,6 +121,18 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     );
     assert!(stderr.contains("(0 queued, 2 reused)"), "{stderr}");
 
+    // A batch-scheduler worker finds nothing to do and exits on its own.
+    let mut batch = cluster
+        .start_worker("batch", &["--exit-when-idle"], &[])
+        .unwrap();
+    let status = batch.wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "{}", batch.stderr());
+    assert!(
+        batch.stderr().contains("exit-when-idle"),
+        "{}",
+        batch.stderr()
+    );
+
     // SIGTERM drains an idle worker at once.
     worker.signal(Signal::SIGTERM).unwrap();
     let status = worker.wait(Duration::from_secs(20)).unwrap();

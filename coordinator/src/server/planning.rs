@@ -1,10 +1,10 @@
 //! Submit: a wire sweep validated at the edge, planned (toolchains, stages, resources),
 //! expanded into trials and queued (DESIGN §1, §6).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use hlsfarm_common::Stage;
-use hlsfarm_common::plan::{PlanIndex, PlanModel, SweepPlan, TrialResources, WorkerCaps};
+use hlsfarm_common::plan::{PlanModel, SweepPlan, TrialResources, WorkerCaps};
 use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::settings::Backend;
 use hlsfarm_common::store::{Submitted, SweepSubmit};
@@ -302,27 +302,25 @@ impl Coordinator {
         };
         let seats: Vec<String> = self.config.coordinator.seats.keys().cloned().collect();
         let planned = plan.trials(&seats).map_err(Status::invalid_argument)?;
-        let mut classes: BTreeMap<String, String> = BTreeMap::new();
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let classes: BTreeMap<String, String> = planned
+            .classes
+            .iter()
+            .map(|(id, r)| (id.clone(), serde_json::to_string(r).unwrap_or_default()))
+            .collect();
+        let mut seen = std::collections::HashSet::with_capacity(planned.trials.len());
         let trials: Vec<NewTrial> = planned
+            .trials
             .into_iter()
-            .filter(|t| seen.insert(t.key.clone(), ()).is_none())
-            .map(|t| {
-                classes
-                    .entry(t.needs.class.clone())
-                    .or_insert_with(|| serde_json::to_string(&t.requirement).unwrap_or_default());
-                NewTrial {
-                    key: t.key,
-                    cost: t.cost,
-                    payload: serde_json::to_value(PlanIndex {
-                        m: t.model,
-                        g: t.point,
-                    })
-                    .unwrap_or_default(),
-                    needs: t.needs,
-                }
+            .filter(|t| seen.insert(t.key.clone()))
+            .map(|t| NewTrial {
+                key: t.key,
+                cost: t.cost,
+                // [model, point]: indices into the stored plan.
+                payload: serde_json::json!([t.model, t.point]),
+                needs: t.needs,
             })
             .collect();
+        drop(seen);
         let total = trials.len() as u64;
         self.queue.put_classes(&classes).await.map_err(internal)?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;
