@@ -165,7 +165,10 @@ pub struct SweepPlan {
     pub name: String,
     /// Models.
     pub models: Vec<PlanModel>,
-    /// Settings points.
+    /// The settings grid; stored instead of its points, which it expands to in a fixed order.
+    pub grid: crate::sweep::SettingsGrid,
+    /// Settings points: the grid expanded ([`SweepPlan::expanded`] fills it after loading).
+    #[serde(skip)]
     pub points: Vec<Settings>,
     /// Stages every trial runs.
     pub stages: Vec<Stage>,
@@ -228,6 +231,12 @@ pub fn cost_estimate(size_bytes: u64, settings: &Settings, stages: &[Stage]) -> 
 }
 
 impl SweepPlan {
+    /// The plan with its points expanded from its grid (after reading it from storage).
+    pub fn expanded(mut self) -> SweepPlan {
+        self.points = self.grid.expand();
+        self
+    }
+
     /// The toolchain trials with `backend` run with.
     pub fn toolchain(&self, backend: Backend) -> Option<&Toolchain> {
         self.toolchains.get(&backend)
@@ -328,14 +337,15 @@ mod tests {
                     companions: BTreeMap::new(),
                 },
             }],
-            points: vec![
-                Settings::default(),
-                Settings {
-                    reuse_factor: 4,
-                    part: "xcvu9p-flga2104-2-e".into(),
-                    ..Settings::default()
-                },
-            ],
+            grid: crate::sweep::SettingsGrid {
+                reuse_factor: Some(crate::sweep::OneOrMany::Many(vec![1, 4])),
+                part: Some(crate::sweep::OneOrMany::Many(vec![
+                    "xc7z020clg400-1".into(),
+                    "xcvu9p-flga2104-2-e".into(),
+                ])),
+                ..Default::default()
+            },
+            points: Vec::new(),
             resources: TrialResources::default_for(&stages),
             stages,
             emulation: EmulationSpec::default(),
@@ -346,8 +356,12 @@ mod tests {
     #[test]
     fn trials_carry_keys_classes_and_seats() {
         let p = plan(Stage::FULL_FLOW.to_vec());
-        let trials = p.trials(&["vsynth".into()]).unwrap().trials;
-        assert_eq!(trials.len(), 2);
+        let stored: SweepPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        let p = stored.expanded();
+        // Points: (rf 1, zynq), (rf 1, virtex), (rf 4, zynq), (rf 4, virtex); keep 0 and 3.
+        let all = p.trials(&["vsynth".into()]).unwrap().trials;
+        assert_eq!(all.len(), 4);
+        let trials = [all[0].clone(), all[3].clone()];
         assert_ne!(trials[0].key, trials[1].key);
         // Different part families: different classes.
         assert_ne!(trials[0].needs.class, trials[1].needs.class);
@@ -355,17 +369,18 @@ mod tests {
         assert_eq!(trials[0].needs.memory_mib, 8192);
         // Smaller reuse factor: more work.
         assert!(trials[0].cost > trials[1].cost);
-        let convert_only = plan(Stage::WITHOUT_TOOLS.to_vec());
+        let convert_only = plan(Stage::WITHOUT_TOOLS.to_vec()).expanded();
         let t = convert_only.trials(&["vsynth".into()]).unwrap().trials;
-        assert_eq!(t[0].needs.class, t[1].needs.class, "no tool: part is moot");
+        assert_eq!(t[0].needs.class, t[3].needs.class, "no tool: part is moot");
         assert!(t[0].needs.seats.is_empty());
     }
 
     #[test]
     fn requirements_match_capabilities() {
-        let p = plan(Stage::FULL_FLOW.to_vec());
+        let p = plan(Stage::FULL_FLOW.to_vec()).expanded();
         let planned = p.trials(&[]).unwrap();
-        let req = |i: usize| &planned.classes[&planned.trials[i].needs.class];
+        let req =
+            |i: usize| &planned.classes[&planned.trials[if i == 0 { 0 } else { 3 }].needs.class];
         let mut caps = WorkerCaps {
             hls4ml_version: "1.3.0".into(),
             formats: vec!["keras_h5".into()],

@@ -133,9 +133,13 @@ impl Rig {
             .arg(&store)
             .env("HLSFARM_COORDINATOR__OPERATOR_TOKEN", OPERATOR)
             .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -321,6 +325,17 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
                 "submit: {trials} trials, median {:.3} s over {} runs (target ≤ 2 s for 100k)",
                 median(times),
                 runs.max(1)
+            );
+            let stats = redis_info(&rig.redis_url, "commandstats").await?;
+            let usec: f64 = stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_evalsha:"))
+                .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum();
+            println!(
+                "submit: Redis spent {:.3} s per run inside the scripts",
+                usec / 1e6 / runs.max(1) as f64
             );
             let info = redis_info(&rig.redis_url, "memory").await?;
             println!(

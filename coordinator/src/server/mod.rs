@@ -123,7 +123,8 @@ impl Coordinator {
             return Ok(plan.clone());
         }
         let json = self.queue.sweep_plan(sweep).await.map_err(internal)?;
-        let plan: Arc<SweepPlan> = Arc::new(serde_json::from_str(&json).map_err(internal)?);
+        let plan: SweepPlan = serde_json::from_str(&json).map_err(internal)?;
+        let plan = Arc::new(plan.expanded());
         lock(&self.plans).insert(sweep.to_owned(), plan.clone());
         Ok(plan)
     }

@@ -294,6 +294,7 @@ impl Coordinator {
             id: id.clone(),
             name: name.clone(),
             models,
+            grid,
             points,
             stages,
             emulation,
@@ -301,6 +302,7 @@ impl Coordinator {
             resources,
         };
         let seats: Vec<String> = self.config.coordinator.seats.keys().cloned().collect();
+        let planning = std::time::Instant::now();
         let planned = plan.trials(&seats).map_err(Status::invalid_argument)?;
         let classes: BTreeMap<String, String> = planned
             .classes
@@ -324,6 +326,8 @@ impl Coordinator {
         let total = trials.len() as u64;
         self.queue.put_classes(&classes).await.map_err(internal)?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;
+        let plan_ms = planning.elapsed().as_millis();
+        let queueing = std::time::Instant::now();
         let submitted = self
             .queue
             .submit_sweep(
@@ -339,7 +343,7 @@ impl Coordinator {
             .await
             .map_err(internal)?;
         self.work.notify_waiters();
-        tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, "sweep submitted");
+        tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, plan_ms, redis_ms = queueing.elapsed().as_millis(), "sweep submitted");
         Ok((id, total, submitted))
     }
 }

@@ -10,7 +10,7 @@ if redis.call('HGET', t, 'c') == '1' then
   emit('completed', k, f[1], 'cancelled', f[2], 'handed back after a cancel')
   return 'cancelled'
 end
-local a = tonumber(f[3])
+local a = tonumber(f[3] or '0')
 if a > 0 then a = a - 1 end
 settle(k, 'queued')
 redis.call('HSET', t, 'a', a)

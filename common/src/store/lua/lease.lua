@@ -64,7 +64,7 @@ while #out < max do
   emit('leased', pick.k, pick.sweep, 'leased', worker, 'attempt ' .. attempt)
   mem = mem - pick.mem
   cpu = cpu - pick.cpu
-  out[#out + 1] = {pick.k, pick.sweep, attempt, tonumber(redis.call('HGET', t, 'e')), redis.call('HGET', t, 'p') or 'null'}
+  out[#out + 1] = {pick.k, pick.sweep, attempt, tonumber(redis.call('HGET', t, 'e') or '0'), redis.call('HGET', t, 'p') or 'null'}
 end
 redis.call('ZADD', P .. ':wseen', now, worker)
 return out

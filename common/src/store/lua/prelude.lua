@@ -5,7 +5,8 @@
 --
 -- Keys, all under one hash tag so a script touches a single Redis Cluster slot
 -- (P = ARGV[1], e.g. "{hlsfarm}"; KEYS[1] is P..":sweeps", for routing):
---   P:t:<trial>        hash: s sweep, st state, a attempt, e epoch, c cancel requested (0/1),
+--   P:t:<trial>        hash (absent numeric fields read as 0): s sweep, st state, a attempt,
+--                      e epoch, c cancel requested (0/1),
 --                      cost, p payload (JSON), cls class, mem MiB, cpu cores, seat features
 --                      (comma list), hs seats held (0/1), nb not-before (ms), w worker,
 --                      d lease deadline (ms), t0 lease start (ms), stg stage, ph phase,
@@ -107,7 +108,7 @@ local function fenced(k, attempt, epoch)
   local st = f[1]
   if not st then return 'unknown' end
   if st ~= 'leased' then return 'illegal:' .. st end
-  local a, e = tonumber(f[2]), tonumber(f[3])
+  local a, e = tonumber(f[2] or '0'), tonumber(f[3] or '0')
   if a ~= tonumber(attempt) or e ~= tonumber(epoch) then
     return 'stale:' .. a .. ':' .. e
   end
@@ -119,7 +120,7 @@ end
 local function requeue_or_dead(k, max_attempts, backoff_ms)
   local t = tkey(k)
   if redis.call('HGET', t, 'c') == '1' then settle(k, 'cancelled') return 'cancelled' end
-  if tonumber(redis.call('HGET', t, 'a')) >= tonumber(max_attempts) then settle(k, 'dead') return 'dead' end
+  if tonumber(redis.call('HGET', t, 'a') or '0') >= tonumber(max_attempts) then settle(k, 'dead') return 'dead' end
   settle(k, 'queued')
   redis.call('HSET', t, 'nb', now_ms() + tonumber(backoff_ms or '0'))
   push_ready(k)

@@ -48,7 +48,8 @@ if #fresh > 0 then
   for j, i in ipairs(fresh) do
     local k, cls = ARGV[i], ARGV[i + 3]
     local member = string.format('%012d', 999999999999 - (first + j - 1)) .. ':' .. k
-    redis.call('HSET', tkey(k), 's', sweep, 'st', 'queued', 'a', 0, 'e', 0, 'c', 0, 'hs', 0, 'nb', 0,
+    -- Attempt, epoch and the flags start absent (read as 0).
+    redis.call('HSET', tkey(k), 's', sweep, 'st', 'queued',
       'cost', ARGV[i + 1], 'p', ARGV[i + 2], 'cls', cls, 'mem', ARGV[i + 4], 'cpu', ARGV[i + 5],
       'seat', ARGV[i + 6], 'rm', member)
     ready[cls] = ready[cls] or {}
