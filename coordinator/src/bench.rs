@@ -38,6 +38,41 @@ pub enum Bench {
         #[arg(long, default_value_t = 2000)]
         trials: u32,
     },
+    /// Makespan of N trials with heavy-tailed (log-normal) durations on S slots through the
+    /// coordinator: lessees sleep each trial's duration; bigger models run longer, as the cost
+    /// estimate assumes. Prints makespan / lower bound (max(total / slots, longest)), target
+    /// ≤ 1.05, and FIFO order's ratio for the same durations (simulated) beside it.
+    Makespan {
+        /// Trials.
+        #[arg(long, default_value_t = 200)]
+        trials: u32,
+        /// Slots (concurrent lessees).
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        /// Median trial duration, ms.
+        #[arg(long, default_value_t = 100)]
+        median_ms: u64,
+        /// Log-normal sigma (spread of the tail).
+        #[arg(long, default_value_t = 1.0)]
+        sigma: f64,
+        /// Seed of the durations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Recovery: a lessee holding a trial is killed with SIGKILL; prints the time until the
+    /// trial is leased again (target ≤ 5 s with the default 5 s lease). Then a live trial
+    /// lasting 20 leases is watched for duplicate leases (target 0).
+    Recovery {
+        /// Lease length, ms (the default is the coordinator's default).
+        #[arg(long, default_value_t = 5000)]
+        lease_ms: u64,
+    },
+    /// (Used by `recovery`: a lessee process that holds one trial and heartbeats until killed.)
+    #[command(hide = true)]
+    Hold {
+        /// Coordinator URL.
+        url: String,
+    },
     /// Resubmitting an identical sweep of N trials whose results are stored: reruns (target
     /// 0) and time (target ≤ 1 s for 1,000).
     Cache {
@@ -411,6 +446,15 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
                     .join(", ")
             );
         }
+        Bench::Makespan {
+            trials,
+            slots,
+            median_ms,
+            sigma,
+            seed,
+        } => makespan(trials, slots, median_ms, sigma, seed).await?,
+        Bench::Recovery { lease_ms } => recovery(lease_ms).await?,
+        Bench::Hold { url } => hold(&url).await?,
         Bench::Cache { trials } => {
             let rig = Rig::start(&[])?;
             let mut op = rig.operator()?;
@@ -624,4 +668,336 @@ pub(crate) fn minimal_result(key: &str, model: &str) -> String {
         kept_bytes: 0,
     };
     serde_json::to_string(&r).unwrap_or_default()
+}
+
+/// Log-normal durations from a seeded generator (splitmix64 + Box-Muller), in ms.
+fn lognormal_ms(n: u32, median_ms: u64, sigma: f64, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u1, u2) = (next().max(1e-12), next());
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            median_ms as f64 * (sigma * z).exp()
+        })
+        .collect()
+}
+
+/// List scheduling of `durations`, in the order given, on `slots`: the makespan.
+fn list_schedule(durations: &[f64], slots: u32) -> f64 {
+    let mut free = vec![0.0f64; slots.max(1) as usize];
+    for d in durations {
+        if let Some(earliest) = free.iter_mut().min_by(|a, b| a.total_cmp(b)) {
+            *earliest += d;
+        }
+    }
+    free.into_iter().fold(0.0, f64::max)
+}
+
+async fn makespan(
+    trials: u32,
+    slots: u32,
+    median_ms: u64,
+    sigma: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let rig = Rig::start(&[])?;
+    let mut op = rig.operator()?;
+    let durations = lognormal_ms(trials, median_ms, sigma, seed);
+    let mut by_name = std::collections::HashMap::new();
+    let mut models = Vec::new();
+    for (i, d) in durations.iter().enumerate() {
+        // The model's size tracks its duration: the coordinator's cost estimate sees it.
+        let size = 1024 + (*d * 100.0) as usize;
+        let bytes: Vec<u8> = format!("makespan {seed} {i} ")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(size)
+            .collect();
+        let sha = sha256_hex(&bytes);
+        let name = format!("m{i:04}.h5");
+        op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
+            name: name.clone(),
+            sha256: sha.clone(),
+            data: bytes.clone(),
+        }]))
+        .await?;
+        by_name.insert(name.clone(), *d);
+        models.push(v1::ModelInput {
+            name,
+            sha256: sha,
+            size_bytes: bytes.len() as u64,
+            companions: Default::default(),
+        });
+    }
+    let mut spec = sweep(models.remove(0), 1);
+    spec.models.extend(models);
+    spec.grid = Some(v1::SettingsGrid::default());
+    let by_name = std::sync::Arc::new(by_name);
+    let mut lessees = Vec::new();
+    for slot in 0..slots {
+        lessees.push(rig.worker(&format!("slot-{slot}")).await?);
+    }
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(slots as usize + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, mut w) in lessees.into_iter().enumerate() {
+        let by_name = by_name.clone();
+        let go = go.clone();
+        tasks.spawn(async move {
+            let id = format!("slot-{slot}");
+            go.wait().await;
+            loop {
+                let got = w
+                    .lease(v1::LeaseRequest {
+                        worker_id: id.clone(),
+                        max_trials: 1,
+                        free_memory_mib: 1 << 30,
+                        free_cores: 1 << 16,
+                        wait_ms: 300,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .trials;
+                let Some(t) = got.into_iter().next() else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let d = t
+                    .model
+                    .as_ref()
+                    .and_then(|m| by_name.get(&m.name))
+                    .copied()
+                    .unwrap_or(0.0);
+                tokio::time::sleep(Duration::from_secs_f64(d / 1000.0)).await;
+                w.complete(v1::CompleteRequest {
+                    worker_id: id.clone(),
+                    token: t.token,
+                    failure: Some(v1::Failure {
+                        class: v1::FailureClass::BadInput as i32,
+                        reason: "bench".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?;
+            }
+        });
+    }
+    // The clock starts when the sweep is accepted and the lessees are polling.
+    op.submit_sweep(v1::SubmitSweepRequest { spec: Some(spec) })
+        .await?;
+    let started = Instant::now();
+    go.wait().await;
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    // The last lease call of each lessee waits out its 300 ms poll for nothing: not work.
+    let measured = started.elapsed().as_secs_f64() * 1000.0 - 300.0;
+    let total: f64 = durations.iter().sum();
+    let longest = durations.iter().copied().fold(0.0, f64::max);
+    let bound = (total / f64::from(slots)).max(longest);
+    let fifo = list_schedule(&durations, slots);
+    let mut sorted = durations.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let lpt = list_schedule(&sorted, slots);
+    println!(
+        "makespan: {trials} trials (log-normal, median {median_ms} ms, sigma {sigma}, total {:.1} s, longest {:.2} s) on {slots} slots: {:.2} s measured, lower bound {:.2} s, ratio {:.3} (target ≤ 1.05)",
+        total / 1000.0,
+        longest / 1000.0,
+        measured / 1000.0,
+        bound / 1000.0,
+        measured / bound
+    );
+    println!(
+        "makespan: same durations simulated: FIFO order ratio {:.3}, longest-first ratio {:.3}",
+        fifo / bound,
+        lpt / bound
+    );
+    Ok(())
+}
+
+async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
+    let lease = lease_ms.to_string();
+    let heartbeat = (lease_ms / 5).max(20).to_string();
+    let rig = Rig::start(&[
+        ("HLSFARM_COORDINATOR__LEASE_MS", lease.as_str()),
+        ("HLSFARM_COORDINATOR__HEARTBEAT_MS", heartbeat.as_str()),
+    ])?;
+    let mut op = rig.operator()?;
+    let m = model(&mut op, "recovery").await?;
+    op.submit_sweep(v1::SubmitSweepRequest {
+        spec: Some(sweep(m, 2)),
+    })
+    .await?;
+    // A lessee process takes one trial and heartbeats; SIGKILL it.
+    let mut holder = Proc(
+        Command::new(std::env::current_exe()?)
+            .args(["bench", "hold", &rig.url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let mut line = String::new();
+    if let Some(out) = holder.0.stdout.take() {
+        use std::io::BufRead;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let held = line.trim().to_owned();
+    if held.is_empty() {
+        bail!("the lessee process leased nothing");
+    }
+    tokio::time::sleep(Duration::from_millis(lease_ms)).await;
+    let _ = holder.0.kill();
+    let killed = Instant::now();
+    let mut w = rig.worker("rescuer").await?;
+    let mut other = None;
+    let (recovered, rescued) = loop {
+        let got = w
+            .lease(v1::LeaseRequest {
+                worker_id: "rescuer".into(),
+                max_trials: 1,
+                free_memory_mib: 1 << 30,
+                free_cores: 1 << 16,
+                wait_ms: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .trials;
+        match got.into_iter().next() {
+            Some(t) if t.token.as_ref().is_some_and(|k| k.trial_key == held) => {
+                break (killed.elapsed(), t);
+            }
+            Some(t) => other = Some(t),
+            None => {}
+        }
+        if killed.elapsed() > Duration::from_millis(lease_ms * 4 + 5000) {
+            bail!("the killed lessee's trial was not leased again");
+        }
+    };
+    println!(
+        "recovery: SIGKILL of a lessee -> its trial leased again after {:.2} s (lease {:.1} s; target ≤ 5 s with the default)",
+        recovered.as_secs_f64(),
+        lease_ms as f64 / 1000.0
+    );
+    w.complete(v1::CompleteRequest {
+        worker_id: "rescuer".into(),
+        token: rescued.token,
+        failure: Some(v1::Failure {
+            class: v1::FailureClass::BadInput as i32,
+            reason: "bench".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    // The other trial, held live for 20 leases with heartbeats: leased exactly once.
+    let t = match other {
+        Some(t) => t,
+        None => lease_one(&mut w, "rescuer").await?,
+    };
+    let until = Instant::now() + Duration::from_millis(lease_ms * 20);
+    let mut second = rig.worker("second").await?;
+    let mut duplicates = 0;
+    while Instant::now() < until {
+        w.heartbeat(v1::HeartbeatRequest {
+            worker_id: "rescuer".into(),
+            trials: vec![v1::TrialProgress {
+                token: t.token.clone(),
+                stage: v1::Stage::Convert as i32,
+                phase: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await?;
+        let got = second
+            .lease(v1::LeaseRequest {
+                worker_id: "second".into(),
+                max_trials: 1,
+                free_memory_mib: 1 << 30,
+                free_cores: 1 << 16,
+                wait_ms: lease_ms / 5,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .trials;
+        duplicates += got.len();
+    }
+    println!(
+        "recovery: a live trial heartbeating for 20 leases ({:.0} s) was leased again {duplicates} times (target 0)",
+        (lease_ms * 20) as f64 / 1000.0
+    );
+    Ok(())
+}
+
+async fn lease_one(
+    w: &mut WorkerClient<InterceptedService<Channel, Bearer>>,
+    id: &str,
+) -> anyhow::Result<v1::LeasedTrial> {
+    w.lease(v1::LeaseRequest {
+        worker_id: id.into(),
+        max_trials: 1,
+        free_memory_mib: 1 << 30,
+        free_cores: 1 << 16,
+        wait_ms: 2000,
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .trials
+    .into_iter()
+    .next()
+    .ok_or_else(|| anyhow::anyhow!("nothing to lease"))
+}
+
+/// The lessee `recovery` kills: leases one trial, prints its key, heartbeats until killed.
+async fn hold(url: &str) -> anyhow::Result<()> {
+    let (c, b) = channel(url, WORKER).map_err(anyhow::Error::msg)?;
+    let mut w = WorkerClient::with_interceptor(c, b);
+    let reg = w
+        .register(v1::RegisterRequest {
+            worker_id: "holder".into(),
+            hostname: "bench".into(),
+            capabilities: Some(v1::Capabilities {
+                tools: Default::default(),
+                hls4ml_version: "1.3.0".into(),
+                slots: 1,
+                memory_mib: 1 << 30,
+                cores: 1 << 16,
+                formats: vec!["keras_h5".into()],
+                ..Default::default()
+            }),
+            version: "bench".into(),
+        })
+        .await?
+        .into_inner();
+    let t = lease_one(&mut w, "holder").await?;
+    println!(
+        "{}",
+        t.token
+            .as_ref()
+            .map(|k| k.trial_key.clone())
+            .unwrap_or_default()
+    );
+    loop {
+        tokio::time::sleep(Duration::from_millis(reg.heartbeat_ms.max(20))).await;
+        w.heartbeat(v1::HeartbeatRequest {
+            worker_id: "holder".into(),
+            trials: vec![v1::TrialProgress {
+                token: t.token.clone(),
+                stage: v1::Stage::Convert as i32,
+                phase: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await?;
+    }
 }
