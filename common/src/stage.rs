@@ -32,6 +32,20 @@ impl Stage {
 
     /// The seed's full flow: every stage.
     pub const FULL_FLOW: &'static [Stage] = Stage::ALL;
+
+    /// The stages a sweep runs when it names none: every stage where an HLS tool and Vivado
+    /// are there, all but `vsynth` with an HLS tool alone, else `convert` and `emulate`.
+    pub fn defaults(hls: bool, vivado: bool) -> Vec<Stage> {
+        match (hls, vivado) {
+            (true, true) => Stage::FULL_FLOW.to_vec(),
+            (true, false) => Stage::FULL_FLOW
+                .iter()
+                .copied()
+                .filter(|s| *s != Stage::Vsynth)
+                .collect(),
+            (false, _) => Stage::WITHOUT_TOOLS.to_vec(),
+        }
+    }
 }
 
 /// Sorts stages into pipeline order and drops repeats.

@@ -552,41 +552,15 @@ async fn lifecycle(
     let mut n = 0;
     while n < max {
         let got = w
-            .lease(v1::LeaseRequest {
-                worker_id: "cost".into(),
-                max_trials: 1,
-                free_memory_mib: 1 << 30,
-                free_cores: 1 << 16,
-                wait_ms: 200,
-                ..Default::default()
-            })
+            .lease(lease_request("cost", 1, 200))
             .await?
             .into_inner()
             .trials;
         let Some(t) = got.into_iter().next() else {
             break;
         };
-        w.heartbeat(v1::HeartbeatRequest {
-            worker_id: "cost".into(),
-            trials: vec![v1::TrialProgress {
-                token: t.token.clone(),
-                stage: v1::Stage::Convert as i32,
-                phase: String::new(),
-            }],
-            ..Default::default()
-        })
-        .await?;
-        w.complete(v1::CompleteRequest {
-            worker_id: "cost".into(),
-            token: t.token,
-            failure: Some(v1::Failure {
-                class: v1::FailureClass::BadInput as i32,
-                reason: "bench".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
+        w.heartbeat(beat("cost", &t.token)).await?;
+        w.complete(failed("cost", t.token)).await?;
         n += 1;
     }
     Ok(n)
@@ -600,14 +574,7 @@ async fn complete_all(
     let mut n = 0;
     loop {
         let got = w
-            .lease(v1::LeaseRequest {
-                worker_id: "cache".into(),
-                max_trials: 64,
-                free_memory_mib: 1 << 30,
-                free_cores: 1 << 16,
-                wait_ms: 300,
-                ..Default::default()
-            })
+            .lease(lease_request("cache", 64, 300))
             .await?
             .into_inner()
             .trials;
@@ -668,6 +635,45 @@ pub(crate) fn minimal_result(key: &str, model: &str) -> String {
         kept_bytes: 0,
     };
     serde_json::to_string(&r).unwrap_or_default()
+}
+
+/// A lease request from a bench lessee, which has room for anything.
+fn lease_request(id: &str, max: u32, wait_ms: u64) -> v1::LeaseRequest {
+    v1::LeaseRequest {
+        worker_id: id.into(),
+        max_trials: max,
+        free_memory_mib: 1 << 30,
+        free_cores: 1 << 16,
+        wait_ms,
+        ..Default::default()
+    }
+}
+
+/// A heartbeat for one trial in `convert`.
+fn beat(id: &str, token: &Option<v1::LeaseToken>) -> v1::HeartbeatRequest {
+    v1::HeartbeatRequest {
+        worker_id: id.into(),
+        trials: vec![v1::TrialProgress {
+            token: token.clone(),
+            stage: v1::Stage::Convert as i32,
+            phase: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A completion as a failure without files: the cheapest end of a trial.
+fn failed(id: &str, token: Option<v1::LeaseToken>) -> v1::CompleteRequest {
+    v1::CompleteRequest {
+        worker_id: id.into(),
+        token,
+        failure: Some(v1::Failure {
+            class: v1::FailureClass::BadInput as i32,
+            reason: "bench".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Log-normal durations from a seeded generator (splitmix64 + Box-Muller), in ms.
@@ -755,14 +761,7 @@ async fn makespan(
             go.wait().await;
             loop {
                 let got = w
-                    .lease(v1::LeaseRequest {
-                        worker_id: id.clone(),
-                        max_trials: 1,
-                        free_memory_mib: 1 << 30,
-                        free_cores: 1 << 16,
-                        wait_ms: 300,
-                        ..Default::default()
-                    })
+                    .lease(lease_request(&id, 1, 300))
                     .await?
                     .into_inner()
                     .trials;
@@ -776,17 +775,7 @@ async fn makespan(
                     .copied()
                     .unwrap_or(0.0);
                 tokio::time::sleep(Duration::from_secs_f64(d / 1000.0)).await;
-                w.complete(v1::CompleteRequest {
-                    worker_id: id.clone(),
-                    token: t.token,
-                    failure: Some(v1::Failure {
-                        class: v1::FailureClass::BadInput as i32,
-                        reason: "bench".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await?;
+                w.complete(failed(&id, t.token)).await?;
             }
         });
     }
@@ -860,14 +849,7 @@ async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
     let mut other = None;
     let (recovered, rescued) = loop {
         let got = w
-            .lease(v1::LeaseRequest {
-                worker_id: "rescuer".into(),
-                max_trials: 1,
-                free_memory_mib: 1 << 30,
-                free_cores: 1 << 16,
-                wait_ms: 1000,
-                ..Default::default()
-            })
+            .lease(lease_request("rescuer", 1, 1000))
             .await?
             .into_inner()
             .trials;
@@ -887,17 +869,7 @@ async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
         recovered.as_secs_f64(),
         lease_ms as f64 / 1000.0
     );
-    w.complete(v1::CompleteRequest {
-        worker_id: "rescuer".into(),
-        token: rescued.token,
-        failure: Some(v1::Failure {
-            class: v1::FailureClass::BadInput as i32,
-            reason: "bench".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await?;
+    w.complete(failed("rescuer", rescued.token)).await?;
     // The other trial, held live for 20 leases with heartbeats: leased exactly once.
     let t = match other {
         Some(t) => t,
@@ -907,25 +879,9 @@ async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
     let mut second = rig.worker("second").await?;
     let mut duplicates = 0;
     while Instant::now() < until {
-        w.heartbeat(v1::HeartbeatRequest {
-            worker_id: "rescuer".into(),
-            trials: vec![v1::TrialProgress {
-                token: t.token.clone(),
-                stage: v1::Stage::Convert as i32,
-                phase: String::new(),
-            }],
-            ..Default::default()
-        })
-        .await?;
+        w.heartbeat(beat("rescuer", &t.token)).await?;
         let got = second
-            .lease(v1::LeaseRequest {
-                worker_id: "second".into(),
-                max_trials: 1,
-                free_memory_mib: 1 << 30,
-                free_cores: 1 << 16,
-                wait_ms: lease_ms / 5,
-                ..Default::default()
-            })
+            .lease(lease_request("second", 1, lease_ms / 5))
             .await?
             .into_inner()
             .trials;
@@ -942,20 +898,13 @@ async fn lease_one(
     w: &mut WorkerClient<InterceptedService<Channel, Bearer>>,
     id: &str,
 ) -> anyhow::Result<v1::LeasedTrial> {
-    w.lease(v1::LeaseRequest {
-        worker_id: id.into(),
-        max_trials: 1,
-        free_memory_mib: 1 << 30,
-        free_cores: 1 << 16,
-        wait_ms: 2000,
-        ..Default::default()
-    })
-    .await?
-    .into_inner()
-    .trials
-    .into_iter()
-    .next()
-    .ok_or_else(|| anyhow::anyhow!("nothing to lease"))
+    w.lease(lease_request(id, 1, 2000))
+        .await?
+        .into_inner()
+        .trials
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("nothing to lease"))
 }
 
 /// The lessee `recovery` kills: leases one trial, prints its key, heartbeats until killed.
@@ -989,15 +938,6 @@ async fn hold(url: &str) -> anyhow::Result<()> {
     );
     loop {
         tokio::time::sleep(Duration::from_millis(reg.heartbeat_ms.max(20))).await;
-        w.heartbeat(v1::HeartbeatRequest {
-            worker_id: "holder".into(),
-            trials: vec![v1::TrialProgress {
-                token: t.token.clone(),
-                stage: v1::Stage::Convert as i32,
-                phase: String::new(),
-            }],
-            ..Default::default()
-        })
-        .await?;
+        w.heartbeat(beat("holder", &t.token)).await?;
     }
 }

@@ -323,22 +323,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let vivado = tools.iter().any(|t| t.name == "vivado");
     let stages = if !spec.stages.is_empty() {
         spec.normalized_stages()
-    } else if hls_for_all && vivado {
-        Stage::FULL_FLOW.to_vec()
-    } else if hls_for_all {
-        eprintln!(
-            "hlsfarm: vivado not found on PATH: vsynth skipped; source Vivado's settings64.sh, or pass --stages, to run it"
-        );
-        Stage::FULL_FLOW
-            .iter()
-            .copied()
-            .filter(|s| *s != Stage::Vsynth)
-            .collect()
     } else {
-        eprintln!(
-            "hlsfarm: Vitis HLS / Vivado not found on PATH: running convert and emulate only (csynth, cosim, export, vsynth skipped); source the Xilinx settings64.sh, or pass --stages, to run them"
-        );
-        Stage::WITHOUT_TOOLS.to_vec()
+        if hls_for_all && !vivado {
+            eprintln!(
+                "hlsfarm: vivado not found on PATH: vsynth skipped; source Vivado's settings64.sh, or pass --stages, to run it"
+            );
+        } else if !hls_for_all {
+            eprintln!(
+                "hlsfarm: Vitis HLS / Vivado not found on PATH: running convert and emulate only (csynth, cosim, export, vsynth skipped); source the Xilinx settings64.sh, or pass --stages, to run them"
+            );
+        }
+        Stage::defaults(hls_for_all, vivado)
     };
 
     // Plan every trial: key, folders, reuse.

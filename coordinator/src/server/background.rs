@@ -57,7 +57,7 @@ pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHan
             }
         })));
     }
-    {
+    for (set, batch) in [(ClaimSet::Commits, 50), (ClaimSet::Finished, 5)] {
         let c = c.clone();
         handles.push(tokio::spawn(every(
             Duration::from_millis(500),
@@ -65,33 +65,16 @@ pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHan
             move || {
                 let c = c.clone();
                 async move {
-                    match c.queue.claim(ClaimSet::Commits, 50, HOLD).await {
-                        Ok(keys) => {
-                            for key in keys {
-                                c.commit_result(&key).await;
+                    match c.queue.claim(set, batch, HOLD).await {
+                        Ok(members) => {
+                            for member in members {
+                                match set {
+                                    ClaimSet::Commits => c.commit_result(&member).await,
+                                    ClaimSet::Finished => c.aggregate(&member).await,
+                                }
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "committer: Redis unreachable"),
-                    }
-                }
-            },
-        )));
-    }
-    {
-        let c = c.clone();
-        handles.push(tokio::spawn(every(
-            Duration::from_millis(500),
-            stop.clone(),
-            move || {
-                let c = c.clone();
-                async move {
-                    match c.queue.claim(ClaimSet::Finished, 5, HOLD).await {
-                        Ok(sweeps) => {
-                            for sweep in sweeps {
-                                c.aggregate(&sweep).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "aggregator: Redis unreachable"),
+                        Err(e) => tracing::warn!(error = %e, ?set, "claims: Redis unreachable"),
                     }
                 }
             },

@@ -219,21 +219,13 @@ impl Coordinator {
             } else {
                 Stage::FULL_FLOW.to_vec()
             }
-        } else if backends
-            .iter()
-            .all(|b| toolchain_from_workers(&workers, *b, true).is_some())
-        {
-            if workers.iter().any(|w| w.tools.contains_key("vivado")) {
-                Stage::FULL_FLOW.to_vec()
-            } else {
-                Stage::FULL_FLOW
-                    .iter()
-                    .copied()
-                    .filter(|s| *s != Stage::Vsynth)
-                    .collect()
-            }
         } else {
-            Stage::WITHOUT_TOOLS.to_vec()
+            Stage::defaults(
+                backends
+                    .iter()
+                    .all(|b| toolchain_from_workers(&workers, *b, true).is_some()),
+                workers.iter().any(|w| w.tools.contains_key("vivado")),
+            )
         };
         let tools_needed = stages.iter().any(|s| s.needs_xilinx_tools());
         let mut toolchains = BTreeMap::new();
