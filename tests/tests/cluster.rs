@@ -381,3 +381,58 @@ fn results_go_to_a_real_s3_server() {
         "nothing should land in a local folder"
     );
 }
+
+#[test]
+fn a_redis_restart_mid_sweep_loses_no_trial() {
+    let dir = TestDir::new("cluster-redis-restart").unwrap();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            aof: true,
+            lease_ms: 5000,
+            heartbeat_ms: 500,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    // C synthesis takes 8 s, so the restart lands while both trials are leased.
+    let worker = cluster
+        .start_worker("w1", &["--slots", "2"], &[("STANDIN_SLEEP", "8")])
+        .unwrap();
+    wait_registered(&worker);
+    let models = copy_examples(dir.path(), 2);
+    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    wait_until("both trials in csynth", Duration::from_secs(180), || {
+        let r = running(&cluster);
+        (r.len() == 2 && r.iter().all(|(_, s)| s == "csynth")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    // A clean restart (SIGTERM: the AOF is flushed); coordinator and worker reconnect.
+    cluster.redis.restart().unwrap();
+    wait_until("the sweep to finish", Duration::from_secs(120), || {
+        let c = cluster.counts(&sweep).ok()?;
+        (c["succeeded"] == 2).then_some(c)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            worker.stderr(),
+            cluster.coordinators[0].0.stderr()
+        )
+    });
+    // Each trial was leased once: the restart cost no attempt and no rerun.
+    let results = walk_files(&cluster.store().join("results"));
+    assert_eq!(
+        results
+            .iter()
+            .filter(|p| p.ends_with("result.json"))
+            .count(),
+        2
+    );
+    let log = cluster.coordinators[0].0.stderr();
+    assert_eq!(
+        log.matches("attempt=2").count(),
+        0,
+        "a trial ran twice:\n{log}"
+    );
+}
