@@ -24,6 +24,6 @@ build:
 
 ## demo: install what is missing, then run the example sweep on this host (examples/trials)
 demo:
-	bash .ci/setup --formats keras
+	bash .ci/setup --formats keras --without-browser
 	cargo build --locked -p hlsfarm-coordinator
 	target/debug/hlsfarm run --input-dir examples/trials --num-workers 2

@@ -217,8 +217,12 @@ impl Blobs {
     /// Copies the files under `staging` (a lease's staging prefix) into the trial's result
     /// folder, replacing what is there, then deletes the staged copies. Only the coordinator
     /// calls this, and only after Redis accepted that lease's completion: that is the fence.
-    /// Returns the files copied.
-    pub async fn promote(&self, staging: &str, trial_key: &str) -> Result<Vec<String>, Error> {
+    /// Returns the files copied, with their sizes in bytes.
+    pub async fn promote(
+        &self,
+        staging: &str,
+        trial_key: &str,
+    ) -> Result<Vec<(String, u64)>, Error> {
         use futures_util::TryStreamExt;
         let from = self.path(staging);
         let listed: Vec<object_store::ObjectMeta> =
@@ -232,7 +236,7 @@ impl Blobs {
             let name = name.trim_start_matches('/');
             let to = self.path(&format!("{result}/{name}"));
             self.store.copy(&meta.location, &to).await?;
-            copied.push(name.to_owned());
+            copied.push((name.to_owned(), meta.size));
         }
         for meta in listed {
             self.store.delete(&meta.location).await?;

@@ -135,6 +135,38 @@ pub struct TrialResult {
 }
 
 impl TrialResult {
+    /// A successful result of a trial that ran nothing (convert stage, no reports): what a
+    /// worker's no-op mode (`hlsfarm bench dispatch`) and the queue benchmarks complete with.
+    pub fn noop(trial_key: &str, model: &str, settings: Settings) -> TrialResult {
+        let now = now_rfc3339();
+        TrialResult {
+            schema: RESULT_SCHEMA.into(),
+            trial_key: trial_key.into(),
+            model: ModelRef {
+                name: model.into(),
+                sha256: String::new(),
+            },
+            settings,
+            stages: vec![Stage::Convert],
+            status: TrialStatus::Success,
+            start_time: now.clone(),
+            end_time: now,
+            timings: Vec::new(),
+            toolchain: Toolchain {
+                hls4ml_version: String::new(),
+                tool: None,
+            },
+            fidelity: None,
+            warnings: Vec::new(),
+            effective_reuse_factor: BTreeMap::new(),
+            reports: Reports::default(),
+            failure: None,
+            kept_files: Vec::new(),
+            tarball: None,
+            kept_bytes: 0,
+        }
+    }
+
     /// Latency in ns (worst case × target clock), where both are known.
     pub fn latency_ns(&self) -> Option<f64> {
         let c = self.reports.csynth.as_ref()?;

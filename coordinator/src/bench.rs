@@ -73,6 +73,23 @@ pub enum Bench {
         /// Coordinator URL.
         url: String,
     },
+    /// No-op trials end to end per second through the coordinator and Redis, with W real
+    /// `hlsfarm worker` processes in their no-op mode (each trial: one Redis `INCR`, an empty
+    /// `result.json` uploaded, the usual completion), in the three phases of the peer
+    /// benchmark (`shared/bench/peers`): enqueue with no workers, drain, and end to end with
+    /// warm workers. Prints CPU per trial for the coordinator, the workers and Redis.
+    /// `tests/bench/dispatch-vs-celery.sh` runs Celery beside it and prints the ratio.
+    Dispatch {
+        /// Trials per phase.
+        #[arg(long, default_value_t = 20_000)]
+        trials: u32,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Slots per worker.
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+    },
     /// Resubmitting an identical sweep of N trials whose results are stored: reruns (target
     /// 0) and time (target ≤ 1 s for 1,000).
     Cache {
@@ -455,6 +472,11 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
         } => makespan(trials, slots, median_ms, sigma, seed).await?,
         Bench::Recovery { lease_ms } => recovery(lease_ms).await?,
         Bench::Hold { url } => hold(&url).await?,
+        Bench::Dispatch {
+            trials,
+            workers,
+            slots,
+        } => dispatch(trials, workers, slots).await?,
         Bench::Cache { trials } => {
             let rig = Rig::start(&[])?;
             let mut op = rig.operator()?;
@@ -607,33 +629,7 @@ async fn complete_all(
 
 /// A successful `result.json` with nothing in it, for benchmarks of the queue alone.
 pub(crate) fn minimal_result(key: &str, model: &str) -> String {
-    use hlsfarm_common::results::{ModelRef, RESULT_SCHEMA, TrialResult, TrialStatus};
-    let r = TrialResult {
-        schema: RESULT_SCHEMA.into(),
-        trial_key: key.into(),
-        model: ModelRef {
-            name: model.into(),
-            sha256: String::new(),
-        },
-        settings: Default::default(),
-        stages: vec![hlsfarm_common::Stage::Convert],
-        status: TrialStatus::Success,
-        start_time: String::new(),
-        end_time: String::new(),
-        timings: Vec::new(),
-        toolchain: hlsfarm_common::trial_key::Toolchain {
-            hls4ml_version: "1.3.0".into(),
-            tool: None,
-        },
-        fidelity: None,
-        warnings: Vec::new(),
-        effective_reuse_factor: Default::default(),
-        reports: Default::default(),
-        failure: None,
-        kept_files: Vec::new(),
-        tarball: None,
-        kept_bytes: 0,
-    };
+    let r = hlsfarm_common::results::TrialResult::noop(key, model, Default::default());
     serde_json::to_string(&r).unwrap_or_default()
 }
 
@@ -940,4 +936,233 @@ async fn hold(url: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(reg.heartbeat_ms.max(20))).await;
         w.heartbeat(beat("holder", &t.token)).await?;
     }
+}
+
+/// CPU seconds (user + system, with reaped children) of a process.
+fn process_cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    // After the command: field 3 (state) is index 0; utime..cstime are fields 14..17.
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds of the coordinator, the workers, Redis and this process, for one phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    coordinator: f64,
+    workers: f64,
+    redis: f64,
+    driver: f64,
+}
+
+impl Cpu {
+    async fn sample(rig: &Rig, workers: &[Proc]) -> Cpu {
+        let redis = redis_info(&rig.redis_url, "cpu").await.unwrap_or_default();
+        Cpu {
+            coordinator: process_cpu_s(rig.coordinator.0.id()),
+            workers: workers.iter().map(|w| process_cpu_s(w.0.id())).sum(),
+            redis: info_field(&redis, "used_cpu_user").unwrap_or(0.0)
+                + info_field(&redis, "used_cpu_sys").unwrap_or(0.0),
+            driver: process_cpu_s(std::process::id()),
+        }
+    }
+
+    /// µs per trial between two samples, as a printable phrase.
+    fn per_trial(&self, later: &Cpu, trials: u32) -> String {
+        let us = |a: f64, b: f64| (b - a) * 1e6 / f64::from(trials.max(1));
+        let total = (later.coordinator - self.coordinator)
+            + (later.workers - self.workers)
+            + (later.redis - self.redis)
+            + (later.driver - self.driver);
+        format!(
+            "CPU µs per trial: coordinator {:.0}, workers {:.0}, redis {:.0}, driver {:.0}; {:.0} trials per CPU-second",
+            us(self.coordinator, later.coordinator),
+            us(self.workers, later.workers),
+            us(self.redis, later.redis),
+            us(self.driver, later.driver),
+            f64::from(trials) / total.max(1e-9)
+        )
+    }
+}
+
+/// Polls the no-op counter every 2 ms until it reaches `n` (or nothing moves for 60 s);
+/// returns the time of the first and of the last change seen and the count then.
+async fn watch_counter(
+    redis: &mut redis::aio::MultiplexedConnection,
+    n: u64,
+) -> anyhow::Result<(Option<Instant>, Instant, u64)> {
+    let mut first = None;
+    let mut last = Instant::now();
+    let mut seen = 0u64;
+    loop {
+        let now: Option<u64> = redis::cmd("GET")
+            .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+            .query_async(redis)
+            .await?;
+        let now = now.unwrap_or(0);
+        if now != seen {
+            if first.is_none() {
+                first = Some(Instant::now());
+            }
+            last = Instant::now();
+            seen = now;
+        }
+        if seen >= n {
+            return Ok((first, last, seen));
+        }
+        if last.elapsed() > Duration::from_secs(60) {
+            bail!("no-op trials stopped at {seen} of {n} (nothing moved for 60 s)");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
+    let rig = Rig::start(&[])?;
+    let mut op = rig.operator()?;
+    let mut redis = redis::Client::open(rig.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let n = u64::from(trials);
+
+    // 1. enqueue: one sweep of N trials, no worker running.
+    let m = model(&mut op, "dispatch-1").await?;
+    let cpu0 = Cpu::sample(&rig, &[]).await;
+    let started = Instant::now();
+    op.submit_sweep(v1::SubmitSweepRequest {
+        spec: Some(sweep(m, trials)),
+    })
+    .await?;
+    let s = started.elapsed().as_secs_f64();
+    let cpu1 = Cpu::sample(&rig, &[]).await;
+    println!(
+        "dispatch enqueue trials/s: {:.0}  [{trials} trials in one sweep in {s:.3} s; {}]",
+        f64::from(trials) / s,
+        cpu0.per_trial(&cpu1, trials)
+    );
+
+    // 2. drain: start the workers on the queued sweep; the clock starts at the first
+    // completion, so start-up (the venv probe) is left out.
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let scratch = rig.store.with_file_name(format!("scratch-{i}"));
+        procs.push(Proc(
+            Command::new(std::env::current_exe()?)
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &rig.url,
+                    "--slots",
+                    &slots.to_string(),
+                    "--worker-id",
+                    &format!("bench-{i}"),
+                    "--bench-noop-incr",
+                    &rig.redis_url,
+                    "--min-free-disk-gib",
+                    "0",
+                ])
+                .arg("--store")
+                .arg(&rig.store)
+                .arg("--scratch")
+                .arg(&scratch)
+                .env("HLSFARM_WORKER__TOKEN", WORKER)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
+                .spawn()?,
+        ));
+    }
+    let (first, last, _) = watch_counter(&mut redis, 1).await?;
+    let at_start: Option<u64> = redis::cmd("GET")
+        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+        .query_async(&mut redis)
+        .await?;
+    let cpu2 = Cpu::sample(&rig, &procs).await;
+    let (_, end, _) = watch_counter(&mut redis, n).await?;
+    let cpu3 = Cpu::sample(&rig, &procs).await;
+    let from = first.unwrap_or(last);
+    let drained = n - at_start.unwrap_or(0);
+    println!(
+        "dispatch drain trials/s: {:.0}  [{workers} workers × {slots} slots; {drained} trials after the first in {:.3} s; {}]",
+        drained as f64 / (end - from).as_secs_f64().max(1e-9),
+        (end - from).as_secs_f64(),
+        cpu2.per_trial(&cpu3, u32::try_from(drained).unwrap_or(trials))
+    );
+    // Let the coordinator commit and aggregate the first sweep before the timed phase.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Option<u64> = redis::cmd("GET")
+        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+        .query_async(&mut redis)
+        .await?;
+
+    // 3. e2e: warm, idle workers; the clock runs from the submit to the last completion.
+    let _: () = redis::cmd("SET")
+        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+        .arg(0)
+        .query_async(&mut redis)
+        .await?;
+    let m = model(&mut op, "dispatch-3").await?;
+    let cpu4 = Cpu::sample(&rig, &procs).await;
+    let started = Instant::now();
+    let response = op
+        .submit_sweep(v1::SubmitSweepRequest {
+            spec: Some(sweep(m, trials)),
+        })
+        .await?
+        .into_inner();
+    let (_, end, _) = watch_counter(&mut redis, n).await?;
+    let cpu5 = Cpu::sample(&rig, &procs).await;
+    let e2e = (end - started).as_secs_f64();
+    println!(
+        "dispatch noop trials/s: {:.0}  [e2e {trials} trials in {e2e:.3} s, submit included; {workers} workers × {slots} slots; {}]",
+        f64::from(trials) / e2e,
+        cpu4.per_trial(&cpu5, trials)
+    );
+    // Exactly once: the counter a second later, and the sweep's final counts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later: Option<u64> = redis::cmd("GET")
+        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+        .query_async(&mut redis)
+        .await?;
+    let mut succeeded = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let status = op
+            .get_status(v1::GetStatusRequest {
+                include_finished: true,
+            })
+            .await?
+            .into_inner();
+        succeeded = status
+            .sweeps
+            .iter()
+            .find(|s| s.sweep_id == response.sweep_id)
+            .and_then(|s| s.counts.get("succeeded").copied())
+            .unwrap_or(0);
+        if succeeded >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "dispatch exactly once: drain phase ran {} for {trials} trials, e2e phase ran {} for {trials}; {succeeded} recorded as succeeded",
+        after.unwrap_or(0),
+        later.unwrap_or(0)
+    );
+    Ok(())
 }

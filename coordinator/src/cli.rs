@@ -61,7 +61,8 @@ pub enum Command {
     /// `<stem>_inputs.npy`), queues every trial without a stored result, prints the sweep id.
     Submit(Box<crate::client::SubmitArgs>),
     /// Show the cluster: sweeps with counts and ETA, workers and what they run, licence
-    /// seats, recent failures.
+    /// seats, recent failures. `--json` prints the same JSON as the coordinator's
+    /// `/api/status`.
     Status {
         /// The coordinator.
         #[command(flatten)]
@@ -72,6 +73,17 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Watch the cluster live, full screen: sweeps with progress and ETA, workers with their
+    /// trials and heartbeat age, seats, recent failures and queue events as they happen.
+    /// q, Esc or Ctrl-C quits. The same view is a web page at the coordinator's address.
+    Watch {
+        /// The coordinator.
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+        /// Show only this sweep's events.
+        #[arg(long)]
+        sweep: Option<String>,
     },
     /// Cancel a sweep, or some of its trials: queued ones are dropped, running ones are
     /// killed on their workers.
@@ -149,6 +161,10 @@ pub struct WorkerArgs {
     /// This worker's id; default `<host>-<pid>`.
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// Benchmarks only (`hlsfarm bench dispatch`): every trial is a no-op that increments a
+    /// counter on this Redis.
+    #[arg(long, hide = true, value_name = "REDIS_URL")]
+    pub bench_noop_incr: Option<String>,
 }
 
 impl Cli {
@@ -221,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Status { client, all, json }) => {
             crate::client::status(&client, all, json).await
         }
+        Some(Command::Watch { client, sweep }) => crate::watch::watch(&client, sweep).await,
         Some(Command::Cancel {
             client,
             sweep,
@@ -243,6 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     store: config.store.clone(),
                     exit_when_idle: w.exit_when_idle,
                     worker_id: w.worker_id.clone(),
+                    noop_incr: w.bench_noop_incr.clone(),
                 })
                 .await?,
             )

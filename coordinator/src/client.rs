@@ -1,6 +1,5 @@
 //! The operator commands that talk to a coordinator: `submit`, `status`, `cancel`, `retry`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -8,11 +7,11 @@ use anyhow::{Context, bail};
 use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
 use hlsfarm_worker::daemon::{Bearer, channel};
-use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::onehost::{SweepArgs, sweep_spec};
+use crate::view::{StatusJson, humantime_secs};
 
 /// How to reach the coordinator.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,14 +24,14 @@ pub struct ClientArgs {
     pub token: String,
 }
 
-type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
 
-fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+pub(crate) fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let (channel, bearer) = channel(&args.coordinator, &args.token).map_err(anyhow::Error::msg)?;
     Ok(OperatorClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
 }
 
-fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
+pub(crate) fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable if s.message().starts_with("coordinator backend") => {
             anyhow::anyhow!("the coordinator at {url} failed: {}", s.message())
@@ -231,112 +230,6 @@ async fn wait_for(client: &mut Client, sweep: &str, total: u64) -> anyhow::Resul
     }
 }
 
-fn humantime_secs(s: f64) -> String {
-    let s = s.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// `hlsfarm status --json`: the cluster as JSON.
-#[derive(Debug, Serialize)]
-pub struct StatusJson {
-    /// Sweeps.
-    pub sweeps: Vec<SweepJson>,
-    /// Workers.
-    pub workers: Vec<WorkerJson>,
-    /// Seats per feature.
-    pub seats: Vec<SeatJson>,
-    /// Recent failures.
-    pub recent_failures: Vec<FailureJson>,
-}
-
-/// One sweep.
-#[derive(Debug, Serialize)]
-pub struct SweepJson {
-    /// Id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Priority.
-    pub priority: u32,
-    /// Trials per state, and `reused`.
-    pub counts: BTreeMap<String, u64>,
-    /// Seconds to go, when known.
-    pub eta_seconds: Option<f64>,
-}
-
-/// One worker.
-#[derive(Debug, Serialize)]
-pub struct WorkerJson {
-    /// Id.
-    pub id: String,
-    /// Host.
-    pub hostname: String,
-    /// Trial keys it runs, with their stage.
-    pub trials: Vec<(String, String)>,
-    /// Seconds since it was last heard from.
-    pub heartbeat_age_seconds: f64,
-    /// Draining.
-    pub draining: bool,
-    /// Slots.
-    pub slots: u32,
-    /// Tools and versions.
-    pub tools: BTreeMap<String, String>,
-}
-
-/// Seats of one feature.
-#[derive(Debug, Serialize)]
-pub struct SeatJson {
-    /// Feature (stage).
-    pub feature: String,
-    /// Held.
-    pub in_use: u32,
-    /// Limit (0: none).
-    pub limit: u32,
-}
-
-/// A recent failure.
-#[derive(Debug, Serialize)]
-pub struct FailureJson {
-    /// Trial key.
-    pub trial: String,
-    /// Sweep.
-    pub sweep: String,
-    /// State.
-    pub state: String,
-    /// Class.
-    pub class: String,
-    /// Reason.
-    pub reason: String,
-}
-
-fn state_name(raw: i32) -> String {
-    v1::TrialState::try_from(raw)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("TRIAL_STATE_")
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
-fn stage_name(raw: i32) -> String {
-    v1::Stage::try_from(raw)
-        .ok()
-        .filter(|s| *s != v1::Stage::Unspecified)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("STAGE_")
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
 /// `hlsfarm status`.
 pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<i32> {
     let mut client = connect(args)?;
@@ -347,72 +240,7 @@ pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<
         .await
         .map_err(|s| status_error(s, &args.coordinator))?
         .into_inner();
-    let out = StatusJson {
-        sweeps: s
-            .sweeps
-            .iter()
-            .map(|w| SweepJson {
-                id: w.sweep_id.clone(),
-                name: w.name.clone(),
-                priority: w.priority,
-                counts: w.counts.clone().into_iter().collect(),
-                eta_seconds: w.eta_seconds,
-            })
-            .collect(),
-        workers: s
-            .workers
-            .iter()
-            .map(|w| {
-                let caps = w.capabilities.clone().unwrap_or_default();
-                WorkerJson {
-                    id: w.worker_id.clone(),
-                    hostname: w.hostname.clone(),
-                    trials: w
-                        .trials
-                        .iter()
-                        .map(|t| (t.trial_key.clone(), stage_name(t.current_stage)))
-                        .collect(),
-                    heartbeat_age_seconds: w.heartbeat_age_seconds,
-                    draining: w.draining,
-                    slots: caps.slots,
-                    tools: caps.tools.into_iter().collect(),
-                }
-            })
-            .collect(),
-        seats: s
-            .seats
-            .iter()
-            .map(|x| SeatJson {
-                feature: x.feature.clone(),
-                in_use: x.in_use,
-                limit: x.limit,
-            })
-            .collect(),
-        recent_failures: s
-            .recent_failures
-            .iter()
-            .map(|t| FailureJson {
-                trial: t.trial_key.clone(),
-                sweep: t.sweep_id.clone(),
-                state: state_name(t.state),
-                class: t
-                    .failure
-                    .as_ref()
-                    .and_then(|f| v1::FailureClass::try_from(f.class).ok())
-                    .map(|c| {
-                        c.as_str_name()
-                            .trim_start_matches("FAILURE_CLASS_")
-                            .to_ascii_lowercase()
-                    })
-                    .unwrap_or_default(),
-                reason: t
-                    .failure
-                    .as_ref()
-                    .map(|f| f.reason.clone())
-                    .unwrap_or_default(),
-            })
-            .collect(),
-    };
+    let out = StatusJson::from(&s);
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
@@ -462,8 +290,13 @@ pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<
                     .join(", ")
             }
         );
-        for (key, stage) in &w.trials {
-            println!("      {}  {}", &key[..key.len().min(12)], stage);
+        for t in &w.trials {
+            println!(
+                "      {}  {}  attempt {}",
+                &t.trial[..t.trial.len().min(12)],
+                t.stage,
+                t.attempt
+            );
         }
     }
     if !out.seats.is_empty() {

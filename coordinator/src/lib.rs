@@ -10,6 +10,8 @@
 //! - [`results_cmd`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
 //! - [`server`]: `hlsfarm serve`, the cluster coordinator (gRPC on Redis and the store).
 //! - [`telemetry`]: tracing set-up from the log config.
+//! - [`watch`]: `hlsfarm watch`, the cluster live in the terminal.
+//! - [`view`]: the cluster as JSON, shared by `status --json`, `watch` and the web page.
 
 #![deny(clippy::unwrap_used)]
 
@@ -23,3 +25,5 @@ pub mod report_cmd;
 pub mod results_cmd;
 pub mod server;
 pub mod telemetry;
+pub mod view;
+pub mod watch;

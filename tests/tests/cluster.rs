@@ -179,7 +179,12 @@ fn running(cluster: &Cluster) -> Vec<(String, String)> {
         .into_iter()
         .flatten()
         .flat_map(|w| w["trials"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| Some((t[0].as_str()?.to_owned(), t[1].as_str()?.to_owned())))
+        .filter_map(|t| {
+            Some((
+                t["trial"].as_str()?.to_owned(),
+                t["stage"].as_str()?.to_owned(),
+            ))
+        })
         .collect()
 }
 

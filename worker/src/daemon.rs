@@ -56,7 +56,14 @@ pub struct Options {
     pub exit_when_idle: bool,
     /// This worker's id; default `<host>-<pid>`.
     pub worker_id: Option<String>,
+    /// Benchmarks only (`hlsfarm bench dispatch`): run every trial as a no-op that does one
+    /// `INCR` of [`NOOP_COUNTER`] on this Redis, then uploads an empty `result.json` and
+    /// completes as usual. Workers never hold Redis credentials otherwise.
+    pub noop_incr: Option<String>,
 }
+
+/// The counter a no-op trial increments (the same key the peer benchmarks use).
+pub const NOOP_COUNTER: &str = "peerbench:done";
 
 type Client = WorkerClient<InterceptedService<Channel, Bearer>>;
 
@@ -122,6 +129,8 @@ struct Shared {
     freed: Notify,
     /// Stop leasing (SIGTERM or an operator's drain).
     draining: CancellationToken,
+    /// The no-op mode's Redis connection ([`Options::noop_incr`]).
+    noop: Option<redis::aio::MultiplexedConnection>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -290,6 +299,21 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         make_tarball: true,
         tool_env: Vec::new(),
     });
+    let noop = match &options.noop_incr {
+        Some(url) => {
+            let setup = |e: redis::RedisError| {
+                Error::Setup(format!("no-op mode: cannot use the Redis at {url}: {e}"))
+            };
+            let client = redis::Client::open(url.as_str()).map_err(setup)?;
+            Some(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(setup)?,
+            )
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         id,
         client,
@@ -302,6 +326,7 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         running: Mutex::new(HashMap::new()),
         freed: Notify::new(),
         draining: CancellationToken::new(),
+        noop,
     });
     {
         let draining = shared.draining.clone();
@@ -627,6 +652,10 @@ async fn run_one(
             .map_or(Ending::Normal, |r| r.ending)
     };
     let model = trial.model.clone().unwrap_or_default();
+    if let Some(redis) = &shared.noop {
+        noop_trial(shared, redis.clone(), token, &trial, &model.name).await;
+        return;
+    }
     let settings = trial
         .settings
         .clone()
@@ -797,6 +826,66 @@ async fn run_one(
         let _ = std::fs::remove_dir_all(&scratch);
     }
     log_result(&result);
+}
+
+/// A no-op trial ([`Options::noop_incr`]): one `INCR`, an empty `result.json` uploaded to
+/// the staging prefix, and the usual completion.
+async fn noop_trial(
+    shared: &Arc<Shared>,
+    mut redis: redis::aio::MultiplexedConnection,
+    token: v1::LeaseToken,
+    trial: &v1::LeasedTrial,
+    model: &str,
+) {
+    let failure = |reason: String| {
+        Some(wire_failure(
+            FailureClass::Infrastructure,
+            reason,
+            None,
+            String::new(),
+        ))
+    };
+    if let Err(e) = redis::cmd("INCR")
+        .arg(NOOP_COUNTER)
+        .query_async::<i64>(&mut redis)
+        .await
+    {
+        complete(
+            shared,
+            token,
+            None,
+            failure(format!("no-op INCR: {e}")),
+            false,
+        )
+        .await;
+        return;
+    }
+    let settings = trial
+        .settings
+        .clone()
+        .and_then(|s| Settings::try_from(s).ok())
+        .unwrap_or_default();
+    let result_json = serde_json::to_string(&TrialResult::noop(&token.trial_key, model, settings))
+        .unwrap_or_default();
+    let path = format!("{}/result.json", trial.staging_prefix);
+    if let Err(e) = shared
+        .blobs
+        .put_checked(
+            &path,
+            result_json.clone().into_bytes(),
+            RetryBudget::default(),
+        )
+        .await
+    {
+        complete(shared, token, None, failure(e.to_string()), false).await;
+        return;
+    }
+    let result = v1::TrialResult {
+        result_json,
+        artifacts: vec!["result.json".into()],
+        ..v1::TrialResult::default()
+    };
+    complete(shared, token, Some(result), None, false).await;
 }
 
 fn log_result(result: &TrialResult) {

@@ -180,10 +180,23 @@ impl Coordinator {
         }
         match self.blobs.promote(&record.result_prefix, key).await {
             Ok(files) => {
-                tracing::debug!(trial = %key, files = files.len(), "result committed");
+                let bytes: u64 = files.iter().map(|(_, size)| size).sum();
+                self.metrics
+                    .store_bytes
+                    .get_or_create(&super::metrics::Writer {
+                        by: "worker".into(),
+                    })
+                    .inc_by(bytes);
+                tracing::debug!(trial = %key, files = files.len(), bytes, "result committed");
                 let _ = self.queue.release(ClaimSet::Commits, key).await;
             }
             Err(e) => {
+                self.metrics
+                    .store_errors
+                    .get_or_create(&super::metrics::Writer {
+                        by: "coordinator".into(),
+                    })
+                    .inc();
                 tracing::warn!(trial = %key, error = %e, "commit failed; retrying in 2 s");
                 let _ = self
                     .queue

@@ -6,6 +6,8 @@
 
 pub mod auth;
 mod background;
+mod http;
+mod metrics;
 mod operator;
 mod planning;
 mod workers;
@@ -40,6 +42,8 @@ pub struct Coordinator {
     plans: Mutex<HashMap<String, Arc<SweepPlan>>>,
     /// Cancelled when the process stops: long polls and watches end.
     stop: tokio_util::sync::CancellationToken,
+    /// Prometheus metrics.
+    metrics: metrics::Metrics,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -75,6 +79,7 @@ impl Coordinator {
             caps: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
             stop: tokio_util::sync::CancellationToken::new(),
+            metrics: metrics::Metrics::new(),
         }))
     }
 
@@ -144,7 +149,11 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
     let tokens = auth::Tokens::new(c.operator_token.expose(), c.worker_token.expose());
     let coordinator = Coordinator::connect(config.clone()).await?;
     let stop = coordinator.stop.clone();
-    let loops = background::spawn(coordinator.clone(), stop.clone());
+    let mut loops = background::spawn(coordinator.clone(), stop.clone());
+    loops.push(tokio::spawn(metrics::tail_events(
+        coordinator.clone(),
+        stop.clone(),
+    )));
 
     let operator = OperatorServer::with_interceptor(
         operator::OperatorApi::new(coordinator.clone()),
@@ -159,7 +168,9 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot listen on {listen} (coordinator.listen)"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "coordinator listening");
-    eprintln!("hlsfarm: coordinator listening on {local}");
+    eprintln!(
+        "hlsfarm: coordinator listening on {local} (gRPC; status page and /metrics at http://{local}/)"
+    );
     let shutdown = {
         let stop = stop.clone();
         async move {
@@ -176,9 +187,16 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
             stop.cancel();
         }
     };
-    tonic::transport::Server::builder()
-        .add_service(operator)
+    // gRPC and the web page share the port: HTTP/1.1 for browsers and scrapers, HTTP/2 for
+    // gRPC.
+    let routes = tonic::service::Routes::new(operator)
         .add_service(worker)
+        .into_axum_router()
+        .merge(http::router(coordinator.clone(), tokens.clone()));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(
             // Small request/response messages: without TCP_NODELAY, delayed ACKs add ~40 ms
             // to a lease or completion.

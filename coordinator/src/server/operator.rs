@@ -167,11 +167,23 @@ impl Operator for OperatorApi {
             )));
         }
         let size = bytes.len() as u64;
-        self.c
+        let writer = super::metrics::Writer {
+            by: "coordinator".into(),
+        };
+        if let Err(e) = self
+            .c
             .blobs
             .put_checked(&path, bytes, RetryBudget::default())
             .await
-            .map_err(internal)?;
+        {
+            self.c.metrics.store_errors.get_or_create(&writer).inc();
+            return Err(internal(e));
+        }
+        self.c
+            .metrics
+            .store_bytes
+            .get_or_create(&writer)
+            .inc_by(size);
         Ok(Response::new(v1::UploadModelResponse {
             model: Some(v1::ModelInput {
                 name: first.name,

@@ -332,6 +332,29 @@ impl Worker for WorkerApi {
                 refused(e)
             })?;
         tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
+        if let Some(p) = &parsed {
+            for t in &p.timings {
+                self.c
+                    .metrics
+                    .stage_seconds
+                    .get_or_create(&super::metrics::StageLabel {
+                        stage: t.stage.to_string(),
+                    })
+                    .observe(t.seconds);
+            }
+        }
+        if r.failure.as_ref().is_some_and(|f| {
+            f.class == v1::FailureClass::Infrastructure as i32
+                && f.reason.starts_with("cannot upload")
+        }) {
+            self.c
+                .metrics
+                .store_errors
+                .get_or_create(&super::metrics::Writer {
+                    by: "worker".into(),
+                })
+                .inc();
+        }
         if has_files {
             // Accepted: this token won. Copy its files now; the committer loop retries if
             // this fails or the coordinator dies here.

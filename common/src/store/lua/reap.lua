@@ -7,7 +7,7 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', now)) do
   local f = redis.call('HMGET', t, 'st', 'd', 's', 'w')
   if f[1] == 'leased' and tonumber(f[2] or '0') <= now then
     local state = requeue_or_dead(k, ARGV[2], 0)
-    emit('expired', k, f[3], state, f[4], 'lease expired')
+    emit('expired', k, f[3], state, f[4], 'lease expired at ' .. f[2])
     n = n + 1
   else
     redis.call('ZREM', P .. ':leases', k)
