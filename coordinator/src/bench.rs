@@ -1077,6 +1077,8 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
                 .arg("--scratch")
                 .arg(&scratch)
                 .env("HLSFARM_WORKER__TOKEN", WORKER)
+                // Every trial asks for a core: offer one per slot.
+                .env("HLSFARM_WORKER__CORES", slots.to_string())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {

@@ -213,6 +213,7 @@ fn shell_scripts_pass_shellcheck() {
         root.join(".ci/setup"),
         root.join(".ci/test"),
         root.join(".ci/run"),
+        root.join("tests/bench/dispatch-vs-celery.sh"),
     ]);
     run_ok(command).unwrap_or_else(|e| panic!("shellcheck (installed by `make setup`): {e}"));
 }

@@ -439,7 +439,9 @@ async fn lease_loop(
                 running.values().map(|r| r.cores).sum::<u32>(),
             )
         };
-        if busy >= slots {
+        // Every trial needs a core: with none free, nothing can be leased until one frees.
+        // (A long-polling lease in flight would hold this worker idle past that moment.)
+        if busy >= slots || (busy > 0 && used_cores >= cores) {
             tokio::select! {
                 _ = shared.freed.notified() => {}
                 _ = shared.draining.cancelled() => {}
@@ -474,7 +476,10 @@ async fn lease_loop(
             free_memory_mib: free_mem,
             free_cores: cores.saturating_sub(used_cores),
             free_disk_mib: free_disk / (1024 * 1024),
-            wait_ms: 10_000,
+            // While trials run, a slot or core may free at any moment: poll briefly so the
+            // next lease asks with what is free then. Idle, wait long (the coordinator
+            // answers at once when work arrives).
+            wait_ms: if busy > 0 { 1_000 } else { 10_000 },
         };
         let mut client = shared.client.clone();
         let leased = tokio::select! {
