@@ -119,6 +119,15 @@ pub enum Bench {
 
 struct Proc(Child);
 
+/// Where a child's log goes: the terminal with `HLSFARM_BENCH_LOG` set, else nowhere.
+fn child_log() -> Stdio {
+    if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -205,11 +214,7 @@ impl Rig {
             .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(child_log());
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -257,6 +262,33 @@ impl Rig {
         })
         .await?;
         Ok(w)
+    }
+
+    /// `hlsfarm worker` against this rig: id, slots, scratch beside the store, no disk floor,
+    /// the worker token, log level warn.
+    fn worker_command(&self, id: &str, slots: u32) -> anyhow::Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--slots",
+                &slots.to_string(),
+                "--worker-id",
+                id,
+                "--min-free-disk-gib",
+                "0",
+            ])
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--scratch")
+            .arg(self.store.with_file_name(format!("scratch-{id}")))
+            .env("HLSFARM_WORKER__TOKEN", WORKER)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(child_log());
+        Ok(command)
     }
 
     fn coordinator_rss_mib(&self) -> f64 {
@@ -1079,36 +1111,11 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
     // completion, so start-up (the venv probe) is left out.
     let mut procs = Vec::new();
     for i in 0..workers {
-        let scratch = rig.store.with_file_name(format!("scratch-{i}"));
         procs.push(Proc(
-            Command::new(std::env::current_exe()?)
-                .args([
-                    "worker",
-                    "--coordinator",
-                    &rig.url,
-                    "--slots",
-                    &slots.to_string(),
-                    "--worker-id",
-                    &format!("bench-{i}"),
-                    "--bench-noop-incr",
-                    &rig.redis_url,
-                    "--min-free-disk-gib",
-                    "0",
-                ])
-                .arg("--store")
-                .arg(&rig.store)
-                .arg("--scratch")
-                .arg(&scratch)
-                .env("HLSFARM_WORKER__TOKEN", WORKER)
+            rig.worker_command(&format!("bench-{i}"), slots)?
+                .args(["--bench-noop-incr", &rig.redis_url])
                 // Every trial asks for a core: offer one per slot.
                 .env("HLSFARM_WORKER__CORES", slots.to_string())
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                })
                 .spawn()?,
         ));
     }
@@ -1260,31 +1267,8 @@ async fn trial(model: Option<PathBuf>, trials: u32, path_tools: bool) -> anyhow:
     }
     path.push(std::env::var_os("PATH").unwrap_or_default());
     let worker = Proc(
-        Command::new(std::env::current_exe()?)
-            .args([
-                "worker",
-                "--coordinator",
-                &rig.url,
-                "--slots",
-                "1",
-                "--worker-id",
-                "bench-trial",
-                "--min-free-disk-gib",
-                "0",
-            ])
-            .arg("--store")
-            .arg(&rig.store)
-            .arg("--scratch")
-            .arg(rig.store.with_file_name("scratch"))
-            .env("HLSFARM_WORKER__TOKEN", WORKER)
+        rig.worker_command("bench-trial", 1)?
             .env("PATH", &path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
             .spawn()?,
     );
     // Wait for the worker (its venv probe imports hls4ml).

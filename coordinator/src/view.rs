@@ -195,6 +195,10 @@ pub fn stage_name(raw: i32) -> String {
         .unwrap_or_default()
 }
 
+fn reason(f: Option<&v1::Failure>) -> String {
+    f.map(|f| f.reason.clone()).unwrap_or_default()
+}
+
 fn class_name(f: Option<&v1::Failure>) -> String {
     f.and_then(|f| v1::FailureClass::try_from(f.class).ok())
         .map(|c| enum_name(c.as_str_name(), "FAILURE_CLASS_"))
@@ -276,11 +280,7 @@ impl From<&v1::GetStatusResponse> for StatusJson {
                     sweep: t.sweep_id.clone(),
                     state: state_name(t.state),
                     class: class_name(t.failure.as_ref()),
-                    reason: t
-                        .failure
-                        .as_ref()
-                        .map(|f| f.reason.clone())
-                        .unwrap_or_default(),
+                    reason: reason(t.failure.as_ref()),
                 })
                 .collect(),
         }
@@ -342,11 +342,7 @@ impl From<&v1::GetResultsResponse> for SweepTrialsJson {
                         latency_ns: summary.latency_ns,
                         max_abs_diff: summary.max_abs_diff,
                         class: class_name(t.failure.as_ref()),
-                        reason: t
-                            .failure
-                            .as_ref()
-                            .map(|f| f.reason.clone())
-                            .unwrap_or_default(),
+                        reason: reason(t.failure.as_ref()),
                     }
                 })
                 .collect(),

@@ -474,6 +474,19 @@ pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Copies the first `n` example trials (`examples/trials/model_trial_NNN.h5`) into
+/// `dir/models` and returns that folder.
+pub fn copy_example_trials(dir: &Path, n: usize) -> Result<PathBuf> {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models)?;
+    let examples = tests_dir().join("../examples/trials");
+    for i in 0..n {
+        let name = format!("model_trial_{i:03}.h5");
+        std::fs::copy(examples.join(&name), models.join(&name))?;
+    }
+    Ok(models)
+}
+
 /// Runs a command to completion and returns its output, failing with its stderr when it fails.
 pub fn run_ok(mut command: Command) -> Result<std::process::Output> {
     let output = command

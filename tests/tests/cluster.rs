@@ -3,22 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hlsfarm_tests::cluster::{Cluster, ClusterOptions};
 use hlsfarm_tests::{Process, TestDir, run_ok, wait_until};
 use nix::sys::signal::Signal;
 
-fn copy_examples(dir: &Path, n: usize) -> std::path::PathBuf {
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let examples = hlsfarm_tests::tests_dir().join("../examples/trials");
-    for i in 0..n {
-        let name = format!("model_trial_{i:03}.h5");
-        std::fs::copy(examples.join(&name), models.join(&name)).unwrap();
-    }
-    models
+fn copy_examples(dir: &Path, n: usize) -> PathBuf {
+    hlsfarm_tests::copy_example_trials(dir, n).unwrap()
 }
 
 fn wait_registered(worker: &Process) {

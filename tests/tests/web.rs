@@ -13,14 +13,7 @@ use hlsfarm_tests::cluster::{Cluster, ClusterOptions, OPERATOR_TOKEN};
 use hlsfarm_tests::{Process, TestDir, free_port, run_ok, wait_until};
 
 fn copy_examples(dir: &Path, n: usize) -> PathBuf {
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let examples = hlsfarm_tests::tests_dir().join("../examples/trials");
-    for i in 0..n {
-        let name = format!("model_trial_{i:03}.h5");
-        std::fs::copy(examples.join(&name), models.join(&name)).unwrap();
-    }
-    models
+    hlsfarm_tests::copy_example_trials(dir, n).unwrap()
 }
 
 fn get(url: &str) -> (String, String) {
