@@ -110,6 +110,11 @@ pub struct CoordinatorConfig {
     pub seats: std::collections::BTreeMap<String, u32>,
     /// Largest model file `UploadModel` accepts, in MiB. Default 512.
     pub max_upload_mib: u64,
+    /// PEM certificate chain for TLS on the listening port (gRPC and HTTP); with
+    /// `tls_key`. Empty: plain TCP (put TLS in front, or use only on a trusted network).
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -126,6 +131,8 @@ impl Default for CoordinatorConfig {
             worker_token: Secret::default(),
             seats: std::collections::BTreeMap::new(),
             max_upload_mib: 512,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -161,6 +168,13 @@ pub struct WorkerConfig {
     pub stage_timeout_s: u64,
     /// Keep a trial's scratch folder after it succeeded (always kept on failure). Default false.
     pub keep_scratch: bool,
+    /// How long uploading one result file to the store may retry (with backoff, the lease
+    /// kept alive) before the trial fails as `infrastructure` and goes back to be retried,
+    /// seconds. Default 300.
+    pub upload_retry_s: u64,
+    /// PEM certificate(s) of the CA that signed the coordinator's certificate, for an
+    /// `https://` coordinator with a private CA. Empty: the system's trusted roots.
+    pub ca_cert: PathBuf,
 }
 
 impl Default for WorkerConfig {
@@ -179,6 +193,8 @@ impl Default for WorkerConfig {
             convert_timeout_s: 3600,
             stage_timeout_s: 24 * 3600,
             keep_scratch: false,
+            upload_retry_s: 300,
+            ca_cert: PathBuf::new(),
         }
     }
 }
@@ -386,6 +402,12 @@ impl Config {
                     "must be at least 1 (leave the stage out for no limit)",
                 );
             }
+        }
+        if c.tls_cert.as_os_str().is_empty() != c.tls_key.as_os_str().is_empty() {
+            errors.push(
+                "coordinator.tls_cert",
+                "set both tls_cert and tls_key (PEM files), or neither for plain TCP",
+            );
         }
         let w = &self.worker;
         if !(w.coordinator.starts_with("http://") || w.coordinator.starts_with("https://")) {

@@ -233,7 +233,7 @@ impl Rig {
     pub(crate) fn operator(
         &self,
     ) -> anyhow::Result<OperatorClient<InterceptedService<Channel, Bearer>>> {
-        let (c, b) = channel(&self.url, OPERATOR).map_err(anyhow::Error::msg)?;
+        let (c, b) = channel(&self.url, OPERATOR, None).map_err(anyhow::Error::msg)?;
         Ok(OperatorClient::with_interceptor(c, b))
     }
 
@@ -241,7 +241,7 @@ impl Rig {
         &self,
         id: &str,
     ) -> anyhow::Result<WorkerClient<InterceptedService<Channel, Bearer>>> {
-        let (c, b) = channel(&self.url, WORKER).map_err(anyhow::Error::msg)?;
+        let (c, b) = channel(&self.url, WORKER, None).map_err(anyhow::Error::msg)?;
         let mut w = WorkerClient::with_interceptor(c, b);
         w.register(v1::RegisterRequest {
             worker_id: id.into(),
@@ -960,7 +960,7 @@ async fn lease_one(
 
 /// The lessee `recovery` kills: leases one trial, prints its key, heartbeats until killed.
 async fn hold(url: &str) -> anyhow::Result<()> {
-    let (c, b) = channel(url, WORKER).map_err(anyhow::Error::msg)?;
+    let (c, b) = channel(url, WORKER, None).map_err(anyhow::Error::msg)?;
     let mut w = WorkerClient::with_interceptor(c, b);
     let reg = w
         .register(v1::RegisterRequest {

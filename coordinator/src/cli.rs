@@ -50,6 +50,13 @@ pub enum Command {
         /// Store URL: a folder or s3://bucket/prefix (store.url).
         #[arg(long)]
         store: Option<String>,
+        /// PEM certificate chain: serve gRPC and HTTP over TLS (coordinator.tls_cert); with
+        /// --tls-key.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert (coordinator.tls_key).
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// Run a worker daemon on this host: registers its tools, hls4ml venv, cores and memory
     /// with the coordinator, leases trials that fit, runs them (convert, emulate, the tool
@@ -134,9 +141,14 @@ pub enum Command {
 /// Flags of `hlsfarm worker`; each overrides its `[worker]` config key.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// The coordinator's URL (worker.coordinator), e.g. http://coord:7070.
+    /// The coordinator's URL (worker.coordinator), e.g. http://coord:7070 or
+    /// https://coord:7070.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// PEM certificate of the CA that signed an https:// coordinator's certificate
+    /// (worker.ca_cert); the system's roots are trusted too.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// The worker token (worker.token). Prefer HLSFARM_WORKER__TOKEN: flags show in `ps`.
     #[arg(long)]
     pub token: Option<String>,
@@ -165,6 +177,13 @@ pub struct WorkerArgs {
     /// counter on this Redis.
     #[arg(long, hide = true, value_name = "REDIS_URL")]
     pub bench_noop_incr: Option<String>,
+    /// Benchmarks and fault tests only: how long each no-op trial takes, ms.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub bench_noop_ms: u64,
+    /// Benchmarks and fault tests only: percent of no-op attempts that fail (half as
+    /// tool_error, half as oom).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub bench_noop_fail_percent: u32,
 }
 
 impl Cli {
@@ -179,6 +198,8 @@ impl Cli {
             listen,
             redis_url,
             store,
+            tls_cert,
+            tls_key,
         }) = &self.command
         {
             if let Some(v) = listen {
@@ -190,6 +211,12 @@ impl Cli {
             if let Some(v) = store {
                 overrides["store"]["url"] = v.clone().into();
             }
+            if let Some(v) = tls_cert {
+                overrides["coordinator"]["tls_cert"] = v.display().to_string().into();
+            }
+            if let Some(v) = tls_key {
+                overrides["coordinator"]["tls_key"] = v.display().to_string().into();
+            }
         }
         if let Some(Command::Worker(w)) = &self.command {
             let mut worker = serde_json::Map::new();
@@ -198,6 +225,9 @@ impl Cli {
             }
             if let Some(v) = &w.token {
                 worker.insert("token".into(), v.clone().into());
+            }
+            if let Some(v) = &w.ca_cert {
+                worker.insert("ca_cert".into(), v.display().to_string().into());
             }
             if let Some(v) = &w.scratch {
                 worker.insert("scratch".into(), v.display().to_string().into());
@@ -261,6 +291,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     exit_when_idle: w.exit_when_idle,
                     worker_id: w.worker_id.clone(),
                     noop_incr: w.bench_noop_incr.clone(),
+                    noop_ms: w.bench_noop_ms,
+                    noop_fail_percent: w.bench_noop_fail_percent,
                 })
                 .await?,
             )

@@ -22,12 +22,17 @@ pub struct ClientArgs {
     /// The operator token (coordinator.operator_token).
     #[arg(long, env = "HLSFARM_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// PEM certificate of the CA that signed an `https://` coordinator's certificate (a
+    /// private CA); the system's roots are trusted too.
+    #[arg(long, env = "HLSFARM_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 pub(crate) type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
 
 pub(crate) fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    let (channel, bearer) = channel(&args.coordinator, &args.token).map_err(anyhow::Error::msg)?;
+    let (channel, bearer) = channel(&args.coordinator, &args.token, args.ca_cert.as_deref())
+        .map_err(anyhow::Error::msg)?;
     Ok(OperatorClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20))
 }
 

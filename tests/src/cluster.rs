@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use crate::proxy::TcpProxy;
+use crate::tls::TestCa;
 use crate::{Process, RedisOptions, RedisServer, free_port, hlsfarm_command, wait_until};
 
 /// The operator token of test clusters.
@@ -33,6 +35,8 @@ pub struct ClusterOptions {
     pub store_url: Option<String>,
     /// Extra environment for coordinators and workers (S3 keys, say).
     pub env: Vec<(String, String)>,
+    /// Serve over TLS with a test CA; clients trust it through `--ca-cert`.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +50,7 @@ impl Default for ClusterOptions {
             aof: false,
             store_url: None,
             env: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -58,17 +63,25 @@ pub struct Cluster {
     /// Coordinator processes (index = the order started).
     pub coordinators: Vec<(Process, u16)>,
     options: ClusterOptions,
+    /// The test CA when serving over TLS.
+    pub ca: Option<TestCa>,
 }
 
 impl Cluster {
     /// Starts Redis and one coordinator.
     pub fn start(dir: &Path, options: ClusterOptions) -> Result<Cluster> {
         let redis = RedisServer::start(dir, RedisOptions { aof: options.aof })?;
+        let ca = if options.tls {
+            Some(TestCa::write(dir)?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             dir: dir.to_owned(),
             redis,
             coordinators: Vec::new(),
             options,
+            ca,
         };
         cluster.start_coordinator()?;
         Ok(cluster)
@@ -94,8 +107,15 @@ impl Cluster {
             .iter()
             .map(|(f, n)| format!("{f} = {n}"))
             .collect();
+        let tls = self.ca.as_ref().map_or(String::new(), |ca| {
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                ca.server_cert.display(),
+                ca.server_key.display()
+            )
+        });
         let text = format!(
-            "[coordinator]\nredis_url = \"{}\"\nkey_prefix = \"test\"\nlease_ms = {}\nheartbeat_ms = {}\nmax_attempts = {}\nretry_backoff_ms = {}\nseats = {{ {} }}\n[store]\nurl = \"{}\"\n",
+            "[coordinator]\n{tls}redis_url = \"{}\"\nkey_prefix = \"test\"\nlease_ms = {}\nheartbeat_ms = {}\nmax_attempts = {}\nretry_backoff_ms = {}\nseats = {{ {} }}\n[store]\nurl = \"{}\"\n",
             self.redis.url(),
             self.options.lease_ms,
             self.options.heartbeat_ms,
@@ -158,9 +178,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// The URL of coordinator `i`.
+    /// The URL of coordinator `i` (`https://localhost:PORT` with TLS).
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.coordinators[i].1)
+        self.url_at(self.coordinators[i].1)
+    }
+
+    /// The URL of whatever listens on `port` here, with this cluster's scheme (a proxy's).
+    pub fn url_at(&self, port: u16) -> String {
+        if self.ca.is_some() {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        }
+    }
+
+    /// A proxy to coordinator `i` that the test can cut ([`TcpProxy`]).
+    pub fn proxy_to(&self, i: usize) -> Result<TcpProxy> {
+        TcpProxy::start(([127, 0, 0, 1], self.coordinators[i].1).into())
     }
 
     /// An `hlsfarm` command with the operator's URL and token for coordinator 0.
@@ -169,6 +203,9 @@ impl Cluster {
         command
             .env("HLSFARM_URL", self.url(0))
             .env("HLSFARM_TOKEN", OPERATOR_TOKEN);
+        if let Some(ca) = &self.ca {
+            command.env("HLSFARM_CA_CERT", &ca.ca_cert);
+        }
         Ok(command)
     }
 
@@ -180,11 +217,22 @@ impl Cluster {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Process> {
+        self.start_worker_at(&self.url(0), name, extra, env)
+    }
+
+    /// [`Cluster::start_worker`] talking to the coordinator at `url` (through a proxy, say).
+    pub fn start_worker_at(
+        &self,
+        url: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Process> {
         let scratch = self.dir.join(format!("scratch-{name}"));
         let mut command = hlsfarm_command()?;
         command
             .args(["worker", "--coordinator"])
-            .arg(self.url(0))
+            .arg(url)
             .arg("--store")
             .arg(self.store_url())
             .arg("--scratch")
@@ -195,6 +243,9 @@ impl Cluster {
             .env("HLSFARM_PYTHON", crate::hls4ml_python()?)
             .env("PATH", crate::path_with_standin())
             .env("RUST_LOG", "info");
+        if let Some(ca) = &self.ca {
+            command.env("HLSFARM_WORKER__CA_CERT", &ca.ca_cert);
+        }
         for (k, v) in &self.options.env {
             command.env(k, v);
         }
@@ -212,6 +263,57 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `hlsfarm submit --input-dir models` with `extra` flags; returns the sweep id (stdout)
+    /// and stderr.
+    pub fn submit(&self, models: &Path, extra: &[&str]) -> Result<(String, String)> {
+        let mut command = self.operator_command()?;
+        command
+            .arg("submit")
+            .arg("--input-dir")
+            .arg(models)
+            .args(extra);
+        let out = crate::run_ok(command)?;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Trial keys with the stage each runs and the worker running it, from `status --json`.
+    pub fn running_on(&self) -> Result<Vec<(String, String, String)>> {
+        let status = self.status()?;
+        Ok(status["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| {
+                let id = w["id"].as_str().unwrap_or_default().to_owned();
+                w["trials"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |t| (id.clone(), t))
+            })
+            .filter_map(|(worker, t)| {
+                Some((
+                    t["trial"].as_str()?.to_owned(),
+                    t["stage"].as_str()?.to_owned(),
+                    worker,
+                ))
+            })
+            .collect())
+    }
+
+    /// Trial keys with the stage each runs (empty when status cannot be read).
+    pub fn running(&self) -> Vec<(String, String)> {
+        self.running_on()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, s, _)| (t, s))
+            .collect()
+    }
+
     /// The counts of one sweep from `status --json`.
     pub fn counts(&self, sweep: &str) -> Result<serde_json::Value> {
         let status = self.status()?;
@@ -222,5 +324,14 @@ impl Cluster {
             bail!("sweep {sweep} not in status: {status}");
         };
         Ok(s["counts"].clone())
+    }
+}
+
+/// Waits until a worker logs that it registered (its venv is checked first: up to 2 min).
+pub fn wait_registered(worker: &Process) {
+    if let Err(e) = wait_until("the worker to register", Duration::from_secs(120), || {
+        worker.stderr().contains("registered with").then_some(())
+    }) {
+        panic!("{e}\n{}", worker.stderr());
     }
 }

@@ -14,7 +14,9 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod proxy;
 pub mod standin;
+pub mod tls;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -501,4 +503,40 @@ pub fn run_ok(mut command: Command) -> Result<std::process::Output> {
         );
     }
     Ok(output)
+}
+
+/// Every file under `dir`, recursively (empty when it does not exist).
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Processes whose working folder is under `dir` (the tools a worker started there).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(&dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
 }

@@ -83,6 +83,7 @@ pub fn tool(project: &Path, args: &[&str]) -> Command {
         "STANDIN_AT",
         "STANDIN_HANG",
         "STANDIN_SLEEP",
+        "STANDIN_WAIT_FOR",
         "STANDIN_SIGNAL",
         "STANDIN_TRUNCATE_LOG",
         "STANDIN_MEMORY_MB",

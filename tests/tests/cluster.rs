@@ -6,33 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hlsfarm_tests::cluster::{Cluster, ClusterOptions};
-use hlsfarm_tests::{Process, TestDir, run_ok, wait_until};
+use hlsfarm_tests::cluster::{Cluster, ClusterOptions, wait_registered};
+use hlsfarm_tests::{TestDir, processes_under, run_ok, wait_until, walk_files};
 use nix::sys::signal::Signal;
 
 fn copy_examples(dir: &Path, n: usize) -> PathBuf {
     hlsfarm_tests::copy_example_trials(dir, n).unwrap()
-}
-
-fn wait_registered(worker: &Process) {
-    wait_until("the worker to register", Duration::from_secs(120), || {
-        worker.stderr().contains("registered with").then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
-}
-
-fn submit(cluster: &Cluster, models: &Path, extra: &[&str]) -> (String, String) {
-    let mut command = cluster.operator_command().unwrap();
-    command
-        .arg("submit")
-        .arg("--input-dir")
-        .arg(models)
-        .args(extra);
-    let out = run_ok(command).unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -43,17 +22,18 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     wait_registered(&worker);
     let models = copy_examples(dir.path(), 2);
     let started = Instant::now();
-    let (sweep, stderr) = submit(
-        &cluster,
-        &models,
-        &[
-            "--stages",
-            "convert,emulate,csynth",
-            "--wait",
-            "--name",
-            "e2e",
-        ],
-    );
+    let (sweep, stderr) = cluster
+        .submit(
+            &models,
+            &[
+                "--stages",
+                "convert,emulate,csynth",
+                "--wait",
+                "--name",
+                "e2e",
+            ],
+        )
+        .unwrap();
     println!("{stderr}");
     println!(
         "2 trials through one worker in {:.1} s",
@@ -107,11 +87,9 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     assert_eq!(cluster.counts(&sweep).unwrap()["succeeded"], 2);
 
     // The same sweep again: every trial reused, nothing runs.
-    let (_, stderr) = submit(
-        &cluster,
-        &models,
-        &["--stages", "convert,emulate,csynth", "--wait"],
-    );
+    let (_, stderr) = cluster
+        .submit(&models, &["--stages", "convert,emulate,csynth", "--wait"])
+        .unwrap();
     assert!(stderr.contains("(0 queued, 2 reused)"), "{stderr}");
 
     // A batch-scheduler worker finds nothing to do and exits on its own.
@@ -132,55 +110,6 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
     assert!(status.success(), "{}", worker.stderr());
 }
 
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// Processes whose working folder is under `dir` (the tools a worker started there).
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
-            && cwd.starts_with(&dir)
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Trial keys with the stage each runs, from `status --json`.
-fn running(cluster: &Cluster) -> Vec<(String, String)> {
-    let status = cluster.status().unwrap();
-    status["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|w| w["trials"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| {
-            Some((
-                t["trial"].as_str()?.to_owned(),
-                t["stage"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 #[test]
 fn cancel_kills_a_running_trial_and_drain_hands_back_the_rest() {
     let dir = TestDir::new("cluster-cancel-drain").unwrap();
@@ -198,9 +127,11 @@ fn cancel_kills_a_running_trial_and_drain_hands_back_the_rest() {
         .unwrap();
     wait_registered(&worker);
     let models = copy_examples(dir.path(), 2);
-    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    let (sweep, _) = cluster
+        .submit(&models, &["--stages", "convert,emulate,csynth"])
+        .unwrap();
     let both = wait_until("both trials in csynth", Duration::from_secs(180), || {
-        let r = running(&cluster);
+        let r = cluster.running();
         (r.len() == 2 && r.iter().all(|(_, s)| s == "csynth")).then_some(r)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
@@ -218,7 +149,7 @@ fn cancel_kills_a_running_trial_and_drain_hands_back_the_rest() {
         (cluster.counts(&sweep).ok()?["cancelled"] == 1).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
-    assert_eq!(running(&cluster).len(), 1);
+    assert_eq!(cluster.running().len(), 1);
 
     // SIGTERM: no new leases; after the 2 s drain deadline the hanging trial is handed back
     // (attempt refunded), its tools are killed, and the worker exits cleanly.
@@ -250,9 +181,12 @@ fn a_worker_cut_off_past_its_lease_discards_its_work() {
         .unwrap();
     wait_registered(&w1);
     let models = copy_examples(dir.path(), 1);
-    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    let (sweep, _) = cluster
+        .submit(&models, &["--stages", "convert,emulate,csynth"])
+        .unwrap();
     wait_until("w1 in csynth", Duration::from_secs(180), || {
-        running(&cluster)
+        cluster
+            .running()
             .iter()
             .any(|(_, s)| s == "csynth")
             .then_some(())
@@ -334,11 +268,9 @@ fn results_go_to_a_real_s3_server() {
     let worker = cluster.start_worker("w1", &["--slots", "1"], &[]).unwrap();
     wait_registered(&worker);
     let models = copy_examples(dir.path(), 1);
-    let (sweep, stderr) = submit(
-        &cluster,
-        &models,
-        &["--stages", "convert,emulate,csynth", "--wait"],
-    );
+    let (sweep, stderr) = cluster
+        .submit(&models, &["--stages", "convert,emulate,csynth", "--wait"])
+        .unwrap();
     assert!(
         stderr.contains("finished: 1 succeeded"),
         "{stderr}\n{}",
@@ -399,9 +331,11 @@ fn a_redis_restart_mid_sweep_loses_no_trial() {
         .unwrap();
     wait_registered(&worker);
     let models = copy_examples(dir.path(), 2);
-    let (sweep, _) = submit(&cluster, &models, &["--stages", "convert,emulate,csynth"]);
+    let (sweep, _) = cluster
+        .submit(&models, &["--stages", "convert,emulate,csynth"])
+        .unwrap();
     wait_until("both trials in csynth", Duration::from_secs(180), || {
-        let r = running(&cluster);
+        let r = cluster.running();
         (r.len() == 2 && r.iter().all(|(_, s)| s == "csynth")).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));

@@ -25,12 +25,12 @@ type Op = OperatorClient<InterceptedService<Channel, Bearer>>;
 type Wk = WorkerClient<InterceptedService<Channel, Bearer>>;
 
 fn operator(url: &str) -> Op {
-    let (c, b) = channel(url, OPERATOR_TOKEN).unwrap();
+    let (c, b) = channel(url, OPERATOR_TOKEN, None).unwrap();
     OperatorClient::with_interceptor(c, b)
 }
 
 fn worker_client(url: &str) -> Wk {
-    let (c, b) = channel(url, WORKER_TOKEN).unwrap();
+    let (c, b) = channel(url, WORKER_TOKEN, None).unwrap();
     WorkerClient::with_interceptor(c, b)
 }
 
@@ -724,14 +724,14 @@ async fn every_call_needs_the_right_token() {
     let dir = TestDir::new("coord-auth").unwrap();
     let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
     let url = cluster.url(0);
-    let (c, b) = channel(&url, "").unwrap();
+    let (c, b) = channel(&url, "", None).unwrap();
     let mut anonymous = OperatorClient::with_interceptor(c, b);
     let err = anonymous
         .get_status(v1::GetStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let (c, b) = channel(&url, WORKER_TOKEN).unwrap();
+    let (c, b) = channel(&url, WORKER_TOKEN, None).unwrap();
     let mut as_worker = OperatorClient::with_interceptor(c, b);
     for err in [
         as_worker
@@ -748,7 +748,7 @@ async fn every_call_needs_the_right_token() {
     ] {
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     }
-    let (c, b) = channel(&url, OPERATOR_TOKEN).unwrap();
+    let (c, b) = channel(&url, OPERATOR_TOKEN, None).unwrap();
     let mut as_operator = WorkerClient::with_interceptor(c, b);
     let err = as_operator
         .lease(v1::LeaseRequest::default())

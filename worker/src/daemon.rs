@@ -27,7 +27,7 @@ use hlsfarm_proto::{FromWire, stages_from_wire};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::driver::{DriverEnv, ModelFiles};
@@ -60,6 +60,12 @@ pub struct Options {
     /// `INCR` of [`NOOP_COUNTER`] on this Redis, then uploads an empty `result.json` and
     /// completes as usual. Workers never hold Redis credentials otherwise.
     pub noop_incr: Option<String>,
+    /// With `noop_incr`: how long each no-op trial takes, ms (tests with faults need trials
+    /// that are running when a fault lands).
+    pub noop_ms: u64,
+    /// With `noop_incr`: the share of no-op attempts, in percent, that fail as `tool_error`
+    /// (chosen from the trial key and attempt, so a run can be repeated).
+    pub noop_fail_percent: u32,
 }
 
 /// The counter a no-op trial increments (the same key the peer benchmarks use).
@@ -80,13 +86,39 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// A gRPC channel to `url` with `token` on every call; connects lazily and reconnects.
-pub fn channel(url: &str, token: &str) -> Result<(Channel, Bearer), String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// A gRPC channel to `url` with `token` on every call; connects lazily and reconnects. An
+/// `https://` URL speaks TLS, trusting the system's roots and, when given, the CA in the PEM
+/// file `ca_cert` (a private CA).
+pub fn channel(
+    url: &str,
+    token: &str,
+    ca_cert: Option<&Path>,
+) -> Result<(Channel, Bearer), String> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("`{url}` is not a coordinator URL: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20));
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!(
+                    "cannot read the CA certificate {} (--ca-cert): {e}",
+                    path.display()
+                )
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS to {url}: {e}"))?;
+    } else if let Some(path) = ca_cert {
+        return Err(format!(
+            "a CA certificate ({}) was given but `{url}` is not https://: use https:// to speak TLS",
+            path.display()
+        ));
+    }
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|_| "the token has characters a header cannot carry".to_owned())?;
@@ -129,8 +161,25 @@ struct Shared {
     freed: Notify,
     /// Stop leasing (SIGTERM or an operator's drain).
     draining: CancellationToken,
-    /// The no-op mode's Redis connection ([`Options::noop_incr`]).
-    noop: Option<redis::aio::MultiplexedConnection>,
+    /// The no-op mode ([`Options::noop_incr`]).
+    noop: Option<Noop>,
+}
+
+impl Shared {
+    /// How long one upload retries (worker.upload_retry_s).
+    fn upload_budget(&self) -> RetryBudget {
+        RetryBudget {
+            max_elapsed: Duration::from_secs(self.config.upload_retry_s),
+            ..RetryBudget::default()
+        }
+    }
+}
+
+/// The no-op mode: its Redis connection and knobs ([`Options::noop_incr`]).
+struct Noop {
+    redis: redis::aio::MultiplexedConnection,
+    ms: u64,
+    fail_percent: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,6 +269,15 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         .scratch
         .canonicalize()
         .map_err(|e| Error::Setup(format!("{}: {e}", config.scratch.display())))?;
+    let _scratch_lock = crate::process::lock_scratch(&scratch).map_err(Error::Setup)?;
+    let leftovers = crate::process::kill_groups_under(&scratch);
+    if leftovers > 0 {
+        tracing::warn!(
+            groups = leftovers,
+            scratch = %scratch.display(),
+            "killed tool processes left running by a worker that died on this scratch folder"
+        );
+    }
     let blobs = Blobs::open(&options.store)
         .map_err(|e| Error::Setup(format!("cannot open the store (store.url): {e}")))?;
     let cores = if config.cores > 0 {
@@ -267,8 +325,12 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         .worker_id
         .clone()
         .unwrap_or_else(|| format!("{}-{}", caps.hostname, std::process::id()));
-    let (channel, bearer) =
-        channel(&config.coordinator, config.token.expose()).map_err(Error::Setup)?;
+    let (channel, bearer) = channel(
+        &config.coordinator,
+        config.token.expose(),
+        (!config.ca_cert.as_os_str().is_empty()).then_some(config.ca_cert.as_path()),
+    )
+    .map_err(Error::Setup)?;
     let mut client = WorkerClient::with_interceptor(channel, bearer);
 
     let registered = register(&mut client, &id, &caps).await?;
@@ -305,12 +367,14 @@ pub async fn run(options: Options) -> Result<i32, Error> {
                 Error::Setup(format!("no-op mode: cannot use the Redis at {url}: {e}"))
             };
             let client = redis::Client::open(url.as_str()).map_err(setup)?;
-            Some(
-                client
+            Some(Noop {
+                redis: client
                     .get_multiplexed_async_connection()
                     .await
                     .map_err(setup)?,
-            )
+                ms: options.noop_ms,
+                fail_percent: options.noop_fail_percent,
+            })
         }
         None => None,
     };
@@ -350,6 +414,7 @@ pub async fn run(options: Options) -> Result<i32, Error> {
     let heartbeats = tokio::spawn(heartbeat_loop(
         shared.clone(),
         Duration::from_millis(registered.heartbeat_ms.max(50)),
+        Duration::from_millis(registered.lease_ms.max(100)),
     ));
     let mut trials = tokio::task::JoinSet::new();
     lease_loop(
@@ -657,8 +722,8 @@ async fn run_one(
             .map_or(Ending::Normal, |r| r.ending)
     };
     let model = trial.model.clone().unwrap_or_default();
-    if let Some(redis) = &shared.noop {
-        noop_trial(shared, redis.clone(), token, &trial, &model.name).await;
+    if let Some(noop) = &shared.noop {
+        noop_trial(shared, noop, token, &trial, &model.name).await;
         return;
     }
     let settings = trial
@@ -763,8 +828,9 @@ async fn run_one(
         r.reporting = true;
     }
     // Upload result.json and the tarball to the staging prefix, then report.
+    tracing::info!("trial ended: uploading its results and reporting");
     let staging = trial.staging_prefix.clone();
-    let budget = RetryBudget::default();
+    let budget = shared.upload_budget();
     let mut uploaded = Ok(());
     let result_json = serde_json::to_string_pretty(&result).unwrap_or_default();
     if spec.tarball.is_file() {
@@ -837,7 +903,7 @@ async fn run_one(
 /// the staging prefix, and the usual completion.
 async fn noop_trial(
     shared: &Arc<Shared>,
-    mut redis: redis::aio::MultiplexedConnection,
+    noop: &Noop,
     token: v1::LeaseToken,
     trial: &v1::LeasedTrial,
     model: &str,
@@ -850,6 +916,29 @@ async fn noop_trial(
             String::new(),
         ))
     };
+    let mut redis = noop.redis.clone();
+    tokio::time::sleep(Duration::from_millis(noop.ms)).await;
+    let draw = hlsfarm_common::trial_key::sha256_hex(
+        format!("{}/{}", token.trial_key, token.attempt).as_bytes(),
+    );
+    let draw = u32::from_str_radix(&draw[..8], 16).unwrap_or(0) % 100;
+    if draw < noop.fail_percent {
+        // Half as a tool error (final), half as the OOM killer's (retried, within
+        // max_attempts).
+        let (class, what) = if draw < noop.fail_percent / 2 {
+            (FailureClass::ToolError, "a tool error")
+        } else {
+            (FailureClass::Oom, "the tool killed by the OOM killer")
+        };
+        let failed = wire_failure(
+            class,
+            format!("no-op trial: injected failure, {what}"),
+            Some(Stage::Csynth),
+            String::new(),
+        );
+        complete(shared, token, None, Some(failed), false).await;
+        return;
+    }
     if let Err(e) = redis::cmd("INCR")
         .arg(NOOP_COUNTER)
         .query_async::<i64>(&mut redis)
@@ -878,7 +967,7 @@ async fn noop_trial(
         .put_checked(
             &path,
             result_json.clone().into_bytes(),
-            RetryBudget::default(),
+            shared.upload_budget(),
         )
         .await
     {
@@ -920,7 +1009,10 @@ async fn complete(
     let mut wait = Duration::from_millis(100);
     for _ in 0..12 {
         let mut client = shared.client.clone();
-        match client.complete(request.clone()).await {
+        let answer = tokio::time::timeout(CALL_TIMEOUT, client.complete(request.clone()))
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("no answer within 30 s")));
+        match answer {
             Ok(_) => return true,
             Err(s) if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound => {
                 tracing::warn!(error = %s.message(), "completion refused: the lease was lost; result discarded");
@@ -940,25 +1032,52 @@ async fn complete(
     false
 }
 
+/// How long a completion or hand-back waits for its answer before trying again.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn hand_back(shared: &Arc<Shared>, token: v1::LeaseToken, reason: &str) {
     let mut client = shared.client.clone();
-    if let Err(s) = client
-        .hand_back(v1::HandBackRequest {
-            worker_id: shared.id.clone(),
-            tokens: vec![token],
-            reason: reason.to_owned(),
-        })
+    let call = client.hand_back(v1::HandBackRequest {
+        worker_id: shared.id.clone(),
+        tokens: vec![token],
+        reason: reason.to_owned(),
+    });
+    if let Err(s) = tokio::time::timeout(CALL_TIMEOUT, call)
         .await
+        .unwrap_or_else(|_| Err(Status::unavailable("no answer within 30 s")))
     {
         tracing::warn!(error = %s.message(), "hand-back failed; the lease expires instead");
     }
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>, period: Duration) {
+/// Sends heartbeats every `period`, and acts on the answers (stale leases, cancels, drain).
+///
+/// A worker that has heard no answer for a whole `lease` fences itself: the coordinator has
+/// expired its leases by then (its deadline is never later than ours, which starts at an
+/// answer), so the trials still running are killed and their work discarded instead of
+/// running on for hours to be refused. Trials already reporting are left to their
+/// completion's answer.
+async fn heartbeat_loop(shared: Arc<Shared>, period: Duration, lease: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answered = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        if answered.elapsed() > lease {
+            let mut running = lock(&shared.running);
+            for (key, r) in running.iter_mut() {
+                if r.ending == Ending::Normal && !r.reporting {
+                    tracing::warn!(
+                        trial = %&key[..key.len().min(12)],
+                        silent_s = answered.elapsed().as_secs_f64(),
+                        lease_s = lease.as_secs_f64(),
+                        "no heartbeat answered for longer than the lease: the coordinator has given this trial to another worker; killing it and discarding its work"
+                    );
+                    r.ending = Ending::Discard;
+                    r.cancel.cancel();
+                }
+            }
+        }
         let trials: Vec<v1::TrialProgress> = {
             let running = lock(&shared.running);
             running
@@ -990,13 +1109,22 @@ async fn heartbeat_loop(shared: Arc<Shared>, period: Duration) {
             draining: shared.draining.is_cancelled(),
         };
         let mut client = shared.client.clone();
-        let reply = match client.heartbeat(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
+        // A heartbeat lost in a cut network must not hold up the next one.
+        let reply = match tokio::time::timeout(lease / 2, client.heartbeat(request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
                 tracing::warn!(error = %s.message(), "heartbeat failed; coordinator unreachable?");
                 continue;
             }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = (lease / 2).as_secs_f64(),
+                    "heartbeat unanswered; coordinator unreachable?"
+                );
+                continue;
+            }
         };
+        answered = tokio::time::Instant::now();
         let mut running = lock(&shared.running);
         for t in reply.stale {
             if let Some(r) = running.get_mut(&t.trial_key)

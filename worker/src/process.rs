@@ -173,6 +173,48 @@ pub fn group_alive(pgid: i32) -> bool {
     })
 }
 
+/// Kills (SIGKILL) every process group with a process working under `dir`, except this
+/// process's own, and returns how many groups. A worker killed with SIGKILL cannot stop its
+/// tools; the next worker on the same scratch folder (which it holds alone, see
+/// `lock_scratch`) stops them before it leases anything.
+pub fn kill_groups_under(dir: &Path) -> usize {
+    let Ok(all) = procfs::process::all_processes() else {
+        return 0;
+    };
+    let own = nix::unistd::getpgrp().as_raw();
+    let mut groups: Vec<i32> = all
+        .filter_map(Result::ok)
+        .filter(|p| p.cwd().is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter_map(|p| p.stat().ok())
+        .map(|stat| stat.pgrp)
+        .filter(|&g| g > 1 && g != own)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for &g in &groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    groups.len()
+}
+
+/// Holds `dir/.hlsfarm-worker.lock` (an exclusive `flock`) for as long as the returned file
+/// lives: two workers on one scratch folder would delete each other's trials.
+pub fn lock_scratch(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = dir.join(".hlsfarm-worker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        format!(
+            "another worker uses the scratch folder {}: give each worker its own (--scratch / worker.scratch)",
+            dir.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

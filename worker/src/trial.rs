@@ -349,6 +349,19 @@ fn keep_list(backend: Backend) -> Vec<(String, String)> {
     list
 }
 
+/// True for a regular file, not through a symbolic link: a link in a project (to
+/// `/etc/shadow`, say) must not carry another file's bytes into the kept files and tarball.
+fn is_regular_file(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            tracing::warn!(path = %path.display(), "not kept: a symbolic link");
+            false
+        }
+        Ok(m) => m.is_file(),
+        Err(_) => false,
+    }
+}
+
 /// Copies the essential files into `output_dir` and returns their names (sorted).
 fn keep_files(
     project: &Path,
@@ -360,13 +373,13 @@ fn keep_files(
     let mut kept = Vec::new();
     for (from, to) in keep_list(backend) {
         let source = project.join(&from);
-        if source.is_file() {
+        if is_regular_file(&source) {
             std::fs::copy(&source, output_dir.join(&to))?;
             kept.push(to);
         }
     }
     let driver_log = work_dir.join(driver::LOG_FILE);
-    if driver_log.is_file() {
+    if is_regular_file(&driver_log) {
         std::fs::copy(&driver_log, output_dir.join(driver::LOG_FILE))?;
         kept.push(driver::LOG_FILE.to_owned());
     }
@@ -585,4 +598,42 @@ pub async fn run_trial(
         let _ = std::fs::write(spec.output_dir.join("result.json"), bytes);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_files_and_tarball_hold_only_regular_files_inside_their_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let project = dir.path().join("prj");
+        std::fs::create_dir_all(&project).expect("mkdir");
+        std::fs::write(project.join("project.tcl"), "set myproject \"myproject\"\n")
+            .expect("write");
+        std::fs::write(dir.path().join("secret"), "not yours").expect("write");
+        // A link where the tool's log would be: not followed, not kept.
+        std::os::unix::fs::symlink(dir.path().join("secret"), project.join("vitis_hls.log"))
+            .expect("symlink");
+        let out = dir.path().join("out").join("hls_model");
+        let kept = keep_files(&project, dir.path(), Backend::Vitis, &out).expect("keep");
+        assert_eq!(kept, vec!["project.tcl".to_owned()]);
+        let tarball = dir.path().join("out").join("artifacts.tar.gz");
+        write_tarball(&out, &kept, &tarball).expect("tarball");
+        let file = std::fs::File::open(&tarball).expect("open");
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut names = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            assert!(entry.header().entry_type().is_file());
+            let path = entry.path().expect("path").into_owned();
+            assert!(path.is_relative());
+            assert!(
+                path.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            );
+            names.push(path.display().to_string());
+        }
+        assert_eq!(names, vec!["hls_model/project.tcl"]);
+    }
 }

@@ -135,6 +135,37 @@ impl Coordinator {
     }
 }
 
+/// The TLS identity from `coordinator.tls_cert` and `tls_key`, or `None` for plain TCP.
+fn tls_config(
+    c: &hlsfarm_common::config::CoordinatorConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    if c.tls_cert.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, key: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read {} (coordinator.{key})", path.display()))
+    };
+    let cert = read(&c.tls_cert, "tls_cert")?;
+    let key = read(&c.tls_key, "tls_key")?;
+    if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "{} (coordinator.tls_cert) holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            c.tls_cert.display()
+        );
+    }
+    if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+        bail!(
+            "{} (coordinator.tls_key) holds no PEM private key",
+            c.tls_key.display()
+        );
+    }
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key)),
+    ))
+}
+
 /// Runs the coordinator until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<i32> {
     let c = &config.coordinator;
@@ -167,9 +198,11 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {listen} (coordinator.listen)"))?;
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, "coordinator listening");
+    let tls = tls_config(c)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, tls = tls.is_some(), "coordinator listening");
     eprintln!(
-        "hlsfarm: coordinator listening on {local} (gRPC; status page and /metrics at http://{local}/)"
+        "hlsfarm: coordinator listening on {local} (gRPC; status page and /metrics at {scheme}://{local}/)"
     );
     let shutdown = {
         let stop = stop.clone();
@@ -193,7 +226,13 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
         .add_service(worker)
         .into_axum_router()
         .merge(http::router(coordinator.clone(), tokens.clone()));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("the TLS certificate or key (coordinator.tls_cert, tls_key)")?;
+    }
+    server
         .accept_http1(true)
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
         .add_routes(routes.into())
