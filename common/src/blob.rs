@@ -107,7 +107,16 @@ impl Blobs {
                 })
             }
             StoreUrl::S3 { bucket, prefix } => {
+                // A few quick retries inside each request; longer outages are ridden out by
+                // the callers' own budgets (`put_checked`, the committer's next pass), which
+                // keep leases alive meanwhile.
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(10),
+                    ..object_store::RetryConfig::default()
+                };
                 let mut builder = AmazonS3Builder::from_env()
+                    .with_retry(retry)
                     .with_bucket_name(&bucket)
                     .with_region(&config.s3_region)
                     .with_allow_http(config.s3_allow_http);

@@ -167,8 +167,8 @@ impl Cluster {
     /// Kills coordinator `i` with SIGKILL and starts a new one on the same port.
     pub fn restart_coordinator(&mut self, i: usize) -> Result<()> {
         let (mut old, port) = self.coordinators.remove(i);
+        // SIGKILL and reap.
         old.kill();
-        let _ = old.wait(Duration::from_secs(10));
         self.spawn_coordinator(port)?;
         let last = self
             .coordinators
@@ -237,8 +237,10 @@ impl Cluster {
             .arg(self.store_url())
             .arg("--scratch")
             .arg(&scratch)
-            .args(["--worker-id", name, "--min-free-disk-gib", "0"])
+            .args(["--worker-id", name])
             .args(extra)
+            // No disk floor unless a test sets one (a flag in `extra` wins).
+            .env("HLSFARM_WORKER__MIN_FREE_DISK_GIB", "0")
             .env("HLSFARM_WORKER__TOKEN", WORKER_TOKEN)
             .env("HLSFARM_PYTHON", crate::hls4ml_python()?)
             .env("PATH", crate::path_with_standin())
@@ -312,6 +314,20 @@ impl Cluster {
             .into_iter()
             .map(|(t, s, _)| (t, s))
             .collect()
+    }
+
+    /// The trials of a sweep from the coordinator's `/api/sweeps/<id>/trials` (key, state,
+    /// worker, attempt, class, reason ...). Plain HTTP clusters only.
+    pub fn trials(&self, sweep: &str) -> Result<Vec<serde_json::Value>> {
+        let url = format!("{}/api/sweeps/{sweep}/trials", self.url(0));
+        let text = ureq::get(&url).call()?.body_mut().read_to_string()?;
+        let json: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(json["trials"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The folder the cluster lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The counts of one sweep from `status --json`.

@@ -161,6 +161,9 @@ impl Process {
     /// Waits for it to exit, at most `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let name = self.name.clone();
+        if self.child.is_none() {
+            bail!("{name} was already reaped");
+        }
         wait_until(&format!("{name} to exit"), timeout, || {
             self.try_status().ok().flatten()
         })

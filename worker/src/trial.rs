@@ -285,11 +285,24 @@ async fn run_tool_stage(
         }
     };
     use std::os::unix::process::ExitStatusExt;
-    if let Some(failure) = digest
+    if let Some(mut failure) = digest
         .failure
         .clone()
         .filter(|_| !digest.completed || !status.success())
     {
+        // A tool that died of a signal says nothing of it in its log: name the signal.
+        if let Some(signal) = status
+            .signal()
+            .filter(|&s| s != 9)
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+        {
+            failure.reason = format!(
+                "{} died of {} in stage {stage}: {}",
+                tool.name,
+                signal.as_str(),
+                failure.reason
+            );
+        }
         return Err((failure, tail));
     }
     if status.signal() == Some(9) {
@@ -347,6 +360,38 @@ fn keep_list(backend: Backend) -> Vec<(String, String)> {
         list.push((report, name));
     }
     list
+}
+
+/// Below this much free space on the scratch disk, a failure is blamed on the disk.
+const DISK_FULL_BYTES: u64 = 16 << 20;
+
+/// A failure on a full scratch disk is the host's, not the trial's: it becomes
+/// `infrastructure` (retried, elsewhere if this host stays full), whatever the tool made of
+/// its `No space left on device`.
+fn disk_full(failure: &mut TrialFailure, scratch: &Path) {
+    if !matches!(
+        failure.class,
+        FailureClass::BadInput | FailureClass::ToolError | FailureClass::Oom
+    ) {
+        return;
+    }
+    let dir = scratch.ancestors().find(|d| d.exists()).unwrap_or(scratch);
+    let free = crate::daemon::free_disk_bytes(dir).unwrap_or(u64::MAX);
+    let says_so = failure.reason.contains("No space left on device")
+        || failure.log_tail.contains("No space left on device");
+    if free >= DISK_FULL_BYTES && !says_so {
+        return;
+    }
+    failure.reason = format!(
+        "the scratch disk is full ({} MiB free at {}): {}",
+        free / (1 << 20),
+        dir.display(),
+        failure.reason
+    );
+    failure.class = FailureClass::Infrastructure;
+    failure.suggestion = Some(
+        "free space on the worker's scratch disk (worker.scratch); the trial is retried".into(),
+    );
 }
 
 /// True for a regular file, not through a symbolic link: a link in a project (to
@@ -591,6 +636,9 @@ pub async fn run_trial(
                 });
             }
         }
+    }
+    if let Some(f) = result.failure.as_mut() {
+        disk_full(f, &spec.scratch);
     }
     result.end_time = now_rfc3339();
     if let Ok(bytes) = serde_json::to_vec_pretty(&result) {
