@@ -41,10 +41,16 @@ pub(crate) fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
         tonic::Code::Unavailable if s.message().starts_with("coordinator backend") => {
             anyhow::anyhow!("the coordinator at {url} failed: {}", s.message())
         }
-        tonic::Code::Unavailable => anyhow::anyhow!(
-            "cannot reach the coordinator at {url} ({}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)",
-            s.message()
-        ),
+        tonic::Code::Unavailable => {
+            let reason = hlsfarm_worker::daemon::unreachable_reason(&s);
+            if reason.contains("--ca-cert") {
+                anyhow::anyhow!("cannot reach the coordinator at {url}: {reason}")
+            } else {
+                anyhow::anyhow!(
+                    "cannot reach the coordinator at {url} ({reason}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)"
+                )
+            }
+        }
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
             "{}: use the operator token (--token / HLSFARM_TOKEN)",
             s.message()

@@ -659,3 +659,678 @@ fn a_full_scratch_disk_takes_no_lease_and_hands_the_trial_back() {
     drop(w1);
     drop(disk);
 }
+
+/// Runs `command`, which must fail; returns its stderr.
+fn fails(mut command: std::process::Command) -> String {
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{command:?} succeeded:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
+    let dir = TestDir::new("faults-bad-input").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            env: vec![("HLSFARM_COORDINATOR__MAX_UPLOAD_MIB".into(), "1".into())],
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let worker = cluster.start_worker("w1", &["--slots", "2"], &[]).unwrap();
+    wait_registered(&worker);
+
+    // Model files that reach a worker: one good, three bad in different ways.
+    let input = models(dir.path(), "m", &[0]);
+    std::fs::write(input.join("corrupt.h5"), b"this is not an HDF5 file at all").unwrap();
+    let good = std::fs::read(input.join("model_trial_000.h5")).unwrap();
+    std::fs::write(input.join("truncated.h5"), &good[..good.len() / 2]).unwrap();
+    let made = hlsfarm_tests::run_ok({
+        let mut c = std::process::Command::new(hlsfarm_tests::hls4ml_python().unwrap());
+        c.arg(hlsfarm_tests::tests_dir().join("python/make_unsupported_model.py"))
+            .arg(&input);
+        c
+    });
+    made.unwrap();
+    let (sweep, _) = cluster
+        .submit(&input, &["--pattern", "*.h5", "--stages", "convert"])
+        .unwrap();
+    let started = Instant::now();
+    wait_until("every trial to end", Duration::from_secs(300), || {
+        let c = cluster.counts(&sweep).ok()?;
+        (c["succeeded"].as_u64()? + c["failed"].as_u64().unwrap_or(0) == 4).then_some(c)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    let trials = cluster.trials(&sweep).unwrap();
+    let by_model = |name: &str| {
+        trials
+            .iter()
+            .find(|t| t["model"] == name)
+            .unwrap_or_else(|| panic!("no trial of {name}: {trials:?}"))
+            .clone()
+    };
+    assert_eq!(by_model("model_trial_000.h5")["state"], "succeeded");
+    let mut lines = Vec::new();
+    for (name, says) in [
+        ("corrupt.h5", "corrupt.h5"),
+        ("truncated.h5", "truncated.h5"),
+        ("unsupported_layer.h5", "GaussianNoise"),
+    ] {
+        let t = by_model(name);
+        assert_eq!(t["state"], "failed", "{t}");
+        assert_eq!(t["class"], "bad_input", "{t}");
+        assert_eq!(
+            t["attempt"].as_u64(),
+            Some(1),
+            "bad input is never retried: {t}"
+        );
+        let reason = t["reason"].as_str().unwrap();
+        assert!(reason.contains(says), "{name}: {reason}");
+        lines.push(format!("{name}: {reason}"));
+    }
+    let ended = started.elapsed();
+
+    // Refused at the door, before any trial exists.
+    let submit = |extra: &[&str]| {
+        let mut c = cluster.operator_command().unwrap();
+        c.args(["submit", "--input-dir"]).arg(&input).args(extra);
+        fails(c)
+    };
+    let refused: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "ReuseFactor 0",
+            vec!["--reuse-factor", "0"],
+            "grid.reuse_factor[0]: must be between 1 and",
+        ),
+        (
+            "unknown part",
+            vec!["--fpga-part", "xc9nonsense"],
+            "grid.part[0]: unknown FPGA part",
+        ),
+        (
+            "negative clock",
+            vec!["--clock-period=-5"],
+            "grid.clock_period_ns[0]: must be a period in ns above 0",
+        ),
+        (
+            "pattern matching nothing",
+            vec!["--pattern", "*.onnx"],
+            "matches `*.onnx`",
+        ),
+    ];
+    for (what, extra, says) in &refused {
+        let stderr = submit(extra);
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        lines.push(format!("{what}: {}", stderr.trim()));
+    }
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let stderr = fails({
+        let mut c = cluster.operator_command().unwrap();
+        c.args(["submit", "--input-dir"]).arg(&empty);
+        c
+    });
+    assert!(stderr.contains("the folder has no files"), "{stderr}");
+    lines.push(format!("empty folder: {}", stderr.trim()));
+    let sweep_file = dir.join("sweep.toml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "name = \"colours\"\ncolour = \"red\"\n[models]\ndir = \"{}\"\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let stderr = fails({
+        let mut c = cluster.operator_command().unwrap();
+        c.args(["submit", "--sweep"]).arg(&sweep_file);
+        c
+    });
+    assert!(
+        stderr.contains("unknown field `colour`") && stderr.contains("sweep.toml"),
+        "{stderr}"
+    );
+    lines.push(format!("unknown key: {}", stderr.trim()));
+    let big = dir.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut bytes = good.clone();
+    bytes.resize(2 * 1024 * 1024, 0);
+    std::fs::write(big.join("model_trial_000.h5"), &bytes).unwrap();
+    let stderr = fails({
+        let mut c = cluster.operator_command().unwrap();
+        c.args(["submit", "--input-dir"]).arg(&big);
+        c
+    });
+    assert!(
+        stderr.contains("model_trial_000.h5") && stderr.contains("upload limit of 1 MiB"),
+        "{stderr}"
+    );
+    lines.push(format!("over the size limit: {}", stderr.trim()));
+    for url in ["ftp://host/farm", "s3://"] {
+        let stderr = fails({
+            let mut c = hlsfarm_tests::hlsfarm_command().unwrap();
+            c.args(["serve", "--listen", "127.0.0.1:0", "--store", url]);
+            c
+        });
+        assert!(stderr.contains("store.url"), "{url}: {stderr}");
+        lines.push(format!("store URL {url}: {}", stderr.trim()));
+    }
+
+    // A model name that climbs out of its folder, straight at the API.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(async {
+        let (c, b) = hlsfarm_worker::daemon::channel(
+            &cluster.url(0),
+            hlsfarm_tests::cluster::OPERATOR_TOKEN,
+            None,
+        )
+        .unwrap();
+        let mut op = hlsfarm_proto::v1::operator_client::OperatorClient::with_interceptor(c, b);
+        op.upload_model(tokio_stream::iter(vec![hlsfarm_proto::v1::UploadChunk {
+            name: "../../etc/evil.h5".into(),
+            sha256: hlsfarm_common::trial_key::sha256_hex(b"x"),
+            data: b"x".to_vec(),
+        }]))
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    lines.push(format!("model name with ../: {}", err.message()));
+
+    // Nothing else was disturbed: still one sweep, four trials, and the worker serves.
+    let status = cluster.status().unwrap();
+    assert_eq!(status["sweeps"].as_array().unwrap().len(), 1, "{status}");
+    let (again, _) = cluster
+        .submit(&models(dir.path(), "n", &[1]), &["--stages", "convert"])
+        .unwrap();
+    wait_count(&cluster, &again, "succeeded", 1, &[&worker]);
+    println!(
+        "bad input: 3 bad models failed as bad_input on attempt 1 beside a good one ({:.1} s), \
+         {} more refused before any trial:\n  {}",
+        ended.as_secs_f64(),
+        lines.len() - 3,
+        lines.join("\n  ")
+    );
+}
+
+/// The inodes of the TCP sockets process `pid` holds that are connected to local `port`.
+fn sockets_to_port(pid: u32, port: u16) -> Vec<u64> {
+    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(inode)) = (f.get(2), f.get(9)) else {
+                continue;
+            };
+            let remote_port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let inode: u64 = inode.parse().unwrap_or(0);
+            if remote_port == Some(port) && held.contains(&inode) {
+                found.push(inode);
+            }
+        }
+    }
+    found
+}
+
+/// `curl` with `args`; returns (exit code, HTTP status or body as printed).
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl (installed by .ci/setup)");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn access_over_tls_tokens_and_no_secrets_where_they_do_not_belong() {
+    use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
+    use hlsfarm_tests::cluster::{OPERATOR_TOKEN, WORKER_TOKEN};
+
+    let dir = TestDir::new("faults-access").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            tls: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let ca = cluster.ca.clone().unwrap();
+    let url = cluster.url(0);
+    assert!(url.starts_with("https://"), "{url}");
+    let worker = cluster.start_worker("w1", &["--slots", "1"], &[]).unwrap();
+    wait_registered(&worker);
+
+    // The whole path over TLS: the CLI uploads and submits, the worker leases, reports and
+    // uploads, the CLI waits for the end.
+    let input = models(dir.path(), "m", &[0]);
+    let mut submit = cluster.operator_command().unwrap();
+    submit.args(["submit", "--input-dir"]).arg(&input).args([
+        "--stages",
+        "convert,csynth",
+        "--wait",
+    ]);
+    let out = hlsfarm_tests::run_ok(submit).unwrap();
+    let sweep = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        cluster.counts(&sweep).unwrap()["succeeded"].as_u64(),
+        Some(1)
+    );
+
+    // Without the CA the CLI refuses the server and says what to do.
+    let mut status = hlsfarm_tests::hlsfarm_command().unwrap();
+    status
+        .env("HLSFARM_URL", &url)
+        .env("HLSFARM_TOKEN", OPERATOR_TOKEN)
+        .env_remove("HLSFARM_CA_CERT")
+        .arg("status");
+    let untrusted = fails(status);
+    assert!(untrusted.contains("--ca-cert"), "{untrusted}");
+
+    // HTTP on the same port: reads with the CA; nothing without it; writes need the operator.
+    let cacert = ca.ca_cert.to_str().unwrap();
+    let (code, body) = curl(&["--cacert", cacert, &format!("{url}/api/status")]);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains(&sweep), "{body}");
+    let (code, body) = curl(&[&format!("{url}/api/status")]);
+    assert_eq!(
+        code, 60,
+        "curl without the CA must reject the certificate: {body}"
+    );
+    let cancel = format!("{url}/api/sweeps/{sweep}/cancel");
+    let mut http_codes = Vec::new();
+    for (token, want) in [(None, "401"), (Some(WORKER_TOKEN), "403")] {
+        let header = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["--cacert", cacert, "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend(["-X", "POST", &cancel]);
+        if let Some(h) = &header {
+            args.extend(["-H", h]);
+        }
+        let (code, body) = curl(&args);
+        assert_eq!((code, body.as_str()), (0, want));
+        http_codes.push(want);
+    }
+
+    // gRPC over TLS: each role only its own calls.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let codes = rt.block_on(async {
+        let ch =
+            |token: &str| hlsfarm_worker::daemon::channel(&url, token, Some(&ca.ca_cert)).unwrap();
+        let (c, b) = ch("");
+        let anonymous = OperatorClient::with_interceptor(c, b)
+            .get_status(v1::GetStatusRequest::default())
+            .await
+            .unwrap_err()
+            .code();
+        let (c, b) = ch(WORKER_TOKEN);
+        let mut as_worker = OperatorClient::with_interceptor(c, b);
+        let submit = as_worker
+            .submit_sweep(v1::SubmitSweepRequest::default())
+            .await
+            .unwrap_err()
+            .code();
+        let cancel = as_worker
+            .cancel(v1::CancelRequest {
+                sweep_id: sweep.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+            .code();
+        let (c, b) = ch(OPERATOR_TOKEN);
+        let lease = WorkerClient::with_interceptor(c, b)
+            .lease(v1::LeaseRequest::default())
+            .await
+            .unwrap_err()
+            .code();
+        [anonymous, submit, cancel, lease]
+    });
+    use tonic::Code;
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+            Code::PermissionDenied
+        ]
+    );
+
+    // Workers hold no Redis credentials and never connect to Redis; the coordinator does.
+    let wpid = worker.pid().unwrap();
+    let environ = std::fs::read(format!("/proc/{wpid}/environ")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{wpid}/cmdline")).unwrap();
+    for bytes in [&environ, &cmdline] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains("redis://") && !text.contains("REDIS_URL"),
+            "{text}"
+        );
+    }
+    let redis_port = cluster.redis.port();
+    assert!(sockets_to_port(wpid, redis_port).is_empty());
+    let cpid = cluster.coordinators[0].0.pid().unwrap();
+    assert!(
+        !sockets_to_port(cpid, redis_port).is_empty(),
+        "the socket check must see the coordinator's Redis connections"
+    );
+
+    // The tarball's entries stay inside their folder and are regular files.
+    let tarballs: Vec<PathBuf> = walk_files(&cluster.store().join("results"))
+        .into_iter()
+        .filter(|p| p.ends_with("artifacts.tar.gz"))
+        .collect();
+    assert_eq!(tarballs.len(), 1, "{tarballs:?}");
+    let file = std::fs::File::open(&tarballs[0]).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut entries = 0;
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        assert!(entry.header().entry_type().is_file());
+        let path = entry.path().unwrap().into_owned();
+        assert!(
+            path.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "{path:?}"
+        );
+        entries += 1;
+    }
+    assert!(entries > 3, "{entries} entries");
+
+    // No token in any log or file the cluster wrote (logs, config, store).
+    let files = walk_files(dir.path());
+    let logs = files.iter().filter(|p| {
+        p.extension()
+            .is_some_and(|e| e == "stderr" || e == "stdout")
+    });
+    assert!(logs.count() >= 2);
+    for path in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        for token in [OPERATOR_TOKEN, WORKER_TOKEN] {
+            assert!(!text.contains(token), "{} holds a token", path.display());
+        }
+    }
+    println!(
+        "access: TLS end to end (submit --wait, worker lease/report/upload); CLI without the CA: \
+         {}; curl without the CA exit 60; HTTP cancel {}; gRPC no token {:?}, worker \
+         token submit/cancel {:?}/{:?}, operator token lease {:?}; worker: 0 sockets to \
+         Redis, no Redis URL in its environment; {entries} tar entries all inside their \
+         folder; 0 tokens in {} files",
+        untrusted.trim(),
+        http_codes.join("/"),
+        codes[0],
+        codes[1],
+        codes[2],
+        codes[3],
+        files.len()
+    );
+}
+
+/// A small deterministic generator for the soak's fault plan (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillWorker(usize),
+    StoreBlip,
+    CoordinatorRestart,
+}
+
+#[test]
+fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
+    const TRIALS: u64 = 2000;
+    let seed = std::env::var("HLSFARM_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let mut rng = Rng(seed);
+    let dir = TestDir::new("faults-soak").unwrap();
+    let s3 = S3Server::start(dir.path(), "farm").unwrap();
+    let port: u16 = s3.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    let s3_proxy = hlsfarm_tests::proxy::TcpProxy::start(([127, 0, 0, 1], port).into()).unwrap();
+    // Coordinator and workers both reach the store through the proxy: a blip hits uploads
+    // and commits alike.
+    let env = vec![
+        ("HLSFARM_STORE__S3_ALLOW_HTTP".into(), "true".into()),
+        ("HLSFARM_STORE__S3_ACCESS_KEY_ID".into(), "test".into()),
+        ("HLSFARM_STORE__S3_SECRET_ACCESS_KEY".into(), "test".into()),
+        (
+            "HLSFARM_STORE__S3_ENDPOINT".into(),
+            format!("http://127.0.0.1:{}", s3_proxy.port()),
+        ),
+    ];
+    let mut cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            store_url: Some("s3://farm/soak".into()),
+            env,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let redis_url = cluster.redis.url();
+    // No-op trials of 50 ms: a real lease, heartbeats, an upload to the store, a report and
+    // a commit each; 4 % of attempts fail (half tool_error, final; half oom, retried).
+    let flags = [
+        "--slots",
+        "8",
+        "--bench-noop-incr",
+        &redis_url,
+        "--bench-noop-ms",
+        "50",
+        "--bench-noop-fail-percent",
+        "4",
+    ];
+    let start =
+        |cluster: &Cluster, i: usize| cluster.start_worker(&format!("w{i}"), &flags, &[]).unwrap();
+    let mut workers = vec![start(&cluster, 0), start(&cluster, 1)];
+    for w in &workers {
+        wait_registered(w);
+    }
+    // 4 models x 500 reuse factors: 2,000 distinct trials in one sweep.
+    let rfs: Vec<String> = (1..=TRIALS / 4).map(|r| r.to_string()).collect();
+    let began = Instant::now();
+    let (sweep, _) = cluster
+        .submit(
+            &models(dir.path(), "m", &[0, 1, 2, 3]),
+            &["--reuse-factor", &rfs.join(","), "--stages", "convert"],
+        )
+        .unwrap();
+
+    // The fault plan: five faults in a random order, each at a random point of the run.
+    let mut plan = vec![
+        Fault::KillWorker(0),
+        Fault::KillWorker(1),
+        Fault::StoreBlip,
+        Fault::StoreBlip,
+        Fault::CoordinatorRestart,
+    ];
+    for i in (1..plan.len()).rev() {
+        plan.swap(i, rng.next(i as u64 + 1) as usize);
+    }
+    let mut at: Vec<u64> = (0..plan.len())
+        .map(|_| TRIALS / 20 + rng.next(TRIALS * 7 / 10))
+        .collect();
+    at.sort_unstable();
+    let mut injected = Vec::new();
+    let terminal = |c: &serde_json::Value| {
+        ["succeeded", "failed", "dead", "cancelled"]
+            .iter()
+            .map(|s| c[s].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let mut counts = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while Instant::now() < deadline {
+        if let Ok(c) = cluster.counts(&sweep) {
+            counts = c;
+        }
+        let done = terminal(&counts);
+        if done == TRIALS {
+            break;
+        }
+        if let (Some(&fault), Some(&when)) = (plan.get(injected.len()), at.get(injected.len()))
+            && done >= when
+        {
+            match fault {
+                Fault::KillWorker(i) => {
+                    workers[i].kill();
+                    workers[i] = start(&cluster, i);
+                }
+                Fault::StoreBlip => {
+                    s3_proxy.down();
+                    std::thread::sleep(Duration::from_millis(1500));
+                    s3_proxy.heal();
+                }
+                Fault::CoordinatorRestart => cluster.restart_coordinator(0).unwrap(),
+            }
+            injected.push(format!("{fault:?}@{done}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = began.elapsed();
+    let done = terminal(&counts);
+    let lost = TRIALS - done;
+    assert_eq!(
+        lost,
+        0,
+        "trials not terminal after 240 s (seed {seed}, faults {injected:?}): {counts}\n{}",
+        workers
+            .iter()
+            .map(Process::stderr)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    assert_eq!(
+        injected.len(),
+        plan.len(),
+        "faults {injected:?} of {plan:?}"
+    );
+
+    // What the store holds: the aggregate lists every trial once, and one committed result
+    // per succeeded trial, each under its own key.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blobs = hlsfarm_common::blob::Blobs::open(&hlsfarm_common::config::StoreConfig {
+        url: "s3://farm/soak".into(),
+        s3_endpoint: s3.endpoint(),
+        s3_region: "us-east-1".into(),
+        s3_access_key_id: hlsfarm_common::config::Secret::new("test"),
+        s3_secret_access_key: hlsfarm_common::config::Secret::new("test"),
+        s3_allow_http: true,
+    })
+    .unwrap();
+    let aggregate = wait_until("the sweep's aggregate", Duration::from_secs(60), || {
+        let bytes = rt
+            .block_on(blobs.get(&format!("sweeps/{sweep}/synthesis_results.json")))
+            .ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+    })
+    .unwrap();
+    let entries = aggregate["results"].as_array().unwrap();
+    let keys: std::collections::HashSet<&str> = entries
+        .iter()
+        .map(|e| e["trial_key"].as_str().unwrap())
+        .collect();
+    let twice = entries.len() - keys.len();
+    let succeeded = counts["succeeded"].as_u64().unwrap();
+    let committed = rt.block_on(async {
+        use object_store::ObjectStore;
+        use tokio_stream::StreamExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("farm")
+            .with_endpoint(s3.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap();
+        let prefix = object_store::path::Path::from("soak/results");
+        let mut listed = store.list(Some(&prefix));
+        let mut committed = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.unwrap();
+            if meta.location.as_ref().ends_with("/result.json") {
+                committed.push(meta.location.to_string());
+            }
+        }
+        committed
+    });
+    for path in &committed {
+        let key = path.split('/').rev().nth(1).unwrap();
+        let result: serde_json::Value = serde_json::from_slice(
+            &rt.block_on(blobs.get(&format!("results/{key}/result.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result["trial_key"], key, "{path}");
+    }
+    let executions: u64 = cluster
+        .redis
+        .command(&["INCRBY", hlsfarm_worker::daemon::NOOP_COUNTER, "0"])
+        .ok()
+        .and_then(|s| s.trim_start_matches(':').parse().ok())
+        .unwrap_or(0);
+    let line = format!(
+        "soak: {TRIALS} trials, 2 workers x 8 slots, seed {seed}, faults {injected:?}, \
+         {:.1} s: {succeeded} succeeded, {} failed, {} dead, {lost} lost, {twice} recorded \
+         twice; {} committed results; {executions} successful executions ({} re-run after \
+         faults)",
+        elapsed.as_secs_f64(),
+        counts["failed"].as_u64().unwrap_or(0),
+        counts["dead"].as_u64().unwrap_or(0),
+        committed.len(),
+        executions.saturating_sub(succeeded),
+    );
+    println!("{line}");
+    assert_eq!(twice, 0, "{line}");
+    assert_eq!(entries.len() as u64, TRIALS, "{line}");
+    assert_eq!(committed.len() as u64, succeeded, "{line}");
+    assert!(succeeded >= TRIALS * 9 / 10, "{line}");
+    assert!(executions >= succeeded, "{line}");
+    assert_eq!(counts["cancelled"].as_u64().unwrap_or(0), 0, "{line}");
+}

@@ -125,6 +125,26 @@ pub fn channel(
     Ok((endpoint.connect_lazy(), Bearer(value)))
 }
 
+/// Why a call failed to reach the coordinator, in words that say what to do: the innermost
+/// cause of `status` (tonic says only "transport error"), and for a certificate this
+/// client does not trust, where to give the CA.
+pub fn unreachable_reason(status: &tonic::Status) -> String {
+    let mut cause = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        cause = e.to_string();
+        source = e.source();
+    }
+    if cause.contains("certificate") {
+        format!(
+            "{cause}: the coordinator's TLS certificate is not trusted here; give the CA that \
+             signed it with --ca-cert (HLSFARM_CA_CERT for the CLI, worker.ca_cert for workers)"
+        )
+    } else {
+        cause
+    }
+}
+
 /// How a running trial is to end, besides finishing on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -476,7 +496,7 @@ async fn register(
                 return Err(Error::Refused(s.message().to_owned()));
             }
             Err(s) => {
-                tracing::warn!(error = %s.message(), "coordinator unreachable; retrying");
+                tracing::warn!(error = %unreachable_reason(&s), "coordinator unreachable; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
