@@ -1315,11 +1315,21 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
         .ok()
         .and_then(|s| s.trim_start_matches(':').parse().ok())
         .unwrap_or(0);
+    // Lower bounds: a restarted process's log starts afresh.
+    let upload_retries: usize = workers
+        .iter()
+        .map(|w| w.stderr().matches("upload failed, retrying").count())
+        .sum();
+    let commit_retries = cluster.coordinators[0]
+        .0
+        .stderr()
+        .matches("commit failed; retrying")
+        .count();
     let line = format!(
         "soak: {TRIALS} trials, 2 workers x 8 slots, seed {seed}, faults {injected:?}, \
          {:.1} s: {succeeded} succeeded, {} failed, {} dead, {lost} lost, {twice} recorded \
          twice; {} committed results; {executions} successful executions ({} re-run after \
-         faults)",
+         faults); at least {upload_retries} upload and {commit_retries} commit retries",
         elapsed.as_secs_f64(),
         counts["failed"].as_u64().unwrap_or(0),
         counts["dead"].as_u64().unwrap_or(0),
