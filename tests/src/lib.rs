@@ -380,6 +380,33 @@ impl S3Server {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// The environment that points `hlsfarm serve` and `worker` at this server through
+    /// `endpoint` (its own, or a proxy's), with moto's test keys.
+    pub fn env_via(&self, endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("HLSFARM_STORE__S3_ENDPOINT", endpoint),
+            ("HLSFARM_STORE__S3_ALLOW_HTTP", "true"),
+            ("HLSFARM_STORE__S3_ACCESS_KEY_ID", "test"),
+            ("HLSFARM_STORE__S3_SECRET_ACCESS_KEY", "test"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    /// The store at `s3://<bucket>/<prefix>` on this server, as hlsfarm opens it.
+    pub fn blobs(&self, prefix: &str) -> Result<hlsfarm_common::blob::Blobs> {
+        use hlsfarm_common::config::{Secret, StoreConfig};
+        Ok(hlsfarm_common::blob::Blobs::open(&StoreConfig {
+            url: format!("s3://{}/{prefix}", self.bucket),
+            s3_endpoint: self.endpoint(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: Secret::new("test"),
+            s3_secret_access_key: Secret::new("test"),
+            s3_allow_http: true,
+        })?)
+    }
 }
 
 /// The `hlsfarm` binary of this build (`target/<profile>/hlsfarm`), or `$HLSFARM_BIN`.

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use hlsfarm_common::blob::{Blobs, Error, RetryBudget};
-use hlsfarm_common::config::{Secret, StoreConfig};
 use hlsfarm_common::job::Fence;
 use hlsfarm_tests::{S3Server, TestDir};
 
@@ -19,15 +18,7 @@ async fn server(dir: &TestDir) -> S3Server {
 }
 
 fn blobs(s3: &S3Server) -> Blobs {
-    Blobs::open(&StoreConfig {
-        url: format!("s3://{}/cluster-a", s3.bucket()),
-        s3_endpoint: s3.endpoint(),
-        s3_region: "us-east-1".into(),
-        s3_access_key_id: Secret::new("test"),
-        s3_secret_access_key: Secret::new("test"),
-        s3_allow_http: true,
-    })
-    .unwrap()
+    s3.blobs("cluster-a").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

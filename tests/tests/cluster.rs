@@ -244,18 +244,7 @@ fn a_worker_cut_off_past_its_lease_discards_its_work() {
 fn results_go_to_a_real_s3_server() {
     let dir = TestDir::new("cluster-s3").unwrap();
     let s3 = hlsfarm_tests::S3Server::start(dir.path(), "farm").unwrap();
-    let env = vec![
-        ("HLSFARM_STORE__S3_ENDPOINT".to_owned(), s3.endpoint()),
-        ("HLSFARM_STORE__S3_ALLOW_HTTP".to_owned(), "true".to_owned()),
-        (
-            "HLSFARM_STORE__S3_ACCESS_KEY_ID".to_owned(),
-            "test".to_owned(),
-        ),
-        (
-            "HLSFARM_STORE__S3_SECRET_ACCESS_KEY".to_owned(),
-            "test".to_owned(),
-        ),
-    ];
+    let env = s3.env_via(&s3.endpoint());
     let cluster = Cluster::start(
         dir.path(),
         ClusterOptions {
@@ -277,15 +266,7 @@ fn results_go_to_a_real_s3_server() {
         worker.stderr()
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let blobs = hlsfarm_common::blob::Blobs::open(&hlsfarm_common::config::StoreConfig {
-        url: "s3://farm/cluster".into(),
-        s3_endpoint: s3.endpoint(),
-        s3_region: "us-east-1".into(),
-        s3_access_key_id: hlsfarm_common::config::Secret::new("test"),
-        s3_secret_access_key: hlsfarm_common::config::Secret::new("test"),
-        s3_allow_http: true,
-    })
-    .unwrap();
+    let blobs = s3.blobs("cluster").unwrap();
     let summary = rt.block_on(async {
         for _ in 0..100 {
             if let Ok(b) = blobs

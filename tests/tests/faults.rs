@@ -342,16 +342,7 @@ fn a_store_outage_is_ridden_out_and_past_its_budget_nothing_is_half_committed() 
     let s3 = S3Server::start(dir.path(), "farm").unwrap();
     let port: u16 = s3.endpoint().rsplit(':').next().unwrap().parse().unwrap();
     let s3_proxy = hlsfarm_tests::proxy::TcpProxy::start(([127, 0, 0, 1], port).into()).unwrap();
-    let keys = [
-        ("HLSFARM_STORE__S3_ALLOW_HTTP", "true"),
-        ("HLSFARM_STORE__S3_ACCESS_KEY_ID", "test"),
-        ("HLSFARM_STORE__S3_SECRET_ACCESS_KEY", "test"),
-    ];
-    let mut env: Vec<(String, String)> = keys
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    env.push(("HLSFARM_STORE__S3_ENDPOINT".into(), s3.endpoint()));
+    let env = s3.env_via(&s3.endpoint());
     let cluster = Cluster::start(
         dir.path(),
         ClusterOptions {
@@ -430,15 +421,7 @@ fn a_store_outage_is_ridden_out_and_past_its_budget_nothing_is_half_committed() 
     assert!(attempt >= 2, "{trial}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let blobs = hlsfarm_common::blob::Blobs::open(&hlsfarm_common::config::StoreConfig {
-        url: "s3://farm/c".into(),
-        s3_endpoint: s3.endpoint(),
-        s3_region: "us-east-1".into(),
-        s3_access_key_id: hlsfarm_common::config::Secret::new("test"),
-        s3_secret_access_key: hlsfarm_common::config::Secret::new("test"),
-        s3_allow_http: true,
-    })
-    .unwrap();
+    let blobs = s3.blobs("c").unwrap();
     let result: serde_json::Value = serde_json::from_slice(
         &rt.block_on(blobs.get(&format!("results/{key}/result.json")))
             .unwrap(),
@@ -1134,15 +1117,7 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
     let s3_proxy = hlsfarm_tests::proxy::TcpProxy::start(([127, 0, 0, 1], port).into()).unwrap();
     // Coordinator and workers both reach the store through the proxy: a blip hits uploads
     // and commits alike.
-    let env = vec![
-        ("HLSFARM_STORE__S3_ALLOW_HTTP".into(), "true".into()),
-        ("HLSFARM_STORE__S3_ACCESS_KEY_ID".into(), "test".into()),
-        ("HLSFARM_STORE__S3_SECRET_ACCESS_KEY".into(), "test".into()),
-        (
-            "HLSFARM_STORE__S3_ENDPOINT".into(),
-            format!("http://127.0.0.1:{}", s3_proxy.port()),
-        ),
-    ];
+    let env = s3.env_via(&format!("http://127.0.0.1:{}", s3_proxy.port()));
     let mut cluster = Cluster::start(
         dir.path(),
         ClusterOptions {
@@ -1254,15 +1229,7 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
     // What the store holds: the aggregate lists every trial once, and one committed result
     // per succeeded trial, each under its own key.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let blobs = hlsfarm_common::blob::Blobs::open(&hlsfarm_common::config::StoreConfig {
-        url: "s3://farm/soak".into(),
-        s3_endpoint: s3.endpoint(),
-        s3_region: "us-east-1".into(),
-        s3_access_key_id: hlsfarm_common::config::Secret::new("test"),
-        s3_secret_access_key: hlsfarm_common::config::Secret::new("test"),
-        s3_allow_http: true,
-    })
-    .unwrap();
+    let blobs = s3.blobs("soak").unwrap();
     let aggregate = wait_until("the sweep's aggregate", Duration::from_secs(60), || {
         let bytes = rt
             .block_on(blobs.get(&format!("sweeps/{sweep}/synthesis_results.json")))
