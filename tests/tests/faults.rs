@@ -504,6 +504,69 @@ fn tools_killed_by_signals_are_classified_and_retried_a_bounded_number_of_times(
     );
 }
 
+#[test]
+fn a_hanging_tool_is_killed_with_its_whole_tree_at_the_stage_timeout() {
+    let dir = TestDir::new("faults-hang").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            max_attempts: 2,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    // C synthesis hangs, with a child process, until killed; the stage limit is 3 s.
+    let worker = cluster
+        .start_worker(
+            "w1",
+            &["--slots", "1"],
+            &[
+                ("STANDIN_HANG", "1"),
+                ("HLSFARM_WORKER__STAGE_TIMEOUT_S", "3"),
+            ],
+        )
+        .unwrap();
+    wait_registered(&worker);
+    let (sweep, _) = cluster
+        .submit(
+            &models(dir.path(), "m", &[0]),
+            &["--stages", "convert,csynth"],
+        )
+        .unwrap();
+    let scratch = dir.join("scratch-w1");
+    let mut tree = 0;
+    wait_until(
+        "the hanging tool and its child",
+        Duration::from_secs(180),
+        || {
+            tree = processes_under(&scratch).len();
+            (tree >= 2).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    let hung = Instant::now();
+    wait_until("the tool tree to die", Duration::from_secs(30), || {
+        processes_under(&scratch).is_empty().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    let killed_after = hung.elapsed();
+    // A timeout is retryable: attempts are bounded by max_attempts, then the trial is dead.
+    wait_count(&cluster, &sweep, "dead", 1, &[&worker]);
+    let trial = only_trial(&cluster, &sweep);
+    assert_eq!(
+        (trial["class"].as_str(), trial["attempt"].as_u64()),
+        (Some("timeout"), Some(2)),
+        "{trial}"
+    );
+    assert!(processes_under(&scratch).is_empty(), "orphans left");
+    println!(
+        "hang: a tool tree of {tree} processes killed {:.1} s after it was seen (stage limit \
+         3 s), no orphans; timeout retried once, then dead at attempt 2 ({})",
+        killed_after.as_secs_f64(),
+        trial["reason"]
+    );
+}
+
 /// Mounts a tmpfs of `mib` MiB at `dir` (root only), unmounted when dropped.
 struct Tmpfs(PathBuf);
 
