@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
-use hlsfarm_worker::daemon::{Bearer, channel};
+use hlsfarm_worker::daemon::{Bearer, Unreachable, channel};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -41,16 +41,14 @@ pub(crate) fn status_error(s: tonic::Status, url: &str) -> anyhow::Error {
         tonic::Code::Unavailable if s.message().starts_with("coordinator backend") => {
             anyhow::anyhow!("the coordinator at {url} failed: {}", s.message())
         }
-        tonic::Code::Unavailable => {
-            let reason = hlsfarm_worker::daemon::unreachable_reason(&s);
-            if reason.contains("--ca-cert") {
-                anyhow::anyhow!("cannot reach the coordinator at {url}: {reason}")
-            } else {
-                anyhow::anyhow!(
-                    "cannot reach the coordinator at {url} ({reason}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)"
-                )
+        tonic::Code::Unavailable => match Unreachable::of(&s) {
+            why @ Unreachable::UntrustedCertificate(_) => {
+                anyhow::anyhow!("cannot reach the coordinator at {url}: {why}")
             }
-        }
+            why @ Unreachable::Other(_) => anyhow::anyhow!(
+                "cannot reach the coordinator at {url} ({why}); is `hlsfarm serve` running there? (--coordinator / HLSFARM_URL)"
+            ),
+        },
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
             "{}: use the operator token (--token / HLSFARM_TOKEN)",
             s.message()

@@ -779,9 +779,10 @@ fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
     let ended = started.elapsed();
 
     // Refused at the door, before any trial exists.
-    let submit = |extra: &[&str]| {
+    // `hlsfarm submit <flag> <path> <extra>`, which must fail; its stderr.
+    let submit = |flag: &str, path: &Path, extra: &[&str]| {
         let mut c = cluster.operator_command().unwrap();
-        c.args(["submit", "--input-dir"]).arg(&input).args(extra);
+        c.args(["submit", flag]).arg(path).args(extra);
         fails(c)
     };
     let refused: Vec<(&str, Vec<&str>, &str)> = vec![
@@ -807,17 +808,13 @@ fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
         ),
     ];
     for (what, extra, says) in &refused {
-        let stderr = submit(extra);
+        let stderr = submit("--input-dir", &input, extra);
         assert!(stderr.contains(says), "{what}: {stderr}");
         lines.push(format!("{what}: {}", stderr.trim()));
     }
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let stderr = fails({
-        let mut c = cluster.operator_command().unwrap();
-        c.args(["submit", "--input-dir"]).arg(&empty);
-        c
-    });
+    let stderr = submit("--input-dir", &empty, &[]);
     assert!(stderr.contains("the folder has no files"), "{stderr}");
     lines.push(format!("empty folder: {}", stderr.trim()));
     let sweep_file = dir.join("sweep.toml");
@@ -829,11 +826,7 @@ fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
         ),
     )
     .unwrap();
-    let stderr = fails({
-        let mut c = cluster.operator_command().unwrap();
-        c.args(["submit", "--sweep"]).arg(&sweep_file);
-        c
-    });
+    let stderr = submit("--sweep", &sweep_file, &[]);
     assert!(
         stderr.contains("unknown field `colour`") && stderr.contains("sweep.toml"),
         "{stderr}"
@@ -844,11 +837,7 @@ fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
     let mut bytes = good.clone();
     bytes.resize(2 * 1024 * 1024, 0);
     std::fs::write(big.join("model_trial_000.h5"), &bytes).unwrap();
-    let stderr = fails({
-        let mut c = cluster.operator_command().unwrap();
-        c.args(["submit", "--input-dir"]).arg(&big);
-        c
-    });
+    let stderr = submit("--input-dir", &big, &[]);
     assert!(
         stderr.contains("model_trial_000.h5") && stderr.contains("upload limit of 1 MiB"),
         "{stderr}"
@@ -1141,18 +1130,6 @@ fn access_over_tls_tokens_and_no_secrets_where_they_do_not_belong() {
     );
 }
 
-/// A small deterministic generator for the soak's fault plan (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillWorker(usize),
@@ -1166,14 +1143,8 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
     let seed = std::env::var("HLSFARM_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    let mut rng = Rng(seed);
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
     let dir = TestDir::new("faults-soak").unwrap();
     let s3 = S3Server::start(dir.path(), "farm").unwrap();
     let port: u16 = s3.endpoint().rsplit(':').next().unwrap().parse().unwrap();
@@ -1227,11 +1198,9 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
         Fault::StoreBlip,
         Fault::CoordinatorRestart,
     ];
-    for i in (1..plan.len()).rev() {
-        plan.swap(i, rng.next(i as u64 + 1) as usize);
-    }
+    rng.shuffle(&mut plan);
     let mut at: Vec<u64> = (0..plan.len())
-        .map(|_| TRIALS / 20 + rng.next(TRIALS * 7 / 10))
+        .map(|_| rng.u64(TRIALS / 20..TRIALS * 3 / 4))
         .collect();
     at.sort_unstable();
     let mut injected = Vec::new();

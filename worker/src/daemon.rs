@@ -125,23 +125,44 @@ pub fn channel(
     Ok((endpoint.connect_lazy(), Bearer(value)))
 }
 
-/// Why a call failed to reach the coordinator, in words that say what to do: the innermost
-/// cause of `status` (tonic says only "transport error"), and for a certificate this
-/// client does not trust, where to give the CA.
-pub fn unreachable_reason(status: &tonic::Status) -> String {
-    let mut cause = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        cause = e.to_string();
-        source = e.source();
+/// Why a call failed to reach the coordinator, from the innermost cause of a transport
+/// error (tonic's own message says only "transport error").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreachable {
+    /// The coordinator's TLS certificate is not trusted here: the CA must be given.
+    UntrustedCertificate(String),
+    /// Anything else (refused, timed out, name not found ...).
+    Other(String),
+}
+
+impl Unreachable {
+    /// The innermost cause of `status`.
+    pub fn of(status: &tonic::Status) -> Unreachable {
+        let mut cause = status.message().to_owned();
+        let mut source = std::error::Error::source(status);
+        while let Some(e) = source {
+            cause = e.to_string();
+            source = e.source();
+        }
+        if cause.contains("certificate") {
+            Unreachable::UntrustedCertificate(cause)
+        } else {
+            Unreachable::Other(cause)
+        }
     }
-    if cause.contains("certificate") {
-        format!(
-            "{cause}: the coordinator's TLS certificate is not trusted here; give the CA that \
-             signed it with --ca-cert (HLSFARM_CA_CERT for the CLI, worker.ca_cert for workers)"
-        )
-    } else {
-        cause
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreachable::UntrustedCertificate(cause) => write!(
+                f,
+                "{cause}: the coordinator's TLS certificate is not trusted here; give the CA \
+                 that signed it with --ca-cert (HLSFARM_CA_CERT for the CLI, worker.ca_cert for \
+                 workers)"
+            ),
+            Unreachable::Other(cause) => f.write_str(cause),
+        }
     }
 }
 
@@ -496,7 +517,7 @@ async fn register(
                 return Err(Error::Refused(s.message().to_owned()));
             }
             Err(s) => {
-                tracing::warn!(error = %unreachable_reason(&s), "coordinator unreachable; retrying");
+                tracing::warn!(error = %Unreachable::of(&s), "coordinator unreachable; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
