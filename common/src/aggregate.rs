@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::results::{TrialResult, TrialStatus};
+use crate::results::{Fidelity, TrialResult, TrialStatus};
 
 /// One trial in `synthesis_results.json`: the seed's keys first, then the figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,6 +158,9 @@ pub const CSV_COLUMNS: &[&str] = &[
     "mean_abs_diff",
     "max_abs_diff",
     "argmax_agreement",
+    "fidelity",
+    "fidelity_warning",
+    "rewrites",
     "seconds",
     "failure_class",
     "failure_reason",
@@ -211,7 +214,14 @@ fn csv_row(entry: &SeedEntry) -> Vec<String> {
             .unwrap_or_default(),
         num(fidelity.map(|f| f.mean_abs_diff)),
         num(fidelity.map(|f| f.max_abs_diff)),
-        num(fidelity.map(|f| f.argmax_agreement)),
+        num(fidelity.and_then(|f| f.argmax_agreement)),
+        fidelity.map(Fidelity::headline).unwrap_or_default(),
+        fidelity.is_some_and(Fidelity::warning).to_string(),
+        r.rewrites
+            .iter()
+            .map(|w| format!("{}: {} -> {}", w.layer, w.from, w.to))
+            .collect::<Vec<_>>()
+            .join("; "),
         format!("{seconds:.3}"),
         r.failure
             .as_ref()

@@ -153,8 +153,20 @@ pub struct WorkerConfig {
     pub min_free_disk_gib: u64,
     /// Memory offered to trials, MiB; 0 takes the machine's total. Default 0.
     pub memory_mib: u64,
+    /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools),
+    /// MiB: past it they are killed and the trial fails as `oom` with its peak. 0 takes
+    /// `memory_mib / slots` (at least 1024), raised to the lease's reservation when that is
+    /// larger. Default 0.
+    pub trial_memory_mib: u64,
     /// Cores offered to trials; 0 takes the machine's. Default 0.
     pub cores: u32,
+    /// Emulation: the largest difference on an output, as a share of its scale (1 for
+    /// probabilities, the float values' range otherwise), before the trial gets a fidelity
+    /// warning and the layer where it departs is traced. Default 0.1.
+    pub fidelity_max_error: f64,
+    /// Emulation: the smallest agreement of a binary or multiclass output before a fidelity
+    /// warning. Default 0.9.
+    pub fidelity_min_agreement: f64,
     /// The hls4ml venv's python; empty: `$HLSFARM_PYTHON` or the venv `make setup` made.
     pub python: PathBuf,
     /// Part families this host may synthesize (e.g. `["zynq", "virtexuplus"]`); empty: any.
@@ -186,7 +198,10 @@ impl Default for WorkerConfig {
             slots: 0,
             min_free_disk_gib: 10,
             memory_mib: 0,
+            trial_memory_mib: 0,
             cores: 0,
+            fidelity_max_error: 0.1,
+            fidelity_min_agreement: 0.9,
             python: PathBuf::new(),
             part_families: Vec::new(),
             drain_timeout_s: 300,

@@ -122,7 +122,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             .await
             .map_err(|e| e.context(format!("coordinator {}", args.client.coordinator)))?;
         let mut roles = std::collections::HashMap::new();
-        for (role, path) in hlsfarm_worker::driver::companions(model) {
+        for (role, path) in crate::onehost::model_companions(model, &args.sweep)? {
             roles.insert(role, upload(&mut client, &path).await?.0);
         }
         inputs.push(v1::ModelInput {

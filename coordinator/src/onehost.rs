@@ -81,6 +81,12 @@ pub struct SweepArgs {
     /// Samples for emulation.
     #[arg(long = "emulation-samples", default_value_t = 100)]
     pub emulation_samples: u32,
+    /// Sample inputs for the emulation of every model: an .npz with one array per input name
+    /// (or an .npy for one-input models), each of shape (samples, ...) [default: each model's
+    /// `<stem>_inputs.npz` / `<stem>_inputs.npy` beside it, else generated from each input's
+    /// shape, uniform in (-1, 1)].
+    #[arg(long = "emulation-inputs", value_name = "FILE")]
+    pub emulation_inputs: Option<PathBuf>,
     /// Seed for the generated emulation samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -114,6 +120,20 @@ pub struct RunArgs {
     /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
     #[arg(long = "keep-scratch")]
     pub keep_scratch: bool,
+    /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools), MiB:
+    /// past it they are killed and the trial fails as `oom` with its peak [default: the
+    /// machine's memory / --num-workers].
+    #[arg(long = "trial-memory-mib", value_name = "MIB")]
+    pub trial_memory_mib: Option<u64>,
+    /// Emulation: the largest difference on an output, as a share of its scale (1 for
+    /// probabilities, the float values' range otherwise), before a trial gets a fidelity
+    /// warning and the layer where it departs is traced.
+    #[arg(long = "fidelity-max-error", default_value_t = 0.1)]
+    pub fidelity_max_error: f64,
+    /// Emulation: the smallest agreement of a binary (same side of 0.5) or multiclass (same
+    /// argmax) output before a fidelity warning.
+    #[arg(long = "fidelity-min-agreement", default_value_t = 0.9)]
+    pub fidelity_min_agreement: f64,
 }
 
 /// One planned trial.
@@ -236,14 +256,36 @@ fn suffix(point: &Settings, points: &[Settings]) -> String {
     }
 }
 
-/// The model's files: a Keras JSON takes `<stem>_weights.h5` beside it as its weights.
-/// A model's files: the model and the companions found beside it.
-fn model_files(path: &Path) -> (ModelFiles, std::collections::BTreeMap<String, PathBuf>) {
+/// A model's companions: those found beside it (see `driver::companions`), the sample
+/// inputs replaced by `--emulation-inputs` when given.
+pub(crate) fn model_companions(
+    path: &Path,
+    args: &SweepArgs,
+) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut companions = hlsfarm_worker::driver::companions(path);
+    if let Some(inputs) = &args.emulation_inputs {
+        let inputs = inputs.canonicalize().with_context(|| {
+            format!(
+                "--emulation-inputs {}: no such file (give an .npz with one array per input name, or an .npy)",
+                inputs.display()
+            )
+        })?;
+        companions.insert("inputs".to_owned(), inputs);
+    }
+    Ok(companions)
+}
+
+/// A model's files: the model and its companions (a Keras JSON's `<stem>_weights.h5`, a
+/// PyTorch file's `<stem>.py`, sample inputs).
+fn model_files(
+    path: &Path,
+    args: &SweepArgs,
+) -> anyhow::Result<(ModelFiles, std::collections::BTreeMap<String, PathBuf>)> {
     let mut files = ModelFiles::auto(path);
-    let companions = hlsfarm_worker::driver::companions(path);
+    let companions = model_companions(path, args)?;
     files.weights = companions.get("weights").cloned();
     files.class_file = companions.get("class").cloned();
-    (files, companions)
+    Ok((files, companions))
 }
 
 fn file_sha256(path: &Path) -> anyhow::Result<String> {
@@ -271,7 +313,10 @@ fn line_for(result: &TrialResult) -> String {
         }
     }
     if let Some(f) = &result.fidelity {
-        parts.push(format!("max|diff| {:.4}", f.max_abs_diff));
+        parts.push(f.headline());
+    }
+    for note in &result.notes {
+        parts.push(format!("({note})"));
     }
     if let Some(f) = &result.failure {
         parts.push(format!("{}: {}", f.class, f.reason));
@@ -340,7 +385,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut planned: Vec<Planned> = Vec::new();
     let scratch_root = output_dir.join(".hlsfarm/scratch");
     for model in &models {
-        let (files, found) = model_files(model);
+        let (files, found) = model_files(model, &args.sweep)?;
         let sha = file_sha256(model)?;
         let mut companions = std::collections::BTreeMap::new();
         for (role, path) in &found {
@@ -468,6 +513,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             python,
             by_format: hlsfarm_worker::venv::format_pythons(),
             timeout: Duration::from_secs(args.convert_timeout),
+            memory_limit_mib: Some(args.trial_memory_mib.unwrap_or_else(|| {
+                let total = hlsfarm_worker::daemon::meminfo_mib("MemTotal:").unwrap_or(8192);
+                (total / args.num_workers.max(1) as u64).max(1024)
+            })),
+            tolerance: hlsfarm_worker::driver::Tolerance {
+                max_error: args.fidelity_max_error,
+                min_agreement: args.fidelity_min_agreement,
+            },
         },
         tools,
         tool_timeout: Duration::from_secs(args.stage_timeout),

@@ -70,22 +70,21 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// A trial's emulation figures for the table: the figure that fits each output, and `(!)`
+/// where the emulation departs beyond tolerance (the JSON and CSV say where and why).
+fn fidelity_cell(v: &Value) -> String {
+    match serde_json::from_value::<hlsfarm_common::results::Fidelity>(v.clone()) {
+        Ok(f) if f.warning() => format!("{} (!)", f.figures()),
+        Ok(f) => f.figures(),
+        Err(_) => cell(&v["max_abs_diff"]),
+    }
+}
+
 /// The summary as an aligned table.
 pub fn table(summary: &Value) -> String {
     let header = [
-        "trial",
-        "status",
-        "rf",
-        "io",
-        "strategy",
-        "LUT",
-        "FF",
-        "DSP",
-        "BRAM",
-        "latency",
-        "II",
-        "max|diff|",
-        "failure",
+        "trial", "status", "rf", "io", "strategy", "LUT", "FF", "DSP", "BRAM", "latency", "II",
+        "fidelity", "failure",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for entry in summary["results"].as_array().into_iter().flatten() {
@@ -107,7 +106,7 @@ pub fn table(summary: &Value) -> String {
             cell(&c["used"]["bram_18k"]),
             cell(&c["latency_worst_cycles"]),
             cell(&c["interval_max_cycles"]),
-            cell(&r["fidelity"]["max_abs_diff"]),
+            fidelity_cell(&r["fidelity"]),
             r["failure"]["class"].as_str().unwrap_or("").to_owned(),
         ]);
     }

@@ -159,6 +159,10 @@ pub struct TrialJson {
     pub latency_ns: Option<f64>,
     /// Largest |hls − float| in the emulation.
     pub max_abs_diff: Option<f64>,
+    /// The emulation's figure for each output, by kind (agreement or relative error).
+    pub fidelity: Option<String>,
+    /// The emulation departs from the float model beyond tolerance.
+    pub fidelity_warning: bool,
     /// Failure class, when failed.
     pub class: String,
     /// Failure reason, when failed.
@@ -341,6 +345,8 @@ impl From<&v1::GetResultsResponse> for SweepTrialsJson {
                         latency_cycles: summary.latency_cycles,
                         latency_ns: summary.latency_ns,
                         max_abs_diff: summary.max_abs_diff,
+                        fidelity: summary.fidelity.clone(),
+                        fidelity_warning: summary.fidelity_warning,
                         class: class_name(t.failure.as_ref()),
                         reason: reason(t.failure.as_ref()),
                     }

@@ -204,7 +204,8 @@ function renderTrials() {
       el("td", { class: "num" }, num(t.dsp)),
       el("td", { class: "num" }, num(t.bram)),
       el("td", { class: "num" }, num(t.latency_cycles)),
-      el("td", { class: "num" }, t.max_abs_diff === null ? "" : Number(t.max_abs_diff).toPrecision(3)),
+      el("td", { class: t.fidelity_warning ? "wrap fidelity-warning" : "wrap", title: t.max_abs_diff === null ? "" : `max |diff| ${t.max_abs_diff}` },
+        t.fidelity || (t.max_abs_diff === null ? "" : `max|diff| ${Number(t.max_abs_diff).toPrecision(3)}`)),
       el("td", { class: "reason", title: t.reason }, t.class ? `${t.class}: ${t.reason}` : ""),
       files));
   }

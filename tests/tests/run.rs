@@ -303,7 +303,7 @@ fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
         "{}",
         process.stderr()
     );
-    let pid = call["pid"].as_i64().unwrap() as i32;
+    let pid = call["pgid"].as_i64().unwrap() as i32;
     assert!(
         !hlsfarm_worker::process::group_alive(pid),
         "the tool outlived Ctrl-C"
@@ -321,6 +321,40 @@ fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("(0 already done, 1 to run)"), "{stderr}");
     assert!(stderr.contains("1 trials: 1 succeeded"), "{stderr}");
+}
+
+#[test]
+fn a_run_killed_with_sigkill_takes_its_tools_with_it() {
+    use hlsfarm_tests::{Process, wait_until};
+    use std::time::Duration;
+    let dir = TestDir::new("run-sigkill").unwrap();
+    let input = input_dir(&dir);
+    let record = dir.join("tool-calls.jsonl");
+    let mut command = run_cmd(true);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--limit", "1", "--stages", "convert,csynth"])
+        .env("STANDIN_HANG", "1")
+        .env("STANDIN_RECORD", &record);
+    let mut process = Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
+    let call: Value = wait_until("the tool to start", Duration::from_secs(120), || {
+        let text = std::fs::read_to_string(&record).ok()?;
+        serde_json::from_str(text.lines().next()?).ok()
+    })
+    .unwrap();
+    let group = call["pgid"].as_i64().unwrap() as i32;
+    assert!(hlsfarm_worker::process::group_alive(group));
+    // No handler runs on SIGKILL: only the kernel's parent-death signal to the guard can
+    // stop the tool (and the child it started).
+    process.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = process.wait(Duration::from_secs(30)).unwrap();
+    wait_until(
+        "the tool tree to die with hlsfarm",
+        Duration::from_secs(10),
+        || (!hlsfarm_worker::process::group_alive(group)).then_some(()),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -240,7 +240,7 @@ async fn a_hanging_tool_is_killed_with_its_whole_tree() {
     let calls = std::fs::read_to_string(&record).unwrap();
     let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
     assert_eq!(call["env"]["XILINX_LOCAL_USER_DATA"], "no");
-    let pid = call["pid"].as_i64().unwrap() as i32;
+    let pid = call["pgid"].as_i64().unwrap() as i32;
     assert!(
         !hlsfarm_worker::process::group_alive(pid),
         "the tool's process group outlived the timeout"
@@ -277,6 +277,6 @@ async fn cancel_mid_run_stops_the_tool() {
     let calls = std::fs::read_to_string(&record).unwrap();
     let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
     assert!(!hlsfarm_worker::process::group_alive(
-        call["pid"].as_i64().unwrap() as i32
+        call["pgid"].as_i64().unwrap() as i32
     ));
 }

@@ -9,33 +9,63 @@ parsed except for hls4ml's `WARNING:` lines, which are also captured here and re
 Request:
     {"model": {"path": ..., "format": "auto"|"keras_h5"|"keras_json"|"pytorch"|"onnx",
                "weights": path (keras_json), "class_file": path, "class_name": str,
-               "input_shape": [..] (pytorch, without the batch dimension)},
+               "input_shape": [..] or [[..], [..]] (pytorch, without the batch dimension)},
      "settings": {"io_type", "strategy", "reuse_factor", "precision", "part",
                   "clock_period_ns", "backend", "max_array_partition_size"?,
                   "layers": {name: {"reuse_factor"?, "strategy"?, "precision": {var: type}}}},
      "output_dir": ..., "project_name": "myproject",
-     "emulate": bool, "emulation": {"samples": 100, "seed": 0, "inputs": path.npy?}}
+     "emulate": bool,
+     "emulation": {"samples": 100, "seed": 0, "inputs": path (.npz by input name, or .npy)?,
+                   "max_error": 0.1?, "min_agreement": 0.9?, "compile_budget": units?}}
 
 Result:
     {"ok": true, "hls4ml_version", "format", "timings": {"load": s, "convert": s, "write": s,
      "compile": s, "predict": s}, "warnings": [...], "effective_reuse_factor": {layer: rf},
-     "layers": [{"name", "class", "reuse_factor"}], "fidelity": {...} | null}
+     "layers": [{"name", "class", "reuse_factor"}], "rewrites": [{"layer", "from", "to", "why"}],
+     "inputs": [{"name", "shape"}], "outputs": [{"name", "shape"}],
+     "emulation_note": str?, "fidelity": {...} | null}
 or  {"ok": false, "failure": {"class", "reason", "stage", "suggestion"}, ...}
+
+Fidelity: top-level figures over all outputs (mean_abs_diff, max_abs_diff, argmax_agreement for
+one output), `outputs[]` one per model output by kind (binary, multiclass, regression), and
+`divergence` naming the first layer whose float values leave its fixed-point range.
 """
 
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import sys
 import time
 import traceback
 
+import numpy as np
+
 # Before anything imports TensorFlow or hls4ml.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+# Keras activations that a QActivation may name without quantizing anything: hls4ml 1.3 refuses
+# them inside QActivation ("Unsupported QKeras activation: unknown") but converts the same
+# function as a plain Keras Activation.
+PLAIN_ACTIVATIONS = {"sigmoid", "softmax", "tanh", "relu", "linear", "hard_sigmoid", "softplus",
+                     "softsign", "elu", "selu", "swish", "gelu", "exponential"}
+
+# Defaults of the fidelity check (configurable per sweep: emulation.max_error, min_agreement).
+DEFAULT_MAX_ERROR = 0.1
+DEFAULT_MIN_AGREEMENT = 0.9
+
+# Estimated cost of compiling an io_parallel emulation (multiplications unrolled in the C++),
+# above which the compile drops from -O3 to -O1 (bit-exact: fixed-point arithmetic is integer
+# arithmetic, and no flag here allows float reassociation), and above which emulation is
+# skipped with a note. Units: multiplications per inference, summed over layers.
+CHEAP_COMPILE_ABOVE = 2_000_000
+SKIP_EMULATION_ABOVE = 60_000_000
 
 
 class Failure(Exception):
@@ -61,6 +91,26 @@ class Tee(io.TextIOBase):
         self.stream.flush()
 
 
+def first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def check_not_lfs_pointer(path, what):
+    """A Git LFS pointer (a clone without `git lfs pull`) is named as one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError as e:
+        raise Failure("bad_input", f"cannot read the {what} {os.path.basename(path)}: {e.strerror}", "convert",
+                      "check that the file exists and is readable")
+    if head == LFS_POINTER:
+        raise Failure("bad_input",
+                      f"the {what} {os.path.basename(path)} is a Git LFS pointer ({os.path.getsize(path)} bytes), "
+                      "not the file itself", "convert",
+                      "run `git lfs pull` in the repository it came from, then submit the real file")
+
+
 def detect_format(model):
     fmt = model.get("format", "auto")
     if fmt != "auto":
@@ -77,6 +127,9 @@ def detect_format(model):
     raise Failure("bad_input", f"cannot tell the format of {os.path.basename(model['path'])}", "convert",
                   "name the file .h5, .json (+ weights), .pt/.pth or .onnx, or set the format")
 
+
+# ---------------------------------------------------------------------------------------------
+# Keras
 
 def import_keras():
     if os.environ.get("TF_USE_LEGACY_KERAS") == "1":
@@ -96,39 +149,172 @@ def import_keras():
     return keras, custom
 
 
-def load_keras(model, fmt):
+def keras_config_text(path, fmt):
+    """The model's architecture as saved, without building it (to see what it needs)."""
+    if fmt == "keras_json":
+        with open(path) as f:
+            return f.read()
+    import h5py
+    with h5py.File(path, "r") as f:
+        if "model_config" not in f.attrs:
+            raise Failure("bad_input", f"{os.path.basename(path)} holds weights only, no model", "convert",
+                          "save the whole model (model.save), or give the architecture JSON with these weights")
+        text = f.attrs["model_config"]
+    return text.decode() if isinstance(text, bytes) else text
+
+
+def load_keras(model, fmt, rewrites):
     keras, custom = import_keras()
     path = model["path"]
     try:
-        if fmt == "keras_json":
-            weights = model.get("weights")
-            if not weights:
-                raise Failure("bad_input", "a Keras JSON model needs its weights file", "convert",
-                              "give the weights .h5 as the model's `weights` companion (NAME_weights.h5)")
-            with open(path) as f:
-                net = keras.models.model_from_json(f.read(), custom_objects=custom)
-            net.load_weights(weights)
-        else:
-            import h5py
-            with h5py.File(path, "r") as f:
-                if "model_config" not in f.attrs:
-                    raise Failure("bad_input", f"{os.path.basename(path)} holds weights only, no model", "convert",
-                                  "save the whole model (model.save), or give the architecture JSON with these weights")
-            net = keras.models.load_model(path, custom_objects=custom, compile=False)
+        config_text = keras_config_text(path, fmt)
+        pruned = "PruneLowMagnitude" in config_text
+        scope = contextlib.nullcontext()
+        if pruned:
+            try:
+                import tensorflow_model_optimization as tfmot
+            except ImportError:
+                raise Failure("bad_input", f"{os.path.basename(path)} has tfmot pruning wrappers (PruneLowMagnitude) "
+                              "and tensorflow-model-optimization is not in this venv", "convert",
+                              "strip them before saving (tfmot.sparsity.keras.strip_pruning), or install "
+                              "tensorflow-model-optimization in the hls4ml venv")
+            scope = tfmot.sparsity.keras.prune_scope()
+        with scope:
+            if fmt == "keras_json":
+                weights = model.get("weights")
+                if not weights:
+                    raise Failure("bad_input", "a Keras JSON model needs its weights file", "convert",
+                                  "give the weights .h5 as the model's `weights` companion (NAME_weights.h5)")
+                check_not_lfs_pointer(weights, "weights file")
+                net = keras.models.model_from_json(config_text, custom_objects=custom)
+                net.load_weights(weights)
+            else:
+                net = keras.models.load_model(path, custom_objects=custom, compile=False)
     except Failure:
         raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise Failure("bad_input", f"cannot load {os.path.basename(path)} as a Keras model: {first_line(e)}", "convert",
                       "check that the file is complete (not truncated) and was saved by Keras 2 / QKeras")
-    return net
+    if pruned:
+        wrapped = [l.layer.name for l in net.layers if type(l).__name__ == "PruneLowMagnitude"]
+        net = tfmot.sparsity.keras.strip_pruning(net)
+        for name in wrapped:
+            rewrites.append({"layer": name, "from": "PruneLowMagnitude", "to": "the wrapped layer",
+                             "why": "tfmot pruning wrappers stripped (strip_pruning): the pruned weights stay zero"})
+    return replace_plain_qactivations(net, None if pruned else config_text, keras, custom, rewrites)
 
+
+def replace_plain_qactivations(net, config_text, keras, custom, rewrites):
+    """QActivation("sigmoid") and the like become Keras Activation layers, weights kept."""
+    # The serialized form, as saved to disk where there is one: quantizer objects as configs.
+    full = json.loads(config_text or net.to_json())
+    config = full.get("config") or {}
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not layers:
+        return net
+    changed = []
+    for layer in layers:
+        if layer.get("class_name") != "QActivation":
+            continue
+        activation = layer.get("config", {}).get("activation")
+        if isinstance(activation, str) and activation.strip() in PLAIN_ACTIVATIONS:
+            name = layer["config"]["name"]
+            layer["class_name"] = "Activation"
+            layer["config"] = {"name": name, "trainable": layer["config"].get("trainable", True),
+                               "dtype": layer["config"].get("dtype", "float32"), "activation": activation.strip()}
+            changed.append((name, activation.strip()))
+    if not changed:
+        return net
+    try:
+        rebuilt = keras.models.model_from_json(json.dumps(full), custom_objects=custom)
+        for layer in rebuilt.layers:
+            weights = net.get_layer(layer.name).get_weights()
+            if weights:
+                layer.set_weights(weights)
+    except Exception as e:  # noqa: BLE001 - Keras raises many kinds while rebuilding
+        raise Failure("bad_input", f"cannot rewrite QActivation layers {', '.join(n for n, _ in changed)} as Keras "
+                      f"activations: {first_line(e)}", "convert",
+                      "use keras.layers.Activation for activations that do not quantize")
+    for name, activation in changed:
+        rewrites.append({"layer": name, "from": f'QActivation("{activation}")', "to": f'Activation("{activation}")',
+                         "why": "hls4ml converts only quantizing QKeras activations; this one quantizes nothing"})
+    return rebuilt
+
+
+def keras_io(net):
+    """Inputs (name, shape) and outputs (name, activation) of a Keras model."""
+    names = list(getattr(net, "input_names", None) or [t.name.split(":")[0] for t in net.inputs])
+    inputs = [(n, tuple(int(d) for d in t.shape[1:])) for n, t in zip(names, net.inputs)]
+    out_names = list(getattr(net, "output_names", None) or [t.name.split(":")[0] for t in net.outputs])
+    outputs = []
+    for name in out_names:
+        try:
+            layer = net.get_layer(name)
+        except ValueError:
+            layer = None
+        outputs.append((name, activation_name(layer)))
+    return inputs, outputs
+
+
+def activation_name(layer):
+    if layer is None:
+        return None
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return {"Softmax": "softmax", "ReLU": "relu"}.get(type(layer).__name__)
+    if isinstance(activation, str):
+        return activation.strip()
+    return getattr(activation, "__name__", None) or type(activation).__name__
+
+
+def keras_layer_outputs(net, xs):
+    """Every layer's float output on the samples, by hls4ml's name for the same values.
+
+    hls4ml splits a layer with an activation (Dense(..., activation="relu") named `fc`) into
+    `fc` (before the activation) and `fc_relu` (after): the Keras output is `fc_relu`'s. Before
+    a relu the positive values are the same, so `fc` gets them for the range check only.
+    Returns (exact, range_only)."""
+    keras, _ = import_keras()
+    wanted = []
+    own_nodes = getattr(net, "_network_nodes", None)
+    for layer in net.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        # A layer may belong to several graphs (strip_pruning reuses the wrapped layers):
+        # take its output in this model's graph.
+        nodes = [i for i in range(len(layer.inbound_nodes))
+                 if own_nodes is None or f"{layer.name}_ib-{i}" in own_nodes]
+        if len(nodes) != 1:
+            continue  # a layer used twice has no single output
+        try:
+            wanted.append((layer, layer.get_output_at(nodes[0])))
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+    probe = keras.Model(net.inputs, [t for _, t in wanted])
+    values = probe.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    if len(wanted) == 1:
+        values = [values]
+    exact, range_only = {}, {}
+    for (layer, _), value in zip(wanted, values):
+        value = np.asarray(value)
+        activation = activation_name(layer) if hasattr(layer, "activation") else None
+        if type(layer).__name__ in ("Activation", "QActivation") or activation in (None, "linear"):
+            exact[layer.name] = value
+            continue
+        exact[f"{layer.name}_{activation}"] = value
+        if activation == "relu":
+            range_only[layer.name] = value
+    return exact, range_only
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
 
 def load_sidecar(class_file):
     """The model's Python file: it defines the class (and may set INPUT_SHAPE, MODEL_CLASS).
     Its names are also put in __main__, where pickles of whole models saved from a script
     look for their class."""
     import importlib.util
-    import sys
     spec = importlib.util.spec_from_file_location("hlsfarm_user_model", class_file)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -141,6 +327,14 @@ def load_sidecar(class_file):
         if not name.startswith("_") and main is not None and not hasattr(main, name):
             setattr(main, name, value)
     return module
+
+
+def normalize_shapes(shape):
+    """One shape `(3, 8, 8)` or several `[(4,), (6,)]` as a list of tuples."""
+    shape = list(shape)
+    if shape and all(isinstance(s, (list, tuple)) for s in shape):
+        return [tuple(int(d) for d in s) for s in shape]
+    return [tuple(int(d) for d in shape)]
 
 
 def load_pytorch(model):
@@ -187,39 +381,195 @@ def load_pytorch(model):
             shape = [first.in_features]
     if not shape:
         raise Failure("bad_input", "a PyTorch model needs its input shape", "convert",
-                      "set INPUT_SHAPE = (3, 32, 32) (without the batch dimension) in <model>.py")
-    model["input_shape"] = list(shape)
-    return net, tuple([None] + list(shape))
+                      "set INPUT_SHAPE = (3, 32, 32) (without the batch dimension) in <model>.py; for several "
+                      "inputs a list of shapes, INPUT_SHAPE = [(21,), (13,)]")
+    shapes = normalize_shapes(shape)
+    import inspect
+    params = [p for p in inspect.signature(net.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in params[:len(shapes)]]
+    if len(names) < len(shapes):
+        names += [f"input_{i}" for i in range(len(names), len(shapes))]
+    if len(params) > len(shapes) and all(p.default is inspect.Parameter.empty for p in params[len(shapes):]):
+        raise Failure("bad_input", f"forward() takes {len(params)} inputs ({', '.join(p.name for p in params)}) but "
+                      f"INPUT_SHAPE gives {len(shapes)}", "convert",
+                      "set INPUT_SHAPE to a list with one shape per input, in forward()'s order")
+    inputs = list(zip(names, shapes))
+    config_shape = [(None,) + s for s in shapes] if len(shapes) > 1 else (None,) + shapes[0]
+    return net, inputs, config_shape
 
 
-def load_onnx(model):
+def pytorch_reference(net, xs):
+    import torch
+    with torch.no_grad():
+        out = net(*[torch.from_numpy(x) for x in xs])
+    if isinstance(out, (list, tuple)):
+        return [o.numpy() for o in out]
+    return [out.numpy()]
+
+
+def pytorch_layer_outputs(net, xs):
+    """Each leaf module's output, by hls4ml's name for it (dots become underscores)."""
+    import torch
+    values, hooks = {}, []
+    for name, module in net.named_modules():
+        if name and not list(module.children()):
+            def hook(_m, _i, out, name=name):
+                if isinstance(out, torch.Tensor):
+                    values.setdefault(name.replace(".", "_"), []).append(out.detach().numpy())
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(*[torch.from_numpy(x) for x in xs])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: np.concatenate(v) for k, v in values.items()}, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX / QONNX
+
+def fold_input_preprocessing(qm, rewrites, user_names):
+    """Unsqueeze/Squeeze/Reshape/Flatten nodes that only reshape a graph input (as tf2onnx
+    writes them in front of a model) are folded into the input's shape: exact, since the data
+    and its order are unchanged. Returns the inputs whose shape changed."""
+    from onnx import helper
+    from qonnx.util.basic import get_by_name
+    graph = qm.graph
+    folded = []
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph.node):
+            if node.op_type not in ("Unsqueeze", "Squeeze", "Reshape", "Flatten") or not node.input:
+                continue
+            source = get_by_name(graph.input, node.input[0])
+            if source is None or len(qm.find_consumers(source.name) or []) != 1:
+                continue
+            out_shape = qm.get_tensor_shape(node.output[0])
+            if out_shape is None or any(d is None or d <= 0 for d in out_shape[1:]):
+                continue
+            new_input = helper.make_tensor_value_info(source.name, source.type.tensor_type.elem_type,
+                                                      [1] + list(out_shape[1:]))
+            for consumer in qm.find_consumers(node.output[0]) or []:
+                for i, name in enumerate(consumer.input):
+                    if name == node.output[0]:
+                        consumer.input[i] = source.name
+            for out in graph.output:
+                if out.name == node.output[0]:
+                    raise Failure("bad_input", f"the ONNX graph only reshapes its input `{source.name}`", "convert", None)
+            index = list(graph.input).index(source)
+            graph.input.remove(source)
+            graph.input.insert(index, new_input)
+            graph.node.remove(node)
+            rewrites.append({"layer": node.name or node.output[0],
+                             "from": f"{node.op_type} on input {user_names.get(source.name, source.name)}",
+                             "to": f"input shape {list(out_shape[1:])}",
+                             "why": "a reshape of a graph input folded into the input's shape (exact)"})
+            folded.append(source.name)
+            changed = True
+            break
+    return folded
+
+
+def fixed_batch(wrapper):
+    """The graph with batch size 1 in its inputs, outputs and intermediate shapes: the
+    reference runs one sample at a time, and a fixed shape lets qonnx fold the shape
+    arithmetic that exporters (tf2onnx) write in front of reshapes."""
+    graph = wrapper.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    first = inputs[0].type.tensor_type.shape.dim if inputs else []
+    batch_param = first[0].dim_param if len(first) > 0 else ""
+    batch_value = first[0].dim_value if len(first) > 0 else 1
+    for tensor in inputs + list(graph.output) + list(graph.value_info):
+        dims = tensor.type.tensor_type.shape.dim
+        if len(dims) == 0:
+            continue
+        d = dims[0]
+        symbolic = bool(d.dim_param) and (d.dim_param == batch_param or tensor in inputs)
+        unknown = not d.dim_param and d.dim_value == 0
+        same = batch_value > 1 and d.dim_value == batch_value
+        if symbolic or unknown or same:
+            d.ClearField("dim_param")
+            d.dim_value = 1
+    return wrapper
+
+
+def load_onnx(model, rewrites):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.transformation.fold_constants import FoldConstants
     from qonnx.util.cleanup import cleanup_model
     try:
-        reference = cleanup_model(ModelWrapper(model["path"]))
-        # The reference runs one sample at a time; some exports fix another batch size,
-        # in the inputs, outputs and every intermediate shape.
-        graph = reference.graph
-        batch = graph.input[0].type.tensor_type.shape.dim[0].dim_value if graph.input[0].type.tensor_type.shape.dim else 1
-        for tensor in list(graph.input[:1]) + list(graph.output) + list(graph.value_info):
-            dims = tensor.type.tensor_type.shape.dim
-            if len(dims) > 0 and dims[0].dim_value in (batch, 0):
-                dims[0].dim_value = 1
-        qm = cleanup_model(ModelWrapper(model["path"]))
+        raw = ModelWrapper(model["path"])
+        initializers = {i.name for i in raw.graph.initializer}
+        # The names users know (cleanup renames the graph's inputs and outputs).
+        names = ([i.name for i in raw.graph.input if i.name not in initializers], [o.name for o in raw.graph.output])
+        reference = cleanup_model(fixed_batch(ModelWrapper(model["path"])))
+        qm = cleanup_model(fixed_batch(ModelWrapper(model["path"])))
+        before = len(qm.graph.node)
+        qm = cleanup_model(qm.transform(FoldConstants()))
+        if len(qm.graph.node) < before:
+            rewrites.append({"layer": "(graph)", "from": f"{before} nodes", "to": f"{len(qm.graph.node)} nodes",
+                             "why": "constant subgraphs (shape arithmetic) folded with the batch fixed to 1"})
+        cleaned = [i.name for i in qm.graph.input if i.name not in initializers]
+        fold_input_preprocessing(qm, rewrites, dict(zip(cleaned, names[0])))
+        qm = cleanup_model(qm)
         qm = qm.transform(ConvertToChannelsLastAndClean())
         qm = cleanup_model(qm.transform(GemmToMatMul()))
+    except Failure:
+        raise
     except Exception as e:  # noqa: BLE001 - onnx raises many kinds
         raise Failure("bad_input", f"cannot read {os.path.basename(model['path'])} as ONNX: {first_line(e)}", "convert",
                       "check the file; hand-built graphs need explicit Conv attributes (strides, pads, dilations, group)")
-    return qm, reference
+    return qm, reference, names
 
 
-def first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+def onnx_io(graph, names):
+    """Inputs (user's name, shape) and outputs (user's name, activation) of the reference."""
+    initializers = {i.name for i in graph.initializer}
+    inputs = []
+    for i, tensor in enumerate(t for t in graph.input if t.name not in initializers):
+        dims = [d.dim_value for d in tensor.type.tensor_type.shape.dim][1:]
+        inputs.append((names[0][i] if i < len(names[0]) else tensor.name, tuple(dims)))
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = []
+    for i, tensor in enumerate(graph.output):
+        node = producers.get(tensor.name)
+        op = node.op_type.lower() if node is not None else None
+        outputs.append((names[1][i] if i < len(names[1]) else tensor.name,
+                        op if op in ("softmax", "sigmoid", "relu") else None))
+    return inputs, outputs
 
+
+def onnx_reference(reference, xs, full=False):
+    """The float graph's outputs, one sample at a time; with `full`, every tensor too."""
+    from qonnx.core.onnx_exec import execute_onnx
+    initializers = {i.name for i in reference.graph.initializer}
+    in_names = [i.name for i in reference.graph.input if i.name not in initializers]
+    out_names = [o.name for o in reference.graph.output]
+    per_output = {n: [] for n in out_names}
+    context = {}
+    for i in range(len(xs[0])):
+        feed = {name: x[i:i + 1] for name, x in zip(in_names, xs)}
+        result = execute_onnx(reference, feed, return_full_exec_context=full)
+        for n in out_names:
+            per_output[n].append(result[n])
+        if full:
+            for k, v in result.items():
+                context.setdefault(k, []).append(v)
+    outs = [np.concatenate(per_output[n]) for n in out_names]
+    if full:
+        return outs, {k: np.concatenate(v) for k, v in context.items()
+                      if all(hasattr(a, "shape") and a.ndim > 0 for a in v)}
+    return outs
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
 
 def apply_settings(cfg, settings, layer_classes):
     precision = settings["precision"]
@@ -261,144 +611,497 @@ def apply_settings(cfg, settings, layer_classes):
     return cfg
 
 
-def convert(request, timings):
+class Prepared:
+    """A model ready for hls4ml and for the float reference, whatever its format."""
+
+    def __init__(self, fmt, net, inputs, outputs, reference, layer_outputs, layer_classes, config_args,
+                 config_from, convert_from):
+        self.fmt, self.net, self.inputs, self.outputs = fmt, net, inputs, outputs
+        self.reference, self.layer_outputs = reference, layer_outputs
+        self.layer_classes, self.config_args = layer_classes, config_args
+        self.config_from, self.convert_from = config_from, convert_from
+
+
+def prepare(model, rewrites):
     import hls4ml
-    import numpy as np  # noqa: F401 - imported early so import time is not charged to convert
+    fmt = detect_format(model)
+    check_not_lfs_pointer(model["path"], "model file")
+    if fmt in ("keras_h5", "keras_json"):
+        net = load_keras(model, fmt, rewrites)
+        inputs, outputs = keras_io(net)
+
+        def reference(xs):
+            out = net.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+            return [np.asarray(o) for o in out] if isinstance(out, list) else [np.asarray(out)]
+
+        return Prepared(fmt, net, inputs, outputs, reference, lambda xs: keras_layer_outputs(net, xs),
+                        {l.name: type(l).__name__ for l in net.layers}, (net,),
+                        hls4ml.utils.config_from_keras_model, hls4ml.converters.convert_from_keras_model)
+    if fmt == "pytorch":
+        net, inputs, config_shape = load_pytorch(model)
+        outputs = None  # named after conversion, from hls4ml's outputs
+        # Plain PyTorch layers are float (hls4ml renames them, `0` -> `_0`): all get the fix.
+        return Prepared(fmt, net, inputs, outputs, lambda xs: pytorch_reference(net, xs),
+                        lambda xs: pytorch_layer_outputs(net, xs), None, (net, config_shape),
+                        hls4ml.utils.config_from_pytorch_model, hls4ml.converters.convert_from_pytorch_model)
+    if fmt == "onnx":
+        net, onnx_ref, names = load_onnx(model, rewrites)
+        inputs, outputs = onnx_io(onnx_ref.graph, names)
+        for i, (name, dims) in enumerate(inputs):
+            if any(d <= 0 for d in dims):
+                raise Failure("bad_input", f"the ONNX input `{name}` has no fixed shape {list(dims)}", "convert",
+                              "export the model with a fixed input shape (batch may stay free)")
+        quantized = any(n.op_type in ("Quant", "BipolarQuant", "Trunc") for n in net.graph.node)
+
+        def layer_outputs(xs):
+            _, context = onnx_reference(onnx_ref, xs, full=True)
+            by_node = {}
+            for node in onnx_ref.graph.node:
+                if node.output and node.output[0] in context:
+                    by_node[node.name or node.output[0]] = context[node.output[0]]
+            return by_node, {}
+
+        # QONNX layers carry their own types; a float ONNX graph is all float layers.
+        return Prepared(fmt, net, inputs, outputs, lambda xs: onnx_reference(onnx_ref, xs), layer_outputs,
+                        {} if quantized else None, (net,),
+                        hls4ml.utils.config_from_onnx_model, hls4ml.converters.convert_from_onnx_model)
+    raise Failure("bad_input", f"unknown model format `{fmt}`", "convert", "formats: keras_h5, keras_json, pytorch, onnx")
+
+
+def convert(request, timings, rewrites):
+    import hls4ml
+    import numpy  # noqa: F401 - imported early so import time is not charged to convert
 
     model = request["model"]
     settings = request["settings"]
-    fmt = detect_format(model)
     backend = settings["backend"].capitalize()
     common = dict(output_dir=request["output_dir"], project_name=request.get("project_name", "myproject"),
                   backend=backend, io_type=settings["io_type"], part=settings["part"],
                   clock_period=settings["clock_period_ns"])
     t = time.monotonic()
-    # Per format: load the model, then the hls4ml config and converter functions to call.
-    if fmt in ("keras_h5", "keras_json"):
-        net = load_keras(model, fmt)
-        layer_classes = {l.name: type(l).__name__ for l in net.layers}
-        config_args = (net,)
-        config_from, convert_from = hls4ml.utils.config_from_keras_model, hls4ml.converters.convert_from_keras_model
-    elif fmt == "pytorch":
-        net, shape = load_pytorch(model)
-        # Plain PyTorch layers are float (hls4ml renames them, `0` -> `_0`): all get the fix.
-        layer_classes = None
-        config_args = (net, shape)
-        config_from, convert_from = hls4ml.utils.config_from_pytorch_model, hls4ml.converters.convert_from_pytorch_model
-    elif fmt == "onnx":
-        net, onnx_reference = load_onnx(model)
-        quantized = any(n.op_type in ("Quant", "BipolarQuant", "Trunc") for n in net.graph.node)
-        # QONNX layers carry their own types; a float ONNX graph is all float layers.
-        layer_classes = {} if quantized else None
-        config_args = (net,)
-        config_from, convert_from = hls4ml.utils.config_from_onnx_model, hls4ml.converters.convert_from_onnx_model
-    else:
-        raise Failure("bad_input", f"unknown model format `{fmt}`", "convert",
-                      "formats: keras_h5, keras_json, pytorch, onnx")
+    p = prepare(model, rewrites)
     timings["load"] = time.monotonic() - t
     t = time.monotonic()
     try:
-        cfg = config_from(*config_args, granularity="name", backend=backend,
-                          default_precision=settings["precision"],
-                          default_reuse_factor=settings["reuse_factor"])
-        cfg = apply_settings(cfg, settings, layer_classes)
-        hm = convert_from(net, hls_config=cfg, **common)
+        cfg = p.config_from(*p.config_args, granularity="name", backend=backend,
+                            default_precision=settings["precision"],
+                            default_reuse_factor=settings["reuse_factor"])
+        cfg = apply_settings(cfg, settings, p.layer_classes)
+        hm = p.convert_from(p.net, hls_config=cfg, **common)
     except Failure:
         raise
     except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions for unsupported layers
-        raise unsupported(e)
+        raise unsupported(e, p, hls4ml.__version__)
     if settings.get("max_array_partition_size"):
         hm.config.config["MaximumSize"] = settings["max_array_partition_size"]
     timings["convert"] = time.monotonic() - t
     t = time.monotonic()
     hm.write()
     timings["write"] = time.monotonic() - t
-    if fmt == "onnx":
-        return hm, onnx_reference, fmt
-    return hm, net, fmt
+    if p.outputs is None:
+        p.outputs = [(name, None) for name in hm.outputs]
+    return hm, p
 
 
-def unsupported(error):
+def unsupported(error, p, version):
+    """hls4ml's refusal, with the layer (name and type) it is about and the fix where known."""
     text = first_line(error)
+    kind = None
+    m = re.search(r"Unsupported (?:layer type|operation type|QKeras activation): (\S+)", text)
+    if m:
+        kind = m.group(1)
+    culprits = []
+    if kind and p.fmt in ("keras_h5", "keras_json"):
+        for layer in p.net.layers:
+            if type(layer).__name__ == kind:
+                culprits.append(f"`{layer.name}` ({kind})")
+            elif kind == "unknown" and type(layer).__name__ == "QActivation":
+                culprits.append(f"`{layer.name}` (QActivation {getattr(layer, 'activation', '?')!r})")
+    elif kind and p.fmt == "onnx":
+        culprits = [f"`{n.name or n.output[0]}` ({n.op_type})" for n in p.net.graph.node if n.op_type == kind]
+    where = f" at layer {', '.join(culprits[:5])}" if culprits else ""
     if "nsupported" in text or "not supported" in text:
-        return Failure("bad_input", f"hls4ml cannot convert this model: {text}", "convert",
-                       "replace the layer with one hls4ml supports, or upgrade hls4ml")
-    return Failure("tool_error", f"hls4ml conversion failed: {text}", "convert", None)
+        fix = {
+            "Unsqueeze": "export without reshapes in the model, or give the input its final shape",
+            "Squeeze": "export without reshapes in the model, or give the input its final shape",
+            "unknown": "use a quantizing activation (quantized_relu, quantized_tanh, quantized_sigmoid) or a Keras Activation",
+            "GaussianNoise": "remove the layer for inference (it does nothing at inference time)",
+        }.get(kind, "replace the layer with one hls4ml supports, or try a newer hls4ml")
+        return Failure("bad_input", f"hls4ml {version} cannot convert this model{where}: {text}", "convert", fix)
+    return Failure("tool_error", f"hls4ml {version} conversion failed{where}: {text}", "convert", None)
 
 
-def sample_inputs(request, input_shape):
-    import numpy as np
+# ---------------------------------------------------------------------------------------------
+# Emulation
+
+def sample_inputs(request, inputs):
+    """One array per input: the user's (an .npz by input name, or an .npy for one input) or
+    generated from each input's shape."""
     emulation = request.get("emulation") or {}
-    if emulation.get("inputs"):
-        x = np.load(emulation["inputs"])
-        return np.ascontiguousarray(x.astype(np.float32))
+    path = emulation.get("inputs")
+    listing = ", ".join(f"{n} {list(s)}" for n, s in inputs)
+    if path:
+        check_not_lfs_pointer(path, "sample inputs file")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - numpy raises many kinds
+            raise Failure("bad_input", f"cannot read the sample inputs {os.path.basename(path)}: {first_line(e)}",
+                          "emulate", "give an .npz with one array per input name, or an .npy for a one-input model")
+        if isinstance(loaded, np.ndarray):
+            if len(inputs) != 1:
+                raise Failure("bad_input", f"the sample inputs are one array but the model has {len(inputs)} inputs: "
+                              f"{listing}", "emulate", "give an .npz with one array per input name")
+            arrays = {inputs[0][0]: loaded}
+        else:
+            arrays = {k: loaded[k] for k in loaded.files}
+            if len(inputs) == 1 and len(arrays) == 1 and inputs[0][0] not in arrays:
+                arrays = {inputs[0][0]: next(iter(arrays.values()))}
+        missing = [n for n, _ in inputs if n not in arrays]
+        if missing:
+            raise Failure("bad_input", f"the sample inputs have no array for {', '.join(missing)} (they have "
+                          f"{', '.join(sorted(arrays))}); the model's inputs are {listing}", "emulate",
+                          "name each array in the .npz after its input")
+        xs = []
+        for name, shape in inputs:
+            x = np.asarray(arrays[name], dtype=np.float32)
+            if x.ndim == len(shape):
+                x = x[None]
+            if tuple(x.shape[1:]) != tuple(shape):
+                raise Failure("bad_input", f"the sample input `{name}` has shape {list(x.shape)}, the model expects "
+                              f"[N, {', '.join(map(str, shape))}]; the model's inputs are {listing}", "emulate",
+                              "give arrays of shape (samples, ...) matching each input")
+            xs.append(x)
+        if len({len(x) for x in xs}) > 1:
+            raise Failure("bad_input", "the sample inputs have different numbers of samples: "
+                          + ", ".join(f"{n} {len(x)}" for (n, _), x in zip(inputs, xs)), "emulate", None)
+        return [np.ascontiguousarray(x) for x in xs], os.path.basename(path)
     rng = np.random.default_rng(int(emulation.get("seed", 0)))
-    shape = (int(emulation.get("samples", 100)),) + tuple(input_shape)
-    return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+    n = int(emulation.get("samples", 100))
+    xs = [np.ascontiguousarray(rng.uniform(-1.0, 1.0, size=(n,) + tuple(shape)).astype(np.float32))
+          for _, shape in inputs]
+    return xs, "generated uniform(-1, 1)"
 
 
-def emulate(request, hm, net, fmt, timings):
-    import numpy as np
-    t = time.monotonic()
+def emulation_cost(hm):
+    """Multiplications per inference, summed over layers: what the io_parallel C++ unrolls."""
+    total = 0
+    for layer in hm.get_layers():
+        n_in = layer.get_attr("n_in")
+        n_out = layer.get_attr("n_out")
+        if n_in and n_out:
+            total += int(n_in) * int(n_out)
+            continue
+        if layer.get_attr("n_filt") and layer.get_attr("n_chan"):
+            kernel = int(layer.get_attr("filt_height", 1) or 1) * int(layer.get_attr("filt_width", 1) or 1)
+            out_pix = int(layer.get_attr("out_height", 1) or 1) * int(layer.get_attr("out_width", 1) or 1)
+            total += kernel * int(layer.get_attr("n_chan")) * int(layer.get_attr("n_filt")) * out_pix
+    return total
+
+
+def cheaper_compile(project_dir):
+    """-O3 to -O1 in hls4ml's build_lib.sh: bit-exact, far less time and memory for big models."""
+    script = os.path.join(project_dir, "build_lib.sh")
+    with open(script) as f:
+        text = f.read()
+    if 'CFLAGS="-O3' not in text:
+        return False
+    with open(script, "w") as f:
+        f.write(text.replace('CFLAGS="-O3', 'CFLAGS="-O1', 1))
+    return True
+
+
+def output_kind(name, activation, ref, input_shapes):
+    """binary (one unit in [0,1] or a sigmoid), multiclass (softmax, or several logits), or
+    regression (anything else: reconstructions, values, images)."""
+    per_sample = ref.reshape(len(ref), -1)
+    units = per_sample.shape[1]
+    in_unit_range = bool(np.all(per_sample >= 0.0) and np.all(per_sample <= 1.0))
+    if activation == "softmax":
+        return "multiclass"
+    if units == 1:
+        return "binary" if activation == "sigmoid" or (activation is None and in_unit_range) else "regression"
+    if activation in ("sigmoid", "relu", "tanh") or ref.ndim > 2:
+        return "regression"
+    if tuple(ref.shape[1:]) in input_shapes:
+        return "regression"  # same shape as an input: a reconstruction
+    sums = per_sample.sum(axis=1)
+    if in_unit_range and np.allclose(sums, 1.0, atol=1e-3):
+        return "multiclass"  # probabilities
+    return "multiclass" if activation in (None, "linear") and units <= 32 else "regression"
+
+
+def compare_output(name, kind, ref, emu, max_error, min_agreement):
+    ref = ref.astype(np.float64).reshape(len(ref), -1)
+    emu = emu.astype(np.float64).reshape(len(emu), -1)
+    diff = np.abs(ref - emu)
+    out = {"name": name, "kind": kind, "units": int(ref.shape[1]),
+           "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max())}
+    if kind == "binary":
+        out["agreement"] = float(((ref[:, 0] >= 0.5) == (emu[:, 0] >= 0.5)).mean())
+        scale = 1.0
+    elif kind == "multiclass":
+        out["agreement"] = float((ref.argmax(axis=1) == emu.argmax(axis=1)).mean())
+        probabilities = bool(np.all(ref >= 0) and np.all(ref <= 1))
+        scale = 1.0 if probabilities else max(float(ref.max() - ref.min()), 1e-9)
+    else:
+        scale = max(float(ref.max() - ref.min()), float(np.abs(ref).max()), 1e-9)
+        out["relative_error"] = float(diff.max() / scale)
+    out["collapsed"] = bool(len(ref) > 1 and np.allclose(emu, emu[0]) and not np.allclose(ref, ref[0]))
+    error = float(diff.max() / scale)
+    problems = []
+    # Multiclass outputs are judged by their argmax: softmax tables are approximate by design.
+    if error > max_error and kind != "multiclass":
+        problems.append(f"max |diff| {out['max_abs_diff']:.3g} is {error:.0%} of the output's scale "
+                        f"(tolerance {max_error:.0%})")
+    if "agreement" in out and out["agreement"] < min_agreement:
+        problems.append(f"agreement {out['agreement']:.2f} below {min_agreement:.2f}")
+    if out["collapsed"]:
+        problems.append("every emulated output is the same")
+    out["within_tolerance"] = not problems
+    if problems:
+        out["problem"] = "; ".join(problems)
+    return out
+
+
+def precision_text(precision):
+    """A fixed-point type as users write it: ap_fixed<16,6>, with modes only where not default."""
+    width, integer = getattr(precision, "width", None), getattr(precision, "integer", None)
+    if width is None or integer is None:
+        return str(precision)
+    name = "ap_fixed" if getattr(precision, "signed", True) else "ap_ufixed"
+    rounding = str(getattr(precision, "rounding_mode", "") or "").upper()
+    saturation = str(getattr(precision, "saturation_mode", "") or "").upper()
+    modes = []
+    if rounding and "TRN" not in rounding.replace("TRN_ZERO", "X"):
+        modes.append(rounding.split(".")[-1])
+    if saturation and "WRAP" not in saturation:
+        modes.append(saturation.split(".")[-1])
+    return f"{name}<{width},{integer}{''.join(',' + m for m in modes)}>"
+
+
+def precision_limits(precision):
+    """The largest magnitude a fixed-point type holds, its integer bits, signedness, overflow mode."""
+    width = getattr(precision, "width", None)
+    integer = getattr(precision, "integer", None)
+    if width is None or integer is None:
+        return None
+    signed = bool(getattr(precision, "signed", True))
+    frac = width - integer
+    limit = 2.0 ** (integer - 1 if signed else integer) - 2.0 ** (-frac)
+    mode = getattr(precision, "saturation_mode", None)
+    saturates = mode is not None and "SAT" in str(mode).upper()
+    return limit, integer, signed, saturates
+
+
+def find_divergence(hm, p, xs, hls_xs, max_error, cheap):
+    """Where the fixed-point model departs from the float one: first the first layer (in
+    hls4ml's order) whose float values leave its fixed-point range; failing that, hls4ml's
+    trace of every layer's output against the float model's, and the first layer whose
+    difference passes the tolerance."""
     try:
-        hm.compile()
+        floats, range_only = p.layer_outputs(xs)
+    except Exception as e:  # noqa: BLE001 - tracing is best effort; the figures stand without it
+        return {"layer": None, "message": f"could not trace the float model's layers: {first_line(e)}"}
+    for i, (name, _) in enumerate(p.inputs):
+        floats.setdefault(name, xs[i])
+    found = range_overflow(hm, {**range_only, **floats})
+    if found:
+        return found
+    try:
+        traced = trace_hls(hm, hls_xs, cheap)
+    except Exception as e:  # noqa: BLE001 - hls4ml's trace is best effort
+        traced, note = {}, f"hls4ml's trace failed: {first_line(e)}"
+    else:
+        note = None
+    previous = None
+    for layer in hm.get_layers():
+        ref, emu = floats.get(layer.name), traced.get(layer.name)
+        if ref is None or emu is None or np.size(ref) != np.size(emu):
+            continue
+        ref = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+        emu = np.asarray(emu, dtype=np.float64).reshape(len(ref), -1)
+        scale = max(float(np.abs(ref).max()), 1e-9)
+        error = float(np.abs(ref - emu).max()) / scale
+        if error <= max_error:
+            previous = layer
+            continue
+        precision = layer.get_output_variable().type.precision
+        message = (f"layer `{layer.name}` ({layer.class_name}) is the first to depart: max |diff| "
+                   f"{float(np.abs(ref - emu).max()):.3g} on float values up to {scale:.3g} ({error:.0%}), "
+                   f"result type {precision_text(precision)}")
+        suggestion = (f"give `{layer.name}` more fractional bits (a wider precision for its result), "
+                      "or check hls4ml's profiling of this layer")
+        if layer.class_name in ("Softmax", "Activation", "HardActivation") and previous is not None:
+            feeding = previous.get_output_variable().type.precision
+            integer = getattr(feeding, "integer", None)
+            table = layer.get_attr("table_size", 1024)
+            if integer is not None and integer > 8:
+                message += (f"; its lookup table ({table} entries) is indexed by the input's top bits, and the "
+                            f"input `{previous.name}` is {precision_text(feeding)} with {integer} integer bits, so "
+                            "close inputs fall on one entry")
+                suggestion = (f"give `{previous.name}`'s result fewer integer bits (e.g. ap_fixed<16,6>), or set "
+                              f"the precision of `{layer.name}`'s input table (`inp_norm`/`table`) explicitly")
+        return {"layer": layer.name, "layer_class": layer.class_name, "float_max_abs": scale,
+                "precision": precision_text(precision), "relative_error": error,
+                "message": message, "suggestion": suggestion}
+    return {"layer": None, "message": note or ("no single layer departs beyond the tolerance: the difference "
+                                               "builds up over layers from rounding"),
+            "suggestion": "try a wider precision (more fractional bits), or per-layer precision from hls4ml's profiling"}
+
+
+def range_overflow(hm, floats):
+    """The first layer whose float values leave the range of its result type, with the fix."""
+    for layer in hm.get_layers():
+        values = floats.get(layer.name)
+        if values is None:
+            continue
+        try:
+            precision = layer.get_output_variable().type.precision
+        except Exception:  # noqa: BLE001 - layers without a typed output
+            continue
+        limits = precision_limits(precision)
+        if limits is None or not np.size(values):
+            continue
+        limit, integer, signed, saturates = limits
+        peak, low = float(np.max(np.abs(values))), float(np.min(values))
+        if peak <= limit and (signed or low >= 0):
+            continue
+        needed = max(1, math.ceil(math.log2(peak + 1e-12)) + (1 if signed else 0) + 1) if peak > 0 else integer
+        type_text = precision_text(precision)
+        verb = "saturates" if saturates else "wraps around"
+        if not signed and low < 0:
+            message = (f"layer `{layer.name}` ({layer.class_name}): float outputs go down to {low:.4g}, "
+                       f"unsigned {type_text} cannot hold them")
+        else:
+            message = (f"layer `{layer.name}` ({layer.class_name}): float outputs reach {peak:.4g}, "
+                       f"{type_text} {verb} at ±{limit:.4g}: give it {needed} integer bits")
+        width = max(precision.width, needed + (precision.width - integer))
+        return {"layer": layer.name, "layer_class": layer.class_name, "float_max_abs": peak,
+                "float_min": low, "precision": type_text, "limit": limit,
+                "integer_bits": integer, "integer_bits_needed": needed, "message": message,
+                "suggestion": f"give `{layer.name}` {needed} integer bits, e.g. ap_fixed<{width},{needed}> "
+                              "for its result (settings.layers) or for the model"}
+    return None
+
+
+def trace_hls(hm, hls_xs, cheap):
+    """Every layer's fixed-point output (hls4ml's trace), leaving the project as written.
+    hls4ml's trace() writes and compiles the project again: with the same flags as the
+    emulation's compile."""
+    layers = list(hm.get_layers())
+    for layer in layers:
+        layer.set_attr("trace", True)
+    write = hm.write
+
+    def write_then_flags():
+        write()
+        if cheap:
+            cheaper_compile(hm.config.get_output_dir())
+
+    hm.write = write_then_flags
+    try:
+        _, traced = hm.trace(hls_xs if len(hls_xs) > 1 else hls_xs[0])
+    finally:
+        hm.write = write
+        for layer in layers:
+            layer.set_attr("trace", False)
+        hm.config.trace_output = False
+        hm.write()  # the project the tools synthesize carries no trace code
+    return traced
+
+
+def emulate(request, hm, p, timings, result):
+    emulation = request.get("emulation") or {}
+    t = time.monotonic()
+    xs, source = sample_inputs(request, p.inputs)
+    cost = emulation_cost(hm) if request["settings"]["io_type"] == "io_parallel" else 0
+    budget = float(emulation.get("compile_budget") or 1.0)
+    if cost > SKIP_EMULATION_ABOVE * budget:
+        result["emulation_note"] = (f"emulation skipped: its io_parallel C++ unrolls about {cost:,} multiplications, "
+                                    f"past {int(SKIP_EMULATION_ABOVE * budget):,}; the compile would take tens of "
+                                    "minutes and GBs of memory; use io_stream or a larger reuse factor, or raise "
+                                    "emulation.compile_budget")
+        return None
+    cheap = cost > CHEAP_COMPILE_ABOVE * budget and cheaper_compile(hm.config.get_output_dir())
+    if cheap:
+        result["emulation_note"] = f"compiled with -O1 instead of -O3 (about {cost:,} multiplications unrolled)"
+    try:
+        hm._compile()  # write() already ran: compile() would write the project again
     except Exception as e:  # noqa: BLE001 - g++ failures surface as plain exceptions
         raise Failure("tool_error", f"hls4ml compile() failed: {first_line(e)}", "emulate",
                       "the generated C++ did not build with g++; see the log for the compiler error")
     timings["compile"] = time.monotonic() - t
-    if fmt in ("keras_h5", "keras_json"):
-        shapes = net.input_shape
-        if isinstance(shapes, list):
-            raise Failure("bad_input", "models with several inputs cannot be emulated yet", "emulate", None)
-        x = sample_inputs(request, shapes[1:])
-        reference = np.asarray(net.predict(x, verbose=0))
-    elif fmt == "pytorch":
-        import torch
-        x = sample_inputs(request, request["model"]["input_shape"])
-        with torch.no_grad():
-            reference = net(torch.from_numpy(x)).numpy()
-    else:
-        from qonnx.core.onnx_exec import execute_onnx
-        name = net.graph.input[0].name
-        dims = [d.dim_value for d in net.graph.input[0].type.tensor_type.shape.dim][1:]
-        if any(d <= 0 for d in dims):
-            raise Failure("bad_input", f"the ONNX input `{name}` has no fixed shape {dims}", "emulate",
-                          "export the model with a fixed input shape (batch may stay free)")
-        x = sample_inputs(request, dims)
-        out_name = net.graph.output[0].name
-        reference = np.concatenate([execute_onnx(net, {name: x[i:i + 1]})[out_name] for i in range(len(x))])
+    references = p.reference(xs)
+    # hls4ml's own input order; the framework's names map onto it where they agree.
+    names = [n for n, _ in p.inputs]
+    order = names
+    if len(names) > 1 and sorted(hm.inputs) == sorted(names):
+        order = list(hm.inputs)
+    hls_xs = [np.ascontiguousarray(xs[names.index(n)]) for n in order]
     t = time.monotonic()
-    emulated = np.asarray(hm.predict(np.ascontiguousarray(x))).reshape(reference.shape)
+    emulated = hm.predict(hls_xs if len(hls_xs) > 1 else hls_xs[0])
     timings["predict"] = time.monotonic() - t
-    diff = np.abs(reference.astype(np.float64) - emulated.astype(np.float64))
-    flat_ref = reference.reshape(len(x), -1)
-    flat_emu = emulated.reshape(len(x), -1)
-    return {
-        "samples": int(len(x)),
+    emulated = [np.asarray(e) for e in emulated] if isinstance(emulated, list) else [np.asarray(emulated)]
+    out_names = [n for n, _ in p.outputs]
+    if len(emulated) == len(references) and sorted(hm.outputs) == sorted(out_names) and len(out_names) > 1:
+        emulated = [emulated[list(hm.outputs).index(n)] for n in out_names]
+    if len(emulated) != len(references):
+        raise Failure("tool_error", f"the emulation gave {len(emulated)} outputs, the float model {len(references)}",
+                      "emulate", None)
+    max_error = float(emulation.get("max_error") or DEFAULT_MAX_ERROR)
+    min_agreement = float(emulation.get("min_agreement") or DEFAULT_MIN_AGREEMENT)
+    input_shapes = {tuple(s) for _, s in p.inputs}
+    outputs = []
+    for (name, activation), ref, emu in zip(p.outputs, references, emulated):
+        ref = np.asarray(ref)
+        emu = np.asarray(emu).reshape(ref.shape) if emu.size == ref.size else emu
+        if emu.size != ref.size:
+            raise Failure("tool_error", f"output `{name}`: the emulation gave {emu.size} values, the float model "
+                          f"{ref.size}", "emulate", None)
+        kind = output_kind(name, activation, ref, input_shapes)
+        outputs.append(compare_output(name, kind, ref, emu, max_error, min_agreement))
+    all_ref = np.concatenate([np.asarray(r, dtype=np.float64).reshape(len(xs[0]), -1) for r in references], axis=1)
+    all_emu = np.concatenate([np.asarray(e, dtype=np.float64).reshape(len(xs[0]), -1) for e in emulated], axis=1)
+    diff = np.abs(all_ref - all_emu)
+    fidelity = {
+        "samples": int(len(xs[0])),
+        "inputs": source,
         "mean_abs_diff": float(diff.mean()),
         "max_abs_diff": float(diff.max()),
-        "argmax_agreement": float((flat_ref.argmax(axis=1) == flat_emu.argmax(axis=1)).mean()),
-        "collapsed": bool(len(x) > 1 and np.allclose(flat_emu, flat_emu[0]) and not np.allclose(flat_ref, flat_ref[0])),
+        "collapsed": any(o["collapsed"] for o in outputs),
+        "outputs": outputs,
+        "within_tolerance": all(o["within_tolerance"] for o in outputs),
     }
+    if len(outputs) == 1:
+        # Readers of the one-output figure keep it; it is the output's agreement where one fits.
+        o = outputs[0]
+        ref0 = all_ref
+        fidelity["argmax_agreement"] = o.get("agreement", float((ref0.argmax(axis=1) == all_emu.argmax(axis=1)).mean()))
+    if not fidelity["within_tolerance"]:
+        t = time.monotonic()
+        fidelity["divergence"] = find_divergence(hm, p, xs, hls_xs, max_error, cheap)
+        timings["trace"] = time.monotonic() - t
+    return fidelity
 
 
 WARNING = re.compile(r"^WARNING: (.*)$")
-REUSE = re.compile(r'Invalid ReuseFactor=(\d+) in layer "([^"]+)"')
 
 
 def main():
     request_path, result_path = sys.argv[1], sys.argv[2]
     with open(request_path) as f:
         request = json.load(f)
-    result = {"ok": False, "timings": {}, "warnings": []}
+    result = {"ok": False, "timings": {}, "warnings": [], "rewrites": []}
     tee = Tee(sys.stdout)
     stage = "convert"
     try:
         with contextlib.redirect_stdout(tee):
             import hls4ml
             result["hls4ml_version"] = hls4ml.__version__
-            hm, net, fmt = convert(request, result["timings"])
-            result["format"] = fmt
+            hm, p = convert(request, result["timings"], result["rewrites"])
+            result["format"] = p.fmt
+            result["inputs"] = [{"name": n, "shape": list(s)} for n, s in p.inputs]
+            result["outputs"] = [{"name": n} for n, _ in p.outputs]
             layers = [{"name": l.name, "class": l.class_name, "reuse_factor": l.get_attr("reuse_factor")}
                       for l in hm.get_layers()]
             result["layers"] = layers
@@ -407,7 +1110,7 @@ def main():
             result["fidelity"] = None
             if request.get("emulate"):
                 stage = "emulate"
-                result["fidelity"] = emulate(request, hm, net, fmt, result["timings"])
+                result["fidelity"] = emulate(request, hm, p, result["timings"], result)
         result["ok"] = True
     except Failure as f:
         result["failure"] = {"class": f.cls, "reason": f.reason, "stage": f.stage, "suggestion": f.suggestion}

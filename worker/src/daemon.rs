@@ -233,7 +233,8 @@ pub fn free_disk_bytes(dir: &Path) -> Option<u64> {
     Some(s.blocks_available() * s.fragment_size())
 }
 
-fn meminfo_mib(field: &str) -> Option<u64> {
+/// A `/proc/meminfo` figure (e.g. `MemTotal:`) in MiB.
+pub fn meminfo_mib(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()
         .find(|l| l.starts_with(field))
@@ -396,6 +397,16 @@ pub async fn run(options: Options) -> Result<i32, Error> {
             python,
             by_format,
             timeout: Duration::from_secs(config.convert_timeout_s),
+            // Per trial: at least its lease's reservation (see run_one).
+            memory_limit_mib: Some(if config.trial_memory_mib > 0 {
+                config.trial_memory_mib
+            } else {
+                (memory_mib / u64::from(slots)).max(1024)
+            }),
+            tolerance: crate::driver::Tolerance {
+                max_error: config.fidelity_max_error,
+                min_agreement: config.fidelity_min_agreement,
+            },
         },
         tools,
         tool_timeout: Duration::from_secs(config.stage_timeout_s),
@@ -842,7 +853,11 @@ async fn run_one(
         tarball: scratch.join("out").join("artifacts.tar.gz"),
     };
     tracing::info!(model = %model.name, "trial started");
-    let result = run_trial(&shared.env, &spec, &cancel, &|s| {
+    // The memory limit: the worker's share per slot, or the lease's reservation if larger.
+    let reserved = lock(&shared.running).get(key).map_or(0, |r| r.memory_mib);
+    let mut env = TrialEnv::clone(&shared.env);
+    env.driver.memory_limit_mib = env.driver.memory_limit_mib.map(|m| m.max(reserved));
+    let result = run_trial(&env, &spec, &cancel, &|s| {
         *lock(&stage) = Some(s);
     })
     .await;

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hlsfarm_common::failure::{Failure, FailureClass};
-pub use hlsfarm_common::results::Fidelity;
+pub use hlsfarm_common::results::{Fidelity, Rewrite, TensorInfo};
 use hlsfarm_common::settings::Settings;
+use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::EmulationSpec;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{Ending, run_tree};
+use crate::process::{Ending, Limits, run_tree_limited};
 
 /// The driver's source, shipped inside the binary.
 pub const DRIVER_SOURCE: &str = include_str!("../python/hlsfarm_driver.py");
@@ -47,7 +48,8 @@ pub struct ModelFiles {
 
 /// The companion files found beside a model, by role: `weights` for a Keras JSON
 /// (`<stem>_weights.h5`), `class` for a PyTorch file (`<stem>.py`: its class, `INPUT_SHAPE`),
-/// `inputs` for sample inputs (`<stem>_inputs.npy`).
+/// `inputs` for sample inputs (`<stem>_inputs.npz`, one array per input name, or
+/// `<stem>_inputs.npy` for one input).
 pub fn companions(model: &Path) -> std::collections::BTreeMap<String, PathBuf> {
     let mut out = std::collections::BTreeMap::new();
     let Some(stem) = model.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
@@ -68,7 +70,9 @@ pub fn companions(model: &Path) -> std::collections::BTreeMap<String, PathBuf> {
     {
         out.insert("class".to_owned(), p);
     }
-    if let Some(p) = beside(format!("{stem}_inputs.npy")) {
+    if let Some(p) =
+        beside(format!("{stem}_inputs.npz")).or_else(|| beside(format!("{stem}_inputs.npy")))
+    {
         out.insert("inputs".to_owned(), p);
     }
     out
@@ -94,6 +98,29 @@ struct Emulation<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<&'a Path>,
+    max_error: f64,
+    min_agreement: f64,
+}
+
+/// When an emulation departs from the float model: a fidelity warning, with the layer where
+/// it departs traced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Largest difference on an output, as a share of its scale (1 for probabilities, the
+    /// float values' range otherwise). Default 0.1.
+    pub max_error: f64,
+    /// Smallest agreement of a binary (same side of 0.5) or multiclass (same argmax) output.
+    /// Default 0.9.
+    pub min_agreement: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance {
+            max_error: 0.1,
+            min_agreement: 0.9,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +148,8 @@ pub struct LayerInfo {
 struct DriverFailure {
     class: String,
     reason: String,
+    #[serde(default)]
+    stage: Option<String>,
     suggestion: Option<String>,
 }
 
@@ -142,6 +171,14 @@ struct RawResult {
     #[serde(default)]
     fidelity: Option<Fidelity>,
     #[serde(default)]
+    rewrites: Vec<Rewrite>,
+    #[serde(default)]
+    inputs: Vec<TensorInfo>,
+    #[serde(default)]
+    outputs: Vec<TensorInfo>,
+    #[serde(default)]
+    emulation_note: Option<String>,
+    #[serde(default)]
     failure: Option<DriverFailure>,
 }
 
@@ -162,6 +199,14 @@ pub struct Converted {
     pub effective_reuse_factor: BTreeMap<String, u32>,
     /// Emulation figures, when emulate ran.
     pub fidelity: Option<Fidelity>,
+    /// Changes made to the model before conversion.
+    pub rewrites: Vec<Rewrite>,
+    /// The model's inputs.
+    pub inputs: Vec<TensorInfo>,
+    /// The model's outputs.
+    pub outputs: Vec<TensorInfo>,
+    /// How emulation ran, when not as usual (cheaper compile flags, skipped).
+    pub emulation_note: Option<String>,
     /// Peak memory of the driver's process tree (Python and g++), MiB.
     pub peak_memory_mib: u64,
     /// Wall time of the whole driver run, seconds.
@@ -178,6 +223,10 @@ pub struct DriverEnv {
     pub by_format: std::collections::BTreeMap<String, PathBuf>,
     /// Time limit for one run.
     pub timeout: Duration,
+    /// Memory limit of the driver's process tree (Python and g++), MiB; `None`: none.
+    pub memory_limit_mib: Option<u64>,
+    /// When the emulation counts as departing from the float model.
+    pub tolerance: Tolerance,
 }
 
 /// One convert (and emulate) job.
@@ -221,13 +270,38 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A failure of the driver with the stage it happened in (convert or emulate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFailure {
+    /// What went wrong.
+    pub failure: Failure,
+    /// Where: [`Stage::Convert`] unless the driver says emulation failed.
+    pub stage: Stage,
+}
+
+impl std::ops::Deref for StageFailure {
+    type Target = Failure;
+    fn deref(&self) -> &Failure {
+        &self.failure
+    }
+}
+
+impl From<Failure> for StageFailure {
+    fn from(failure: Failure) -> Self {
+        StageFailure {
+            failure,
+            stage: Stage::Convert,
+        }
+    }
+}
+
 /// Runs the driver for `job`; a failure is classified (bad input, tool error, timeout, oom,
-/// infrastructure) and names the fix where one is known.
+/// infrastructure), names the fix where one is known, and the stage it happened in.
 pub async fn convert(
     env: &DriverEnv,
     job: &Job<'_>,
     cancel: &CancellationToken,
-) -> Result<Converted, Failure> {
+) -> Result<Converted, StageFailure> {
     let infra = |what: &str, e: std::io::Error| {
         failure(
             FailureClass::Infrastructure,
@@ -251,6 +325,8 @@ pub async fn convert(
             samples: job.emulation.samples,
             seed: job.emulation.seed,
             inputs: job.inputs,
+            max_error: env.tolerance.max_error,
+            min_agreement: env.tolerance.min_agreement,
         },
     };
     let bytes = serde_json::to_vec_pretty(&request)
@@ -278,7 +354,11 @@ pub async fn convert(
         .env("CUDA_VISIBLE_DEVICES", "")
         .env("PYTHONUNBUFFERED", "1");
     let log = job.work_dir.join(LOG_FILE);
-    let outcome = run_tree(command, &log, env.timeout, cancel)
+    let limits = Limits {
+        timeout: env.timeout,
+        memory_mib: env.memory_limit_mib,
+    };
+    let outcome = run_tree_limited(command, &log, limits, cancel)
         .await
         .map_err(|e| {
             failure(
@@ -294,10 +374,34 @@ pub async fn convert(
                 FailureClass::Timeout,
                 format!("hls4ml ran past its limit of {} s", env.timeout.as_secs()),
                 Some("raise the convert/emulate timeout, or emulate fewer samples"),
-            ));
+            )
+            .into());
         }
         Ending::Cancelled => {
-            return Err(failure(FailureClass::Infrastructure, "cancelled", None));
+            return Err(failure(FailureClass::Infrastructure, "cancelled", None).into());
+        }
+        Ending::MemoryLimit(limit) => {
+            return Err(StageFailure {
+                failure: failure(
+                    FailureClass::Oom,
+                    format!(
+                        "hls4ml (Python and g++) passed the trial's memory limit of {limit} MiB (peak {} MiB) and was killed",
+                        outcome.peak_memory_mib
+                    ),
+                    Some(
+                        "give trials more memory (worker.trial_memory_mib / --trial-memory-mib, or fewer slots), or use io_stream or a larger reuse factor to shrink the emulation",
+                    ),
+                ),
+                stage: if job.emulate
+                    && project_dir(job.work_dir, job.project_name)
+                        .join("build_lib.sh")
+                        .is_file()
+                {
+                    Stage::Emulate
+                } else {
+                    Stage::Convert
+                },
+            });
         }
     };
     let raw: Option<RawResult> = std::fs::read(&result_path)
@@ -309,7 +413,10 @@ pub async fn convert(
         return Err(if status.signal() == Some(9) {
             failure(
                 FailureClass::Oom,
-                "hls4ml was killed (SIGKILL), most likely by the OOM killer",
+                format!(
+                    "hls4ml was killed (SIGKILL), most likely by the OOM killer (peak {} MiB)",
+                    outcome.peak_memory_mib
+                ),
                 Some("give the trial more memory: fewer slots on this host"),
             )
         } else {
@@ -320,18 +427,26 @@ pub async fn convert(
                 ),
                 None,
             )
-        });
+        }
+        .into());
     };
     if !raw.ok {
         let f = raw.failure.unwrap_or(DriverFailure {
             class: "tool_error".into(),
             reason: "the driver reported a failure without a reason".into(),
+            stage: None,
             suggestion: None,
         });
-        return Err(Failure {
-            class: f.class.parse().unwrap_or(FailureClass::ToolError),
-            reason: f.reason,
-            suggestion: f.suggestion,
+        return Err(StageFailure {
+            failure: Failure {
+                class: f.class.parse().unwrap_or(FailureClass::ToolError),
+                reason: f.reason,
+                suggestion: f.suggestion,
+            },
+            stage: match f.stage.as_deref() {
+                Some("emulate") => Stage::Emulate,
+                _ => Stage::Convert,
+            },
         });
     }
     Ok(Converted {
@@ -342,6 +457,10 @@ pub async fn convert(
         layers: raw.layers,
         effective_reuse_factor: raw.effective_reuse_factor,
         fidelity: raw.fidelity,
+        rewrites: raw.rewrites,
+        inputs: raw.inputs,
+        outputs: raw.outputs,
+        emulation_note: raw.emulation_note,
         peak_memory_mib: outcome.peak_memory_mib,
         seconds: outcome.elapsed.as_secs_f64(),
     })

@@ -3,6 +3,19 @@
 //!
 //! On timeout or cancel the whole group gets SIGTERM, then SIGKILL after a grace period, so
 //! the compilers and simulators a tool spawned die with it (DESIGN §3).
+//!
+//! Two more guards keep one trial from taking its host down:
+//! - a memory limit on the group's summed resident memory, sampled every 100 ms: past it the
+//!   group is killed (SIGKILL) and the run ends as [`Ending::MemoryLimit`] with its peak. It is
+//!   a sampler rather than `RLIMIT_AS`, which counts address space, not memory: TensorFlow alone
+//!   maps several GB it never touches, so an address-space limit near the real need kills the
+//!   driver at import.
+//! - a guard shell as the group's leader, started through util-linux's `setpriv --pdeathsig`:
+//!   when the process that started it dies, even by SIGKILL, the kernel signals the guard, which
+//!   kills its whole group. Without `setpriv` on the host the guard is left out (logged once).
+//!   The kernel sends that signal when the *thread* that spawned the child exits, so trees are
+//!   spawned from the runtime's worker threads, which live as long as the process, never from
+//!   `spawn_blocking` threads, which exit when idle.
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -22,6 +35,8 @@ pub enum Ending {
     TimedOut,
     /// It was cancelled and killed.
     Cancelled,
+    /// Its resident memory passed the limit (MiB) and it was killed.
+    MemoryLimit(u64),
 }
 
 /// What running a process tree gave.
@@ -60,17 +75,117 @@ pub enum Error {
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the tree's memory is sampled.
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The limits of one process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall time.
+    pub timeout: Duration,
+    /// Summed resident memory of the group, MiB; `None`: no limit.
+    pub memory_mib: Option<u64>,
+}
+
+impl Limits {
+    /// A time limit only.
+    pub fn time(timeout: Duration) -> Limits {
+        Limits {
+            timeout,
+            memory_mib: None,
+        }
+    }
+}
+
+/// The guard shell that leads each tree (see the module's docs): SIGUSR2, the parent-death
+/// signal, kills the whole group; SIGTERM and SIGINT only interrupt its `wait`, so a graceful
+/// stop reaches the command and the guard outlives it; the command's exit status, or the
+/// signal that ended it, becomes the guard's own.
+const GUARD: &str = r#"trap 'kill -KILL 0' USR2
+trap ':' TERM INT
+"$@" &
+child=$!
+while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+if [ "$rc" -gt 128 ]; then
+    trap - TERM INT
+    kill -s "$((rc - 128))" "$$" 2>/dev/null || kill -KILL "$$"
+fi
+exit "$rc"
+"#;
+
+/// `setpriv`, where the host has one (util-linux).
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let found = which::which("setpriv").ok();
+            if found.is_none() {
+                tracing::warn!(
+                    "setpriv (util-linux) not found: tool processes will not die with this process if it is killed"
+                );
+            }
+            found
+        })
+        .as_deref()
+}
+
+/// `command` wrapped in the guard shell under `setpriv --pdeathsig USR2`, where possible.
+fn guarded(command: Command) -> Command {
+    let Some(setpriv) = setpriv() else {
+        return command;
+    };
+    let std = command.as_std();
+    let mut wrapped = std::process::Command::new(setpriv);
+    wrapped
+        .args([
+            "--pdeathsig",
+            "USR2",
+            "--",
+            "/bin/sh",
+            "-c",
+            GUARD,
+            "hlsfarm-guard",
+        ])
+        .arg(std.get_program())
+        .args(std.get_args());
+    if let Some(dir) = std.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (key, value) in std.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    Command::from(wrapped)
+}
 
 /// Runs `command` in a new process group with stdout and stderr appended to `log`, until it
 /// exits, `timeout` passes, or `cancel` fires; in the last two cases the whole group is
 /// killed (SIGTERM, [`KILL_GRACE`], SIGKILL).
 pub async fn run_tree(
-    mut command: Command,
+    command: Command,
     log: &Path,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
+    run_tree_limited(command, log, Limits::time(timeout), cancel).await
+}
+
+/// [`run_tree`] with a memory limit as well: past it the group is killed at once (SIGKILL)
+/// and the run ends as [`Ending::MemoryLimit`].
+pub async fn run_tree_limited(
+    command: Command,
+    log: &Path,
+    limits: Limits,
+    cancel: &CancellationToken,
+) -> Result<Outcome, Error> {
+    let timeout = limits.timeout;
+    let program = format!("{:?}", command.as_std().get_program());
+    let mut command = guarded(command);
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -81,7 +196,6 @@ pub async fn run_tree(
                 source,
             })
     };
-    let program = format!("{:?}", command.as_std().get_program());
     command
         .stdin(std::process::Stdio::null())
         .stdout(open()?)
@@ -102,7 +216,15 @@ pub async fn run_tree(
     let deadline = tokio::time::Instant::now() + timeout;
     let ending = loop {
         if let Some(pgid) = pgid {
-            peak_kib = peak_kib.max(group_rss_kib(pgid));
+            let now_kib = group_rss_kib(pgid);
+            peak_kib = peak_kib.max(now_kib);
+            if let Some(limit) = limits.memory_mib
+                && now_kib / 1024 > limit
+            {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = child.wait().await;
+                break Ending::MemoryLimit(limit);
+            }
         }
         tokio::select! {
             status = child.wait() => {

@@ -21,7 +21,7 @@ use hlsfarm_common::trial_key::{EmulationSpec, ToolVersion, Toolchain};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, DriverEnv, Job, ModelFiles, log_tail};
-use crate::process::{Ending, run_tree};
+use crate::process::{Ending, Limits, run_tree_limited};
 use crate::tools::DetectedTool;
 
 /// hls4ml's project (and top function) name.
@@ -221,7 +221,11 @@ async fn run_tool_stage(
         .env("PATH", tool_path(&env.tools))
         // Parallel Vivado runs otherwise collide in ~/.Xilinx.
         .env("XILINX_LOCAL_USER_DATA", "no");
-    let outcome = run_tree(command, &stage_log, env.tool_timeout, cancel)
+    let limits = Limits {
+        timeout: env.tool_timeout,
+        memory_mib: env.driver.memory_limit_mib,
+    };
+    let outcome = run_tree_limited(command, &stage_log, limits, cancel)
         .await
         .map_err(|e| {
             (
@@ -282,6 +286,22 @@ async fn run_tool_stage(
         }
         Ending::Cancelled => {
             return Err((fail(FailureClass::Infrastructure, "cancelled", None), tail));
+        }
+        Ending::MemoryLimit(limit) => {
+            return Err((
+                fail(
+                    FailureClass::Oom,
+                    format!(
+                        "{} passed the trial's memory limit of {limit} MiB in stage {stage} (peak {} MiB) and was killed",
+                        tool.name, outcome.peak_memory_mib
+                    ),
+                    Some(
+                        "give trials more memory (worker.trial_memory_mib / --trial-memory-mib, or fewer slots)"
+                            .into(),
+                    ),
+                ),
+                tail,
+            ));
         }
     };
     use std::os::unix::process::ExitStatusExt;
@@ -474,6 +494,10 @@ pub async fn run_trial(
     let mut warnings = Vec::new();
     let mut effective_reuse_factor = Default::default();
     let mut fidelity = None;
+    let mut rewrites = Vec::new();
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    let mut notes = Vec::new();
     let mut hls4ml_version = String::new();
     let project = driver::project_dir(&spec.scratch, PROJECT_NAME);
 
@@ -493,7 +517,7 @@ pub async fn run_trial(
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
             let t = |k: &str| converted.timings.get(k).copied().unwrap_or(0.0);
-            let emulate_seconds = t("compile") + t("predict");
+            let emulate_seconds = t("compile") + t("predict") + t("trace");
             timings.push(StageTiming {
                 stage: Stage::Convert,
                 seconds: converted.seconds - emulate_seconds,
@@ -509,13 +533,14 @@ pub async fn run_trial(
             warnings = converted.warnings;
             effective_reuse_factor = converted.effective_reuse_factor;
             fidelity = converted.fidelity;
+            rewrites = converted.rewrites;
+            inputs = converted.inputs;
+            outputs = converted.outputs;
+            notes.extend(converted.emulation_note);
         }
-        Err(f) => {
-            let stage = if f.reason.contains("compile()") {
-                Stage::Emulate
-            } else {
-                Stage::Convert
-            };
+        Err(e) => {
+            let stage = e.stage;
+            let f = e.failure;
             failure = Some(TrialFailure {
                 class: f.class,
                 reason: f.reason,
@@ -588,6 +613,10 @@ pub async fn run_trial(
         },
         fidelity,
         warnings,
+        rewrites,
+        inputs,
+        outputs,
+        notes,
         effective_reuse_factor,
         reports,
         failure,

@@ -145,6 +145,10 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
         timings: Vec::new(),
         fidelity: None,
         warnings: Vec::new(),
+        rewrites: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        notes: Vec::new(),
         effective_reuse_factor: Default::default(),
         reports: Default::default(),
         failure: Some(TrialFailure {
