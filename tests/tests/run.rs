@@ -324,6 +324,47 @@ fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
 }
 
 #[test]
+fn a_keras_tuner_search_folder_of_four_input_models_runs_with_binary_fidelity() {
+    let dir = TestDir::new("run-search").unwrap();
+    // Laid out as the original script's inputs: the search's models, its hyperparameters
+    // and summary beside them (they must not be taken for models), a validation set.
+    let input = dir.join("model2_quantized_4w0i_hyperparameter_results_20261202_120000");
+    let mut make = Command::new(hls4ml_python().unwrap());
+    make.arg(hlsfarm_tests::tests_dir().join("python/make_keras_models.py"))
+        .arg("--search")
+        .arg(&input)
+        .args(["--count", "3"]);
+    run_ok(make).unwrap();
+    assert!(input.join("trials_summary.json").is_file());
+    let mut command = run_cmd(false);
+    command
+        .args(["run", "--input_dir"])
+        .arg(&input)
+        .args(["--num_workers", "2"]);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("3 trials: 3 succeeded"), "{stderr}");
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(input.join("hls_outputs/synthesis_results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["successful"], 3, "{summary}");
+    for entry in summary["results"].as_array().unwrap() {
+        let r = &entry["result"];
+        let outputs = r["fidelity"]["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 1, "{r}");
+        assert_eq!(outputs[0]["kind"], "binary", "{r}");
+        assert!(outputs[0]["agreement"].as_f64().unwrap() > 0.5, "{r}");
+        assert_eq!(r["inputs"].as_array().unwrap().len(), 4, "{r}");
+        assert_eq!(r["rewrites"][0]["layer"], "output", "{r}");
+    }
+    let csv = std::fs::read_to_string(input.join("hls_outputs/results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("fidelity"), "{csv}");
+    assert!(csv.contains("output binary agree"), "{csv}");
+}
+
+#[test]
 fn a_run_killed_with_sigkill_takes_its_tools_with_it() {
     use hlsfarm_tests::{Process, wait_until};
     use std::time::Duration;

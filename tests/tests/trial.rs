@@ -25,6 +25,8 @@ async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
             python: hls4ml_python().unwrap(),
             by_format: hlsfarm_worker::venv::format_pythons(),
             timeout: Duration::from_secs(600),
+            memory_limit_mib: Some(8192),
+            tolerance: Default::default(),
         },
         tools,
         tool_timeout,
@@ -218,6 +220,29 @@ async fn a_licence_failure_is_classified_with_the_log_tail() {
     // What ran before the failure is kept and reported.
     assert!(result.reports.csynth.is_some());
     assert!(spec.output_dir.join("result.json").is_file());
+}
+
+/// As in real logs: the simulator is killed, the HLS tool survives it and prints COSIM
+/// errors; that is `oom`, not an RTL mismatch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simulator_killed_in_cosim_is_oom() {
+    let dir = TestDir::new("trial-cosim-oom").unwrap();
+    let spec = spec(
+        &dir,
+        &[Stage::Convert, Stage::Csynth, Stage::Cosim],
+        Backend::Vitis,
+    );
+    let env = env(
+        &[("STANDIN_FAIL", "cosim_oom"), ("STANDIN_AT", "cosim")],
+        Duration::from_secs(120),
+    )
+    .await;
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.class, FailureClass::Oom, "{failure:?}");
+    assert_eq!(failure.stage, Some(Stage::Cosim));
+    assert!(failure.reason.contains("co-simulation"), "{failure:?}");
+    assert!(failure.reason.contains("MiB"), "{failure:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

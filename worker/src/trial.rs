@@ -586,7 +586,9 @@ pub async fn run_trial(
         reports.cosim = report.cosim;
         let kept_log = project.join(format!("{}.all", hls_log_name(spec.settings.backend)));
         if let Ok(text) = std::fs::read(&kept_log) {
-            reports.hls_log = Some(log::parse(&String::from_utf8_lossy(&text)));
+            let digest = log::parse(&String::from_utf8_lossy(&text));
+            notes.extend(digest.notes.iter().cloned());
+            reports.hls_log = Some(digest);
         }
     }
 

@@ -35,6 +35,14 @@ pub struct LogDigest {
     pub warning_counts: BTreeMap<String, u64>,
     /// Why the run failed, when it did.
     pub failure: Option<Failure>,
+    /// The tool's own peak memory, where it prints one (`[HLS 200-112] ... peak allocated
+    /// memory: 1.1 GB`, `Memory (MB): peak = 1100.2`), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mib: Option<u64>,
+    /// Things the log says that change what the figures mean, e.g. an option this tool
+    /// version ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Error ids the tools print without failing.
@@ -42,6 +50,67 @@ const NOT_FATAL: &[&str] = &[
     // Vitis HLS 2023.2+: deprecated or ignored options, reported as errors.
     "HLS 200-642",
 ];
+
+/// An error the tool survives: listed ids, and `HLS 200-101` "Unknown option" for the
+/// `config_array_partition -maximum_size` line hls4ml's build script writes, which Vitis HLS
+/// 2024.1 rejects and goes on without.
+fn not_fatal(e: &LogError) -> bool {
+    NOT_FATAL.contains(&e.id.as_str())
+        || (e.id == "HLS 200-101"
+            && e.text.contains("Unknown option")
+            && e.text.contains("maximum_size"))
+}
+
+/// `rdiArgs.sh: line 312: 4105 Killed   "$RDI_PROG" "$@"`: AMD's launcher reporting that the
+/// program it started (a simulator, Vivado) was killed, usually by the OOM killer; the
+/// calling tool often survives it and goes on to print its own errors.
+fn launcher_killed(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once(": line ") else {
+        return false;
+    };
+    let mut words = rest.split_whitespace();
+    let _line_number = words.next();
+    let pid = words.next().unwrap_or_default();
+    !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && words.next() == Some("Killed")
+}
+
+/// The version in a path such as `/tools/Xilinx/Vivado/2018.3/bin/unwrapped/lnx64.o/vivado_hls`.
+fn version_in_path(path: &str) -> Option<String> {
+    path.split('/').find_map(|part| {
+        let ok = part.len() >= 6
+            && part.len() <= 7
+            && part.contains('.')
+            && part.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && part.starts_with("20");
+        ok.then(|| part.to_owned())
+    })
+}
+
+/// `peak allocated memory: 1.1 GB` / `Memory (MB): peak = 1100.2` in MiB.
+fn peak_memory(line: &str) -> Option<u64> {
+    if let Some(at) = line.find("peak allocated memory:") {
+        let rest = line[at + "peak allocated memory:".len()..].trim();
+        let mut words = rest.split_whitespace();
+        let value: f64 = words.next()?.parse().ok()?;
+        let unit = words.next().unwrap_or("MB").trim_end_matches('.');
+        let mib = match unit {
+            "GB" => value * 1024.0,
+            "KB" => value / 1024.0,
+            _ => value,
+        };
+        return Some(mib.round() as u64);
+    }
+    if let Some(at) = line.find("Memory (MB): peak =") {
+        let rest = line[at + "Memory (MB): peak =".len()..].trim();
+        let value: f64 = rest
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .next()?
+            .parse()
+            .ok()?;
+        return Some(value.round() as u64);
+    }
+    None
+}
 
 /// Splits `ERROR: [HLS 200-70] text` into (`HLS 200-70`, `text`).
 fn split_message(rest: &str) -> (String, String) {
@@ -54,20 +123,24 @@ fn split_message(rest: &str) -> (String, String) {
     (String::new(), rest.to_owned())
 }
 
+/// The tool a banner line names, if any.
+fn banner_tool(line: &str) -> Option<&'static str> {
+    if line.contains("Vitis HLS") || line.contains("Vitis(TM) HLS") {
+        Some("vitis_hls")
+    } else if line.contains("Vivado(TM) HLS") || line.contains("Vivado HLS") {
+        Some("vivado_hls")
+    } else if line.contains("vitis-run") {
+        Some("vitis-run")
+    } else if line.contains("Vivado v") {
+        Some("vivado")
+    } else {
+        None
+    }
+}
+
 fn banner(line: &str) -> Option<(&'static str, String)> {
     let version = banner_version(line)?;
-    let tool = if line.contains("Vitis HLS") {
-        "vitis_hls"
-    } else if line.contains("Vivado(TM) HLS") || line.contains("Vivado HLS") {
-        "vivado_hls"
-    } else if line.contains("vitis-run") {
-        "vitis-run"
-    } else if line.contains("Vivado v") {
-        "vivado"
-    } else {
-        return None;
-    };
-    Some((tool, version))
+    Some((banner_tool(line)?, version))
 }
 
 /// The `2023.2` of `... v2023.2 (64-bit)`: the first ` v` followed by a dotted version.
@@ -81,55 +154,140 @@ fn banner_version(line: &str) -> Option<String> {
     })
 }
 
+/// What one run of the tool (a log may hold several, appended) left.
+#[derive(Default)]
+struct Run {
+    /// Index into the digest's errors where this run's start.
+    first_error: usize,
+    exited: bool,
+    killed: bool,
+    bad_alloc: bool,
+    missing_script: Option<String>,
+    test_failed: bool,
+    /// `rdi::set_property core_revision ...` failed (the 2022 date bug).
+    core_revision: bool,
+}
+
 /// Parses a tool log.
 pub fn parse(text: &str) -> LogDigest {
     let mut digest = LogDigest::default();
-    let mut exited = false;
-    let mut killed = false;
-    let mut bad_alloc = false;
-    let mut missing_script: Option<String> = None;
-    let mut test_failed = false;
+    let mut run = Run::default();
+    // A banner that names its tool on one line and its version on another (`Version 2016.4`).
+    let mut tool_pending: Option<&'static str> = None;
     for line in text.lines() {
         let trimmed = line.trim();
-        if digest.tool.is_none()
-            && (trimmed.starts_with("******") || trimmed.starts_with("# Vivado v"))
-            && let Some((tool, version)) = banner(trimmed)
-        {
-            digest.tool = Some(tool.to_owned());
-            digest.version = Some(version);
+        let header = trimmed.trim_start_matches(['*', '=', '#', ' ']);
+        if digest.tool.is_none() {
+            if let Some((tool, version)) = banner(header) {
+                digest.tool = Some(tool.to_owned());
+                digest.version = Some(version);
+            } else if let Some(tool) = banner_tool(header) {
+                tool_pending = Some(tool);
+            } else if let (Some(tool), Some(version)) =
+                (tool_pending, header.strip_prefix("Version "))
+            {
+                digest.tool = Some(tool.to_owned());
+                digest.version = Some(version.trim().to_owned());
+            }
         }
-        if let Some(rest) = trimmed.strip_prefix("ERROR:") {
+        if let Some(rest) = trimmed.strip_prefix("INFO: [HLS 200-10] Running '") {
+            // Each run of an HLS tool starts with the program it runs: a new run begins.
+            let path = rest.trim_end_matches(['\'', '.']);
+            if digest.tool.is_none() || digest.version.is_none() {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                if ["vitis_hls", "vivado_hls", "vitis-run"].contains(&name) {
+                    digest.tool.get_or_insert_with(|| name.to_owned());
+                }
+                if digest.version.is_none() {
+                    digest.version = version_in_path(path);
+                }
+            }
+            run = Run {
+                first_error: digest.errors.len(),
+                ..Run::default()
+            };
+        }
+        if trimmed.contains("set_property core_revision") {
+            run.core_revision = true;
+        }
+        if let Some(mib) = peak_memory(trimmed) {
+            digest.peak_memory_mib = Some(digest.peak_memory_mib.map_or(mib, |m| m.max(mib)));
+        }
+        // `ERROR: [id] text`, and the vitis-run form without a colon, `ERROR [AP-1] text`.
+        let error = trimmed.strip_prefix("ERROR:").or_else(|| {
+            trimmed
+                .strip_prefix("ERROR ")
+                .filter(|r| r.starts_with('['))
+        });
+        if let Some(rest) = error {
             let (id, text) = split_message(rest);
             if id.is_empty() && text.starts_with("Test failed") {
-                test_failed = true;
+                run.test_failed = true;
+            }
+            if id == "HLS 200-101" && text.contains("maximum_size") {
+                let note = "max_array_partition_size had no effect: this tool has no `config_array_partition -maximum_size` (HLS 200-101 Unknown option)".to_owned();
+                if !digest.notes.contains(&note) {
+                    digest.notes.push(note);
+                }
+            }
+            if text.contains("Could not read script")
+                || text.contains("does not exist") && text.contains("script")
+            {
+                run.missing_script = Some(text.clone());
             }
             digest.errors.push(LogError { id, text });
         } else if let Some(rest) = trimmed.strip_prefix("WARNING:") {
             let (id, _) = split_message(rest);
             *digest.warning_counts.entry(id).or_default() += 1;
-        } else if trimmed.contains("[Common 17-206] Exiting") {
-            exited = true;
-        } else if trimmed == "Killed" || trimmed.ends_with(" Killed") {
-            killed = true;
+        } else if let Some(at) = trimmed.find("[Common 17-206] Exiting ") {
+            // An HLS tool's export runs Vivado inside it, which prints its own exit line: only
+            // the log's own tool exiting ends the run.
+            let who = trimmed[at + "[Common 17-206] Exiting ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default();
+            let own = match digest.tool.as_deref() {
+                Some("vivado") => who.eq_ignore_ascii_case("vivado"),
+                Some(_) => !who.eq_ignore_ascii_case("vivado"),
+                None => true,
+            };
+            if own {
+                run.exited = true;
+            }
+        } else if trimmed.contains("[HLS 200-112] Total CPU user time") {
+            // Printed as an HLS tool ends, also in solution logs that have no exit line.
+            run.exited = true;
+        } else if trimmed == "Killed" || trimmed.ends_with(" Killed") || launcher_killed(trimmed) {
+            run.killed = true;
         } else if trimmed.contains("std::bad_alloc") || trimmed.contains("Out of memory") {
-            bad_alloc = true;
-        } else if trimmed.starts_with("couldn't read file") {
-            missing_script = Some(trimmed.to_owned());
+            run.bad_alloc = true;
+        } else if trimmed.starts_with("couldn't read file")
+            || trimmed.contains("HLS Tcl script does not exist")
+        {
+            run.missing_script = Some(trimmed.to_owned());
         }
     }
-    let fatal: Vec<&LogError> = digest
-        .errors
+    let fatal: Vec<&LogError> = digest.errors[run.first_error..]
         .iter()
-        .filter(|e| !NOT_FATAL.contains(&e.id.as_str()))
+        .filter(|e| !not_fatal(e))
         .collect();
-    digest.completed = exited && fatal.is_empty() && !killed && missing_script.is_none();
+    digest.completed =
+        run.exited && fatal.is_empty() && !run.killed && run.missing_script.is_none();
     digest.failure = classify(
         &fatal,
-        killed || bad_alloc,
-        missing_script,
-        test_failed,
-        exited,
+        run.killed || run.bad_alloc,
+        run.missing_script,
+        run.test_failed,
+        run.exited,
+        run.core_revision,
     );
+    if let Some(f) = &mut digest.failure
+        && f.class == FailureClass::Oom
+        && let Some(peak) = digest.peak_memory_mib
+    {
+        f.reason
+            .push_str(&format!(" (the tool's own peak before it: {peak} MiB)"));
+    }
     digest
 }
 
@@ -158,6 +316,7 @@ fn classify(
     missing_script: Option<String>,
     test_failed: bool,
     exited: bool,
+    core_revision: bool,
 ) -> Option<Failure> {
     let with_id = |id: &str| fatal.iter().find(|e| e.id == id);
     if let Some(e) = with_id("Common 17-345") {
@@ -167,18 +326,47 @@ fn classify(
             Some("check XILINXD_LICENSE_FILE (or LM_LICENSE_FILE) and the licence server; lower the seat limit if seats run out".into()),
         ));
     }
+    let in_cosim = test_failed || fatal.iter().any(|e| e.id.starts_with("COSIM"));
     if out_of_memory {
         return Some(failure(
             FailureClass::Oom,
-            "the tool ran out of memory (killed, or std::bad_alloc)",
+            if in_cosim {
+                "the RTL simulator was killed during co-simulation (out of memory: the OOM killer), and co-simulation failed after it"
+            } else {
+                "the tool ran out of memory (killed, or std::bad_alloc)"
+            },
             Some("give trials more memory: fewer slots on this host, or a larger memory estimate for this model".into()),
         ));
     }
     if let Some(script) = missing_script {
         return Some(failure(
-            FailureClass::ToolError,
-            script,
-            Some("the project folder has no build script: run the convert stage first".into()),
+            FailureClass::Infrastructure,
+            format!("the build script is missing: {script}"),
+            Some("the hls4ml project folder has no build_prj.tcl where the tool ran: the convert stage must write it first (a scratch folder cleaned or moved under the run?)".into()),
+        ));
+    }
+    if let Some(e) = with_id("Board 49-71") {
+        return Some(failure(
+            FailureClass::Infrastructure,
+            format!("board files missing on this host: {}", first_sentence(&e.text)),
+            Some("install the board's files in this Vivado (Vivado Store, or set board.repoPaths), or use a part instead of a board".into()),
+        ));
+    }
+    if let Some(e) = fatal
+        .iter()
+        .find(|e| (e.id == "HLS 200-40" || e.id == "HLS 200-627") && e.text.contains("Cannot find"))
+    {
+        return Some(failure(
+            FailureClass::BadInput,
+            format!("the project lacks a file: {}", first_sentence(&e.text)),
+            Some("write the hls4ml project again (the convert stage), or fix the add_files paths in the project's Tcl".into()),
+        ));
+    }
+    if let Some(e) = with_id("IMPL 213-28").filter(|_| core_revision) {
+        return Some(failure(
+            FailureClass::Infrastructure,
+            format!("IP export failed on the 2022 date bug of Vivado/Vitis HLS up to 2021.2 (core_revision): {}", first_sentence(&e.text)),
+            Some("apply AMD's y2k22 patch (Answer Record 76960) to this installation, or run export on a host that has it".into()),
         ));
     }
     if let Some(e) = with_id("HLS 200-1023") {
@@ -229,7 +417,7 @@ fn classify(
             Some("the generated project does not compile: check for layers this hls4ml version does not support, and the log's first compiler error".into()),
         ));
     }
-    if test_failed || fatal.iter().any(|e| e.id.starts_with("COSIM")) {
+    if in_cosim {
         return Some(failure(
             FailureClass::ToolError,
             "co-simulation failed: the RTL does not match the C model (Test failed)",
@@ -323,7 +511,8 @@ INFO: [Common 17-206] Exiting vitis_hls at Mon Nov 23 10:00:00 2026...
 
         let (class, reason, _) =
             class_of("couldn't read file \"build_prj.tcl\": no such file or directory\n");
-        assert_eq!(class, FailureClass::ToolError);
+        // The scratch folder lost its build script: the host's fault, not the design's.
+        assert_eq!(class, FailureClass::Infrastructure);
         assert!(reason.contains("build_prj.tcl"));
 
         let (class, _, fix) = class_of(
@@ -369,5 +558,164 @@ INFO: [Common 17-206] Exiting vitis_hls at Mon Nov 23 10:00:00 2026...
         assert_eq!(d.tool.as_deref(), Some("vivado"));
         assert_eq!(d.version.as_deref(), Some("2020.1"));
         assert!(d.completed);
+    }
+    /// Vivado HLS whose simulator the OOM killer took during co-simulation: the launcher's
+    /// line, then the tool's own COSIM errors, and a normal exit.
+    #[test]
+    fn a_simulator_killed_in_cosim_is_oom_not_a_mismatch() {
+        let log = "\
+****** Vivado(TM) HLS - High-Level Synthesis from C, C++ and SystemC v2019.2 (64-bit)
+INFO: [COSIM 212-47] Using XSIM for RTL simulation.
+INFO: [COSIM 212-14] Instrumenting C test bench ...
+INFO: [COSIM 212-302] Starting C TB testing ...
+INFO: [COSIM 212-333] Generating C post check test bench ...
+INFO: [COSIM 212-12] Generating RTL test bench ...
+INFO: [COSIM 212-323] Starting verilog simulation.
+INFO: [COSIM 212-15] Starting XSIM ...
+/opt/Xilinx/Vivado/2019.2/bin/rdiArgs.sh: line 286: 30531 Killed                  \"$RDI_PROG\" \"$@\"
+ERROR: [COSIM 212-303] Aborting co-simulation: RTL simulation failed.
+ERROR: [COSIM 212-344] Rtl simulation failed.
+INFO: [HLS 200-112] Total CPU user time: 4000 seconds. Total CPU system time: 90 seconds. Total elapsed time: 5000 seconds; peak allocated memory: 31.9 GB.
+INFO: [Common 17-206] Exiting vivado_hls at Tue Nov 24 10:00:00 2026...
+";
+        let d = parse(log);
+        assert!(!d.completed);
+        let f = d.failure.unwrap();
+        assert_eq!(f.class, FailureClass::Oom, "{f:?}");
+        assert!(f.reason.contains("co-simulation"), "{}", f.reason);
+        assert_eq!(d.peak_memory_mib, Some(32666));
+        assert!(f.reason.contains("32666 MiB"), "{}", f.reason);
+        assert!(launcher_killed(
+            "/tools/Xilinx/2025.2/Vivado/bin/rdiArgs.sh: line 57: 3371451 Killed \"$RDI_PROG\" \"$@\""
+        ));
+        assert!(!launcher_killed(
+            "/opt/Xilinx/Vivado/2023.2/bin/rdiArgs.sh: line 312:  4105 Aborted  \"$RDI_PROG\" \"$@\""
+        ));
+    }
+
+    #[test]
+    fn inputs_and_host_set_up_are_not_tool_errors() {
+        let (class, reason, fix) = class_of(
+            "ERROR: [Board 49-71] The board_part definition was not found for xilinx.com:au280:part0:1.2. The project's board_part property was not set, but the project's part property was set to xcu280-fsvh2892-2L-e. Valid board_part values can be retrieved with the 'get_board_parts' Tcl command.\nINFO: [Common 17-206] Exiting Vivado at Thu Nov 26 10:00:00 2026...\n",
+        );
+        assert_eq!(class, FailureClass::Infrastructure);
+        assert!(reason.contains("board files missing"), "{reason}");
+        assert!(fix.unwrap().contains("board.repoPaths"));
+
+        let (class, reason, _) = class_of(
+            "INFO: [HLS 200-1510] Running: add_files -tb myproject_test.cpp\nWARNING: [HLS 200-40] Cannot find test bench file 'myproject_test.cpp'\nINFO: [HLS 200-1510] Running: csim_design\nERROR: [HLS 200-627] Cannot find C test bench.\nPlease specify test bench files using 'add_files -tb'.\n",
+        );
+        assert_eq!(class, FailureClass::BadInput);
+        assert!(reason.contains("Cannot find C test bench"), "{reason}");
+
+        let (class, _, _) = class_of(
+            "ERROR: [HLS 200-40] Cannot find source file firmware/myproject.cpp; skipping it.\n",
+        );
+        assert_eq!(class, FailureClass::BadInput);
+
+        // vitis-run's own errors have no colon after ERROR.
+        let d = parse(
+            "****** vitis-run v2024.2 (64-bit)\nERROR [AP-1] Could not read script '/scratch/t/myproject/build_prj.tcl'\n",
+        );
+        assert!(!d.completed);
+        assert_eq!(d.errors[0].id, "AP-1");
+        let f = d.failure.unwrap();
+        assert_eq!(f.class, FailureClass::Infrastructure);
+        assert!(f.reason.contains("build_prj.tcl"), "{}", f.reason);
+
+        let (class, _, _) = class_of("HLS Tcl script does not exist: build_prj.tcl\n");
+        assert_eq!(class, FailureClass::Infrastructure);
+    }
+
+    /// The core_revision bug of 2022: the export's Vivado fails on a date-based revision.
+    #[test]
+    fn the_2022_export_date_bug_names_its_patch() {
+        let log = "\
+****** Vitis HLS - High-Level Synthesis from C, C++ and OpenCL v2021.1 (64-bit)
+INFO: [IMPL 213-8] Exporting RTL as a Vivado IP.
+source run_ippack.tcl -notrace
+bad lexical cast: source type value could not be interpreted as target
+    while executing
+\"rdi::set_property core_revision 2210181547 {component component_1}\"
+INFO: [Common 17-206] Exiting Vivado at Tue Oct 18 15:48:19 2022...
+ERROR: [IMPL 213-28] Failed to generate IP.
+INFO: [HLS 200-111] Finished Command export_design CPU user time: 26.12 seconds. CPU system time: 1.39 seconds. Elapsed time: 41.58 seconds; current allocated memory: 274.192 MB.
+command 'ap_source' returned error code
+";
+        let (class, reason, fix) = class_of(log);
+        assert_eq!(class, FailureClass::Infrastructure, "{reason}");
+        assert!(reason.contains("core_revision"), "{reason}");
+        assert!(fix.unwrap().contains("76960"));
+    }
+
+    /// A Vitis HLS solution log: every step finished, no exit line of its own (the nested
+    /// Vivado's does not count), and a second run of the tool appended after the first.
+    #[test]
+    fn a_complete_solution_log_with_a_second_run_is_complete() {
+        let run = "\
+INFO: [HLS 200-10] Running '/tools/Xilinx/Vitis_HLS/2022.2/bin/unwrapped/lnx64.o/vitis_hls'
+INFO: [HLS 200-1510] Running: csim_design
+INFO: [SIM 1] CSim done with 0 errors.
+INFO: [HLS 200-111] Finished Command csim_design CPU user time: 10 seconds. CPU system time: 1 seconds. Elapsed time: 12 seconds; current allocated memory: 300.1 MB.
+INFO: [HLS 200-1510] Running: csynth_design
+INFO: [HLS 200-111] Finished Command csynth_design CPU user time: 49.61 seconds. CPU system time: 2.03 seconds. Elapsed time: 52.85 seconds; current allocated memory: 1.107 GB.
+INFO: [HLS 200-1510] Running: cosim_design -setup
+INFO: [HLS 200-111] Finished Command cosim_design CPU user time: 5 seconds. CPU system time: 1 seconds. Elapsed time: 7 seconds; current allocated memory: 1.2 GB.
+INFO: [HLS 200-1510] Running: export_design -format ip_catalog
+INFO: [Common 17-206] Exiting Vivado at Tue Nov 24 10:00:00 2026...
+INFO: [HLS 200-802] Generated output file myproject_prj/solution1/impl/export.zip
+INFO: [HLS 200-111] Finished Command export_design CPU user time: 60 seconds. CPU system time: 3 seconds. Elapsed time: 70 seconds; current allocated memory: 1.3 GB.
+INFO: [HLS 200-112] Total CPU user time: 130 seconds. Total CPU system time: 8 seconds. Total elapsed time: 150 seconds; peak allocated memory: 1.4 GB.
+";
+        let d = parse(&format!("{run}{run}"));
+        assert_eq!(d.tool.as_deref(), Some("vitis_hls"));
+        assert_eq!(d.version.as_deref(), Some("2022.2"));
+        assert!(d.completed, "{d:?}");
+        assert_eq!(d.failure, None);
+        // Cut inside the export, after the nested Vivado's exit line: not complete.
+        let cut = &run[..run.find("INFO: [HLS 200-802]").unwrap()];
+        let d = parse(cut);
+        assert!(!d.completed);
+        assert!(d.failure.unwrap().reason.contains("ends before"));
+    }
+
+    #[test]
+    fn banners_of_every_era() {
+        let d = parse(
+            "================================================================\n  Vivado(TM) HLS - High-Level Synthesis from C, C++ and SystemC\n  Version 2016.4\n  Build 1756540 on Mon Jan 23 19:31:01 MST 2017\n================================================================\n",
+        );
+        assert_eq!(d.tool.as_deref(), Some("vivado_hls"));
+        assert_eq!(d.version.as_deref(), Some("2016.4"));
+        // A log whose banner went to the terminal: the program's path says it.
+        let d = parse(
+            "INFO: [HLS 200-10] Running '/opt/Xilinx/Vivado/2018.3/bin/unwrapped/lnx64.o/vivado_hls'\n",
+        );
+        assert_eq!(d.tool.as_deref(), Some("vivado_hls"));
+        assert_eq!(d.version.as_deref(), Some("2018.3"));
+        // Vitis 2024.2 without the `****` lines.
+        let d = parse("vitis-run v2024.2 (64-bit)\nSW Build 5238294 on Nov  8 2024\n");
+        assert_eq!(d.tool.as_deref(), Some("vitis-run"));
+        assert_eq!(d.version.as_deref(), Some("2024.2"));
+        let d = parse("Vitis HLS - High-Level Synthesis from C, C++ and OpenCL v2024.2 (64-bit)\n");
+        assert_eq!(d.tool.as_deref(), Some("vitis_hls"));
+    }
+
+    /// Vitis HLS 2024.1 rejects the `-maximum_size` line and goes on: not a failure, but the
+    /// setting had no effect, and the digest says so.
+    #[test]
+    fn an_ignored_maximum_size_is_noted_not_fatal() {
+        let log = "\
+****** Vitis HLS - High-Level Synthesis from C, C++ and OpenCL v2024.1 (64-bit)
+INFO: [HLS 200-1510] Running: config_array_partition -maximum_size 8192
+ERROR: [HLS 200-101] 'config_array_partition': Unknown option '-maximum_size'.
+INFO: [HLS 200-1510] Running: csynth_design
+INFO: [HLS 200-111] Finished Command csynth_design CPU user time: 9 seconds. CPU system time: 1 seconds. Elapsed time: 10 seconds; current allocated memory: 500.0 MB.
+INFO: [Common 17-206] Exiting vitis_hls at Tue Nov 24 10:00:00 2026...
+";
+        let d = parse(log);
+        assert!(d.completed, "{d:?}");
+        assert_eq!(d.failure, None);
+        assert_eq!(d.notes.len(), 1);
+        assert!(d.notes[0].contains("max_array_partition_size had no effect"));
     }
 }

@@ -1,0 +1,329 @@
+//! Models shaped like the ones users have, made here (`tests/python/make_keras_models.py`,
+//! `make_torch_model.py`, `make_qonnx_model.py`): several inputs and outputs, a QActivation
+//! with a plain sigmoid, pruning wrappers, a QONNX export's input preprocessing, a model
+//! whose float values overflow the default precision, a large io_parallel CNN under a memory
+//! limit, a Git LFS pointer. Each goes through the worker's driver with real hls4ml.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::results::OutputKind;
+use hlsfarm_common::settings::Settings;
+use hlsfarm_common::stage::Stage;
+use hlsfarm_common::trial_key::EmulationSpec;
+use hlsfarm_tests::{TestDir, format_python, hls4ml_python, processes_under, run_ok, tests_dir};
+use hlsfarm_worker::driver::{Converted, DriverEnv, Job, ModelFiles, StageFailure, convert};
+use tokio_util::sync::CancellationToken;
+
+/// The Keras models, generated once per test binary.
+fn keras_models() -> PathBuf {
+    static DIR: OnceLock<(TestDir, PathBuf)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = TestDir::new("real-models-keras").unwrap();
+        let out = dir.join("models");
+        let mut command = Command::new(hls4ml_python().unwrap());
+        command
+            .arg(tests_dir().join("python/make_keras_models.py"))
+            .arg(&out);
+        run_ok(command).unwrap();
+        (dir, out)
+    })
+    .1
+    .clone()
+}
+
+fn env(memory_limit_mib: u64) -> DriverEnv {
+    DriverEnv {
+        python: hls4ml_python().unwrap(),
+        by_format: hlsfarm_worker::venv::format_pythons(),
+        timeout: Duration::from_secs(900),
+        memory_limit_mib: Some(memory_limit_mib),
+        tolerance: Default::default(),
+    }
+}
+
+async fn emulate_with(
+    model: &ModelFiles,
+    inputs: Option<&Path>,
+    work: &Path,
+    memory_limit_mib: u64,
+) -> Result<Converted, StageFailure> {
+    let emulation = EmulationSpec {
+        samples: 40,
+        seed: 3,
+    };
+    let job = Job {
+        model,
+        settings: &Settings::default(),
+        emulate: true,
+        emulation: &emulation,
+        inputs,
+        work_dir: work,
+        project_name: "myproject",
+    };
+    convert(&env(memory_limit_mib), &job, &CancellationToken::new()).await
+}
+
+async fn emulate(model: &ModelFiles, work: &Path) -> Result<Converted, StageFailure> {
+    emulate_with(model, None, work, 8192).await
+}
+
+/// Writes an .npz with `python` (numpy in every venv): `arrays` maps names to shapes.
+fn write_npz(path: &Path, arrays: &[(&str, &[usize])]) {
+    let spec: Vec<String> = arrays
+        .iter()
+        .map(|(name, shape)| {
+            format!(
+                "'{name}': rng.uniform(-1, 1, size={:?}).astype('float32')",
+                shape
+            )
+        })
+        .collect();
+    let script = format!(
+        "import numpy as np\nrng = np.random.default_rng(0)\nnp.savez('{}', **{{{}}})\n",
+        path.display(),
+        spec.join(", ")
+    );
+    let mut command = Command::new(hls4ml_python().unwrap());
+    command.args(["-c", &script]);
+    run_ok(command).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_inputs_and_a_sigmoid_qactivation_convert_emulate_and_take_named_inputs() {
+    let dir = TestDir::new("real-four-input").unwrap();
+    let model = ModelFiles::auto(keras_models().join("four_input.h5"));
+    let c = emulate(&model, &dir.join("generated")).await.unwrap();
+    let names: Vec<&str> = c.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["x_profile", "z_global", "y_profile", "y_local"]);
+    assert_eq!(c.inputs[0].shape, [21]);
+    // hls4ml 1.3 refuses QActivation("sigmoid"); the driver rewrote it and says so.
+    assert!(
+        c.rewrites
+            .iter()
+            .any(|r| r.layer == "output" && r.to == "Activation(\"sigmoid\")"),
+        "{:?}",
+        c.rewrites
+    );
+    let f = c.fidelity.as_ref().unwrap();
+    assert_eq!(f.outputs.len(), 1);
+    let out = &f.outputs[0];
+    assert_eq!(out.kind, OutputKind::Binary, "{f:?}");
+    let agreement = out.agreement.unwrap();
+    assert!(agreement >= 0.9, "{f:?}");
+    assert_eq!(f.argmax_agreement, Some(agreement));
+    assert!(out.max_abs_diff < 0.05, "{f:?}");
+    assert!(!f.warning(), "{f:?}");
+    println!("four-input QKeras: {}", f.headline());
+
+    // The user's samples, one array per input name.
+    let npz = dir.join("four_input_inputs.npz");
+    write_npz(
+        &npz,
+        &[
+            ("x_profile", &[30, 21]),
+            ("z_global", &[30, 1]),
+            ("y_profile", &[30, 13]),
+            ("y_local", &[30, 1]),
+        ],
+    );
+    let c = emulate_with(&model, Some(&npz), &dir.join("given"), 8192)
+        .await
+        .unwrap();
+    let f = c.fidelity.unwrap();
+    assert_eq!(f.samples, 30);
+    assert_eq!(f.inputs.as_deref(), Some("four_input_inputs.npz"));
+
+    // A wrong name is bad input that lists the model's inputs and shapes.
+    let wrong = dir.join("wrong_inputs.npz");
+    write_npz(&wrong, &[("x", &[10, 21])]);
+    let e = emulate_with(&model, Some(&wrong), &dir.join("wrong"), 8192)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, FailureClass::BadInput, "{e:?}");
+    assert_eq!(e.stage, Stage::Emulate);
+    assert!(
+        e.reason.contains("x_profile [21]") && e.reason.contains("y_local [1]"),
+        "{}",
+        e.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_outputs_get_the_figure_that_fits_each() {
+    let dir = TestDir::new("real-two-output").unwrap();
+    let c = emulate(
+        &ModelFiles::auto(keras_models().join("two_output.h5")),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let f = c.fidelity.unwrap();
+    let kinds: Vec<(&str, OutputKind)> = f
+        .outputs
+        .iter()
+        .map(|o| (o.name.as_str(), o.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("reconstruction", OutputKind::Regression),
+            ("label", OutputKind::Multiclass)
+        ]
+    );
+    let recon = &f.outputs[0];
+    assert!(recon.relative_error.unwrap() < 0.05, "{recon:?}");
+    assert!(recon.agreement.is_none());
+    assert!(f.outputs[1].agreement.unwrap() >= 0.8, "{f:?}");
+    // Several outputs: no single top-level agreement, the top-level diffs cover both.
+    assert_eq!(f.argmax_agreement, None);
+    assert!(f.max_abs_diff >= recon.max_abs_diff);
+    println!("two outputs: {}", f.headline());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruned_qkeras_cnn_is_stripped_and_its_departing_softmax_named() {
+    let dir = TestDir::new("real-pruned").unwrap();
+    let c = emulate(
+        &ModelFiles::auto(keras_models().join("pruned_cnn.h5")),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let stripped: Vec<&str> = c
+        .rewrites
+        .iter()
+        .filter(|r| r.from == "PruneLowMagnitude")
+        .map(|r| r.layer.as_str())
+        .collect();
+    assert_eq!(stripped, ["conv1", "conv2", "dense"], "{:?}", c.rewrites);
+    let f = c.fidelity.unwrap();
+    // The QDense's inferred result type has 14 integer bits; the softmax's table, indexed by
+    // the top bits, sees the whole batch as one value: a fidelity warning naming both.
+    assert!(f.warning(), "{f:?}");
+    let d = f.divergence.as_ref().unwrap();
+    assert_eq!(d.layer.as_deref(), Some("softmax"), "{d:?}");
+    assert!(d.message.contains("`dense`"), "{}", d.message);
+    println!("pruned CNN: {}", f.headline());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overflowing_layer_is_named_with_the_integer_bits_it_needs() {
+    let dir = TestDir::new("real-overflow").unwrap();
+    let c = emulate(
+        &ModelFiles::auto(keras_models().join("overflow.h5")),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let f = c.fidelity.unwrap();
+    assert!(f.warning(), "{f:?}");
+    let d = f.divergence.as_ref().unwrap();
+    assert_eq!(d.layer.as_deref(), Some("wide_dense"), "{d:?}");
+    assert_eq!(d.precision.as_deref(), Some("ap_fixed<16,6>"));
+    let needed = d.integer_bits_needed.unwrap();
+    assert!((7..=9).contains(&needed), "{d:?}");
+    assert!(d.float_max_abs.unwrap() > 32.0);
+    assert!(d.message.contains("wraps around at ±32"), "{}", d.message);
+    println!("overflow: {}", f.headline());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_lfs_pointer_is_named_as_one() {
+    let dir = TestDir::new("real-lfs").unwrap();
+    let e = emulate(
+        &ModelFiles::auto(keras_models().join("lfs_pointer.h5")),
+        dir.path(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.class, FailureClass::BadInput);
+    assert!(e.reason.contains("Git LFS pointer"), "{}", e.reason);
+    assert!(
+        e.suggestion.as_deref().unwrap().contains("git lfs pull"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_io_parallel_cnn_is_held_under_its_memory_limit() {
+    let dir = TestDir::new("real-big-cnn").unwrap();
+    let work = dir.join("work");
+    // 1.2 GB: TensorFlow's import fits, the emulation's compile does not.
+    let e = emulate_with(
+        &ModelFiles::auto(keras_models().join("big_cnn.h5")),
+        None,
+        &work,
+        1200,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.class, FailureClass::Oom, "{e:?}");
+    assert_eq!(e.stage, Stage::Emulate, "{e:?}");
+    assert!(
+        e.reason.contains("memory limit of 1200 MiB"),
+        "{}",
+        e.reason
+    );
+    assert!(e.reason.contains("peak"), "{}", e.reason);
+    assert!(
+        processes_under(&work).is_empty(),
+        "processes left under {}",
+        work.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pytorch_model_with_two_inputs_emulates() {
+    let dir = TestDir::new("real-torch-two").unwrap();
+    let mut command = Command::new(format_python("pytorch").unwrap());
+    command
+        .arg(tests_dir().join("python/make_torch_model.py"))
+        .arg(dir.join("gen"));
+    run_ok(command).unwrap();
+    let files = ModelFiles {
+        class_file: Some(dir.join("gen/two_input.py")),
+        ..ModelFiles::auto(dir.join("gen/two_input.pt"))
+    };
+    let c = emulate(&files, &dir.join("work")).await.unwrap();
+    let names: Vec<&str> = c.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["x_profile", "y_profile"]);
+    let f = c.fidelity.unwrap();
+    assert_eq!(f.outputs.len(), 1);
+    assert_eq!(f.outputs[0].kind, OutputKind::Binary, "{f:?}");
+    assert!(f.max_abs_diff < 0.05, "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qonnx_export_with_input_preprocessing_converts() {
+    let dir = TestDir::new("real-qonnx").unwrap();
+    let mut command = Command::new(format_python("onnx").unwrap());
+    command
+        .arg(tests_dir().join("python/make_qonnx_model.py"))
+        .arg(dir.join("gen"));
+    run_ok(command).unwrap();
+    let c = emulate(
+        &ModelFiles::auto(dir.join("gen/qonnx_mlp.onnx")),
+        &dir.join("work"),
+    )
+    .await
+    .unwrap();
+    // The input keeps the name users know, with its flattened shape.
+    assert_eq!(c.inputs[0].name, "image");
+    assert!(
+        c.rewrites
+            .iter()
+            .any(|r| r.from == "Reshape on input image" && r.to == "input shape [16]"),
+        "{:?}",
+        c.rewrites
+    );
+    let f = c.fidelity.unwrap();
+    assert_eq!(f.outputs[0].name, "probabilities");
+    assert_eq!(f.outputs[0].kind, OutputKind::Multiclass);
+    assert!(f.outputs[0].agreement.unwrap() >= 0.8, "{f:?}");
+}
