@@ -14,8 +14,8 @@ Kinds (default: all):
                      16 inputs again) and `label` (softmax over 4 classes)
     pruned_cnn       a QKeras CNN (QConv2DBatchnorm, QConv2D, QDense) inside tfmot
                      prune_low_magnitude wrappers, saved without strip_pruning
-    overflow         a float MLP whose hidden layer's outputs reach about 70: the default
-                     ap_fixed<16,6> (range +-32) cannot hold them
+    overflow         a float MLP (one regression output) whose hidden layer's outputs reach
+                     about 70: the default ap_fixed<16,6> (range +-32) cannot hold them
     big_cnn          a float CNN on 32x32x3 images whose io_parallel emulation is costly to
                      compile (several 3x3 convolutions with 16-32 filters)
     lfs_pointer      `lfs_pointer.h5`: a Git LFS pointer file under a model's name
@@ -136,14 +136,14 @@ def make_overflow(out):
     model = keras.Sequential([
         keras.Input(shape=(8,), name="x"),
         keras.layers.Dense(16, activation="linear", name="wide_dense"),
-        keras.layers.Dense(4, activation="softmax", name="classes"),
+        keras.layers.Dense(1, activation="linear", name="value"),
     ])
-    # Weights that carry inputs in [-1, 1] to about +-70 in the hidden layer: beyond the
+    # Weights that carry inputs in [-1, 1] to +-30..100 in the hidden layer: beyond the
     # +-32 of the default ap_fixed<16,6>, well inside float.
-    w = np.full((8, 16), 9.0, dtype=np.float32) * np.sign(np.random.default_rng(3).normal(size=(1, 16)))
+    w = np.full((8, 16), 20.0, dtype=np.float32) * np.sign(np.random.default_rng(3).normal(size=(1, 16)))
     model.get_layer("wide_dense").set_weights([w, np.zeros(16, dtype=np.float32)])
-    w2 = np.random.default_rng(4).normal(0, 0.05, size=(16, 4)).astype(np.float32)
-    model.get_layer("classes").set_weights([w2, np.zeros(4, dtype=np.float32)])
+    w2 = np.random.default_rng(4).normal(0, 0.5, size=(16, 1)).astype(np.float32)
+    model.get_layer("value").set_weights([w2, np.zeros(1, dtype=np.float32)])
     model.save(os.path.join(out, "overflow.h5"), save_format="h5")
 
 

@@ -225,6 +225,7 @@ async fn an_overflowing_layer_is_named_with_the_integer_bits_it_needs() {
     assert!(f.warning(), "{f:?}");
     let d = f.divergence.as_ref().unwrap();
     assert_eq!(d.layer.as_deref(), Some("wide_dense"), "{d:?}");
+    assert_eq!(f.outputs[0].kind, OutputKind::Regression, "{f:?}");
     assert_eq!(d.precision.as_deref(), Some("ap_fixed<16,6>"));
     let needed = d.integer_bits_needed.unwrap();
     assert!((7..=9).contains(&needed), "{d:?}");
@@ -271,11 +272,11 @@ async fn a_large_io_parallel_cnn_is_held_under_its_memory_limit() {
         e.reason
     );
     assert!(e.reason.contains("peak"), "{}", e.reason);
-    assert!(
-        processes_under(&work).is_empty(),
-        "processes left under {}",
-        work.display()
-    );
+    // The whole tree was killed: nothing is left working there once the kernel reaps it.
+    hlsfarm_tests::wait_until("the killed tree to go", Duration::from_secs(10), || {
+        processes_under(&work).is_empty().then_some(())
+    })
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -420,4 +420,60 @@ mod tests {
         assert_eq!(outcome.ending, Ending::Cancelled);
         assert!(outcome.elapsed < Duration::from_secs(30));
     }
+    #[tokio::test]
+    async fn a_tree_past_its_memory_limit_is_killed_with_its_peak() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // A child that grows to about 300 MB resident and would then sleep for long.
+        let mut command = Command::new("python3");
+        command.args([
+            "-c",
+            "import time\nb = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(600)",
+        ]);
+        let limits = Limits {
+            timeout: Duration::from_secs(120),
+            memory_mib: Some(100),
+        };
+        let outcome = run_tree_limited(command, &log, limits, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(outcome.ending, Ending::MemoryLimit(100));
+        assert!(outcome.peak_memory_mib > 100, "{outcome:?}");
+        assert!(outcome.elapsed < Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn the_guard_passes_on_exit_codes_and_deaths_by_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let outcome = run_tree(
+            sh("kill -SEGV $$"),
+            &log,
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        match outcome.ending {
+            Ending::Exited(status) => assert_eq!(status.signal(), Some(11), "{status:?}"),
+            other => panic!("{other:?}"),
+        }
+        // The arguments reach the program unchanged, spaces and quotes included.
+        let log = dir.path().join("log2");
+        let outcome = run_tree(
+            {
+                let mut c = Command::new("printf");
+                c.args(["%s|", "a b", "\"c\"", "$HOME"]);
+                c
+            },
+            &log,
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome.ending, Ending::Exited(s) if s.success()));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "a b|\"c\"|$HOME|");
+    }
 }
