@@ -1,7 +1,7 @@
 """Writes a QONNX graph shaped like a tf2onnx export of a quantized Keras MLP
-(`qonnx_mlp.onnx`): the input `image` [batch, 4, 4] is flattened the way tf2onnx writes a
-Keras Reshape (Shape -> Gather -> Unsqueeze -> Concat -> Reshape, a shape computed from the
-input), then Quant (8-bit input), MatMul with Quant'ed 4-bit weights, Add bias, Relu, Quant,
+(`qonnx_mlp.onnx`): the input `image` [batch, 4, 4] gets a channel axis (Unsqueeze, as
+tf2onnx writes an `expand_dims`) and is flattened the way tf2onnx writes a Keras Reshape
+(Shape -> Gather -> Unsqueeze -> Concat -> Reshape, a shape computed from the input), then Quant (8-bit input), MatMul with Quant'ed 4-bit weights, Add bias, Relu, Quant,
 MatMul, Add, and Softmax over 5 classes. Fixed weights from a seeded generator. Run in the
 ONNX venv:
 
@@ -39,19 +39,21 @@ def main():
     inits = [
         numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_index"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "axis_zero"),
+        numpy_helper.from_array(np.array([3], dtype=np.int64), "axis_three"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
         numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
         numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2"),
     ]
     nodes = [
         # tf2onnx's Reshape of a Keras Flatten: the target shape computed from the input's.
-        helper.make_node("Shape", ["image"], ["image_shape"], name="flatten_shape"),
+        helper.make_node("Unsqueeze", ["image", "axis_three"], ["image_c"], name="expand_dims"),
+        helper.make_node("Shape", ["image_c"], ["image_shape"], name="flatten_shape"),
         helper.make_node("Gather", ["image_shape", "zero_index"], ["batch_dim"], axis=0, name="flatten_gather"),
         helper.make_node("Unsqueeze", ["batch_dim", "axis_zero"], ["batch_dim_1d"], name="flatten_unsqueeze"),
         helper.make_node("Squeeze", ["batch_dim_1d", "axis_zero"], ["batch_dim_0d"], name="flatten_squeeze"),
         helper.make_node("Unsqueeze", ["batch_dim_0d", "axis_zero"], ["batch_dim_again"], name="flatten_unsqueeze2"),
         helper.make_node("Concat", ["batch_dim_again", "minus_one"], ["flat_shape"], axis=0, name="flatten_concat"),
-        helper.make_node("Reshape", ["image", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Reshape", ["image_c", "flat_shape"], ["flat"], name="flatten"),
     ]
     for node, consts in [quant("q_in", "flat", 1 / 64, 8), quant("q_w1", "w1", 1 / 8, 4),
                          quant("q_w2", "w2", 1 / 8, 4)]:

@@ -314,8 +314,18 @@ async fn a_qonnx_export_with_input_preprocessing_converts() {
     )
     .await
     .unwrap();
-    // The input keeps the name users know, with its flattened shape.
+    // The input keeps the name users know; hls4ml 1.3 refuses the Unsqueeze on it
+    // ("Unsupported operation type: Unsqueeze"), folded here into the input's shape, as is the
+    // Reshape after it.
     assert_eq!(c.inputs[0].name, "image");
+    assert_eq!(c.inputs[0].shape, [4, 4]);
+    assert!(
+        c.rewrites
+            .iter()
+            .any(|r| r.from == "Unsqueeze on input image"),
+        "{:?}",
+        c.rewrites
+    );
     assert!(
         c.rewrites
             .iter()
