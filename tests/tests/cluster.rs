@@ -368,3 +368,43 @@ fn a_redis_restart_mid_sweep_loses_no_trial() {
         back.as_secs_f64()
     );
 }
+
+/// A coordinator's Redis flushed (a failover to a fresh Redis): the worker, forgotten, must
+/// register again by itself, show in status, and run a sweep submitted afterwards.
+#[test]
+fn a_worker_forgotten_by_a_flushed_redis_registers_again() {
+    let dir = TestDir::new("cluster-flush").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let mut worker = cluster.start_worker("w1", &["--slots", "1"], &[]).unwrap();
+    wait_registered(&worker);
+    let workers = |cluster: &Cluster| {
+        cluster
+            .status()
+            .ok()
+            .and_then(|s| s["workers"].as_array().map(Vec::len))
+    };
+    assert_eq!(workers(&cluster), Some(1));
+    let mut flush = std::process::Command::new("redis-cli");
+    flush
+        .args(["-p", &cluster.redis.port().to_string(), "FLUSHALL"])
+        .stdout(std::process::Stdio::null());
+    run_ok(flush).unwrap();
+    wait_until(
+        "the worker to register again",
+        Duration::from_secs(30),
+        || (workers(&cluster) == Some(1)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    let models = copy_examples(dir.path(), 1);
+    let (_, stderr) = cluster
+        .submit(&models, &["--stages", "convert", "--wait"])
+        .unwrap();
+    assert!(stderr.contains("finished: 1 succeeded"), "{stderr}");
+    assert!(
+        worker.stderr().contains("registering again"),
+        "{}",
+        worker.stderr()
+    );
+    worker.signal(Signal::SIGTERM).unwrap();
+    worker.wait(Duration::from_secs(30)).unwrap();
+}

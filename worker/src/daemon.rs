@@ -193,6 +193,8 @@ struct Running {
 
 struct Shared {
     id: String,
+    /// What this worker registered with (again when the coordinator has forgotten it).
+    caps: WorkerCaps,
     client: Client,
     blobs: Blobs,
     env: Arc<TrialEnv>,
@@ -432,6 +434,7 @@ pub async fn run(options: Options) -> Result<i32, Error> {
     };
     let shared = Arc::new(Shared {
         id,
+        caps: caps.clone(),
         client,
         blobs,
         env,
@@ -609,10 +612,21 @@ async fn lease_loop(
                 r.into_inner().trials
             }
             Err(s) if s.code() == Code::FailedPrecondition => {
-                // Forgotten (e.g. Redis was reset): register again.
+                // Forgotten (Redis flushed, or a fresh Redis after a failover): register again.
                 tracing::warn!(error = %s.message(), "lease refused; registering again");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                let mut client = shared.client.clone();
+                let registered = tokio::select! {
+                    _ = shared.draining.cancelled() => break,
+                    r = register(&mut client, &shared.id, &shared.caps) => r,
+                };
+                match registered {
+                    Ok(_) => tracing::info!(worker = %shared.id, "registered again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registering again failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                }
                 continue;
             }
             Err(s) => {

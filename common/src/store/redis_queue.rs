@@ -467,12 +467,13 @@ impl RedisQueue {
     }
 
     /// Extends `worker`'s leases, records their stage and phase; says which are stale, which
-    /// are cancelled, and whether the worker should drain.
+    /// are cancelled, whether the worker should drain, and whether Redis knows the worker
+    /// (false after a flush or a failover to a fresh Redis: it must register again).
     pub async fn heartbeat_progress(
         &self,
         worker: &str,
         trials: &[Progress],
-    ) -> Result<(HeartbeatReply, bool), Error> {
+    ) -> Result<(HeartbeatReply, bool, bool), Error> {
         let mut connection = self.connection.clone();
         let mut invocation = self.invocation(&self.scripts.heartbeat);
         invocation.arg(worker).arg(self.lease_ms());
@@ -490,9 +491,11 @@ impl RedisQueue {
             .map_err(backend)?;
         let mut reply = HeartbeatReply::default();
         let mut drain = false;
+        let mut registered = true;
         for answer in answers {
             match answer.split_once(':') {
                 Some(("d", flag)) => drain = flag == "1",
+                Some(("r", flag)) => registered = flag == "1",
                 Some(("e", key)) => reply.extended.push(key.to_owned()),
                 Some(("c", key)) => reply.cancel.push(key.to_owned()),
                 Some((_, key)) => reply.stale.push(key.to_owned()),
@@ -503,7 +506,7 @@ impl RedisQueue {
                 }
             }
         }
-        Ok((reply, drain))
+        Ok((reply, drain, registered))
     }
 
     /// Records a finished attempt under its lease, with its result summary and the store

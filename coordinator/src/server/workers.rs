@@ -211,12 +211,18 @@ impl Worker for WorkerApi {
                 phase: t.phase.chars().take(200).collect(),
             });
         }
-        let (reply, drain) = self
+        let (reply, drain, registered) = self
             .c
             .queue
             .heartbeat_progress(&r.worker_id, &progress)
             .await
             .map_err(internal)?;
+        if !registered {
+            // Redis forgot the worker (flushed, or a fresh Redis after a failover): its
+            // cached capabilities must not keep it leasing; its next lease is refused and it
+            // registers again.
+            lock(&self.c.caps).remove(&r.worker_id);
+        }
         let tokens = |keys: Vec<String>| -> Vec<v1::LeaseToken> {
             keys.into_iter()
                 .filter_map(|k| fences.get(&k).map(|f| wire_token(&k, *f)))

@@ -1,10 +1,11 @@
 -- ARGV: P, worker, lease_ms, then (trial, attempt, epoch, stage, phase) quintuples.
--- Returns "d:0"/"d:1" (drain asked) first, then "e:<trial>" (extended), "s:<trial>" (stale)
--- or "c:<trial>" (cancel) per trial.
+-- Returns "d:0"/"d:1" (drain asked) first, "r:0"/"r:1" (the worker is registered) second,
+-- then "e:<trial>" (extended), "s:<trial>" (stale) or "c:<trial>" (cancel) per trial.
 local worker, lease_ms = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local deadline = now + lease_ms
-local out = {'d:' .. redis.call('SISMEMBER', P .. ':drain', worker)}
+local out = {'d:' .. redis.call('SISMEMBER', P .. ':drain', worker),
+             'r:' .. redis.call('HEXISTS', P .. ':workers', worker)}
 for i = 4, #ARGV, 5 do
   local k, stage, phase = ARGV[i], ARGV[i + 3], ARGV[i + 4]
   local t = tkey(k)
