@@ -167,6 +167,10 @@ pub struct WorkerConfig {
     /// Emulation: the smallest agreement of a binary or multiclass output before a fidelity
     /// warning. Default 0.9.
     pub fidelity_min_agreement: f64,
+    /// Refuse a trial (as `bad_input`, before any tool stage) when preflight predicts the
+    /// tools will refuse it (e.g. an array partitioned above max_array_partition_size).
+    /// Default false: the finding is recorded in `result.json` `preflight[]` and the tools run.
+    pub preflight_strict: bool,
     /// The hls4ml venv's python; empty: `$HLSFARM_PYTHON` or the venv `make setup` made.
     pub python: PathBuf,
     /// Part families this host may synthesize (e.g. `["zynq", "virtexuplus"]`); empty: any.
@@ -202,6 +206,7 @@ impl Default for WorkerConfig {
             cores: 0,
             fidelity_max_error: 0.1,
             fidelity_min_agreement: 0.9,
+            preflight_strict: false,
             python: PathBuf::new(),
             part_families: Vec::new(),
             drain_timeout_s: 300,

@@ -213,6 +213,35 @@ pub struct Rewrite {
     pub why: String,
 }
 
+/// What the tools will refuse or struggle with, predicted from hls4ml's layer list before any
+/// synthesis (a partition above the limit, a reuse factor hls4ml changes, an io_parallel design
+/// too large to compile in reasonable time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreflightFinding {
+    /// The rule: `array_partition`, `reuse_factor`, `io_parallel_size`.
+    pub rule: String,
+    /// The layer, where the finding is about one.
+    #[serde(default)]
+    pub layer: Option<String>,
+    /// `error` (the tools will refuse it) or `warning`.
+    pub severity: String,
+    /// One line saying what and why.
+    pub message: String,
+    /// Settings that would avoid it, where known (e.g. `max_array_partition_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<BTreeMap<String, serde_json::Value>>,
+    /// What to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+impl PreflightFinding {
+    /// The tools will refuse it.
+    pub fn is_error(&self) -> bool {
+        self.severity == "error"
+    }
+}
+
 /// A model input or output as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorInfo {
@@ -299,6 +328,9 @@ pub struct TrialResult {
     /// Notes on how a stage ran (an emulation compiled with cheaper flags, or skipped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What preflight predicted from the converted model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<PreflightFinding>,
     /// The reuse factor each layer got.
     pub effective_reuse_factor: BTreeMap<String, u32>,
     /// What the tools reported.
@@ -341,6 +373,7 @@ impl TrialResult {
             inputs: Vec::new(),
             outputs: Vec::new(),
             notes: Vec::new(),
+            preflight: Vec::new(),
             effective_reuse_factor: BTreeMap::new(),
             reports: Reports::default(),
             failure: None,

@@ -37,6 +37,13 @@ pub enum Command {
     /// and result.json per trial, and synthesis_results.json and results.csv. Running it again
     /// reuses finished trials. Exit code: 0 all succeeded, 1 some failed, 130 interrupted.
     Run(Box<crate::onehost::RunArgs>),
+    /// Preflight without synthesis: convert each model for each settings point (the same
+    /// flags as `run`; no emulation, no tools) and print what the tools would refuse or
+    /// struggle with: arrays partitioned above max_array_partition_size (with the size
+    /// needed), reuse factors hls4ml changes, io_parallel designs too large to compile.
+    /// Exit code: 0 nothing refused, 1 a finding the tools would refuse or a model that does
+    /// not convert.
+    Check(Box<crate::check_cmd::CheckArgs>),
     /// Run the cluster coordinator: serves operators and workers over gRPC, keeps every fact
     /// in Redis (coordinator.redis_url), results in the store (store.url). Needs
     /// coordinator.operator_token and coordinator.worker_token. Stops on SIGTERM/Ctrl-C.
@@ -261,6 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
+        Some(Command::Check(args)) => crate::check_cmd::run(*args).await,
         Some(Command::Serve { .. }) => crate::server::serve(config).await,
         Some(Command::Bench(bench)) => crate::bench::run(bench).await,
         Some(Command::Submit(args)) => crate::client::submit(*args).await,

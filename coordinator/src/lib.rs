@@ -16,6 +16,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod bench;
+pub mod check_cmd;
 pub mod cli;
 pub mod client;
 pub mod onehost;

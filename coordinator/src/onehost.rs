@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// argmax) output before a fidelity warning.
     #[arg(long = "fidelity-min-agreement", default_value_t = 0.9)]
     pub fidelity_min_agreement: f64,
+    /// Refuse a trial (as `bad_input`, before any tool stage) when preflight predicts that the
+    /// tools will refuse it, e.g. an array partitioned above max_array_partition_size; without
+    /// it the finding is reported and the tools run.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// One planned trial.
@@ -317,6 +322,12 @@ fn line_for(result: &TrialResult) -> String {
     }
     for note in &result.notes {
         parts.push(format!("({note})"));
+    }
+    for finding in &result.preflight {
+        parts.push(format!(
+            "preflight {}: {}",
+            finding.severity, finding.message
+        ));
     }
     if let Some(f) = &result.failure {
         parts.push(format!("{}: {}", f.class, f.reason));
@@ -521,6 +532,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 max_error: args.fidelity_max_error,
                 min_agreement: args.fidelity_min_agreement,
             },
+            strict: args.strict,
         },
         tools,
         tool_timeout: Duration::from_secs(args.stage_timeout),

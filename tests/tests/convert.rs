@@ -21,6 +21,7 @@ fn env(timeout: Duration) -> DriverEnv {
         timeout,
         memory_limit_mib: Some(8192),
         tolerance: Default::default(),
+        strict: false,
     }
 }
 

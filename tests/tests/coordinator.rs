@@ -190,6 +190,7 @@ async fn succeed(
         inputs: vec![],
         outputs: vec![],
         notes: vec![],
+        preflight: vec![],
         effective_reuse_factor: Default::default(),
         reports: Reports::default(),
         failure: None,

@@ -44,6 +44,7 @@ fn env(memory_limit_mib: u64) -> DriverEnv {
         timeout: Duration::from_secs(900),
         memory_limit_mib: Some(memory_limit_mib),
         tolerance: Default::default(),
+        strict: false,
     }
 }
 
@@ -337,4 +338,112 @@ async fn a_qonnx_export_with_input_preprocessing_converts() {
     assert_eq!(f.outputs[0].name, "probabilities");
     assert_eq!(f.outputs[0].kind, OutputKind::Multiclass);
     assert!(f.outputs[0].agreement.unwrap() >= 0.8, "{f:?}");
+}
+
+/// The seed's story: a layer partitioning 4,608 elements where the tools allow 4,096, found
+/// after hours of synthesis. Preflight names it before any tool runs: `hlsfarm check`, every
+/// trial's `result.json`, and `run --strict` refusing the trial; without --strict the tools
+/// refuse it as predicted (the stand-in does as Vivado HLS does), and with the size raised
+/// nothing is refused.
+#[test]
+fn preflight_names_a_partition_above_the_limit_before_synthesis() {
+    use hlsfarm_tests::{hlsfarm_command, path_with_standin};
+    let dir = TestDir::new("real-preflight").unwrap();
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(
+        keras_models().join("big_cnn.h5"),
+        input.join("model_trial_000.h5"),
+    )
+    .unwrap();
+    let hlsfarm = || {
+        let mut c = hlsfarm_command().unwrap();
+        c.env("HLSFARM_PYTHON", hls4ml_python().unwrap())
+            .env("PATH", path_with_standin());
+        c
+    };
+    let output = hlsfarm()
+        .args(["check", "--input-dir"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "layer `conv3` (Conv2D) partitions 4608 elements, above max_array_partition_size 4096"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("at least 4608"), "{stdout}");
+    let output = hlsfarm()
+        .args([
+            "check",
+            "--max-array-partition-size",
+            "16384",
+            "--input-dir",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("0 finding(s) the tools would refuse"),
+        "{stdout}"
+    );
+
+    // --strict: refused at convert, no tool ever started.
+    let record = dir.join("calls.jsonl");
+    let output = hlsfarm()
+        .args([
+            "run",
+            "--strict",
+            "--stages",
+            "convert,csynth",
+            "--input-dir",
+        ])
+        .arg(&input)
+        .arg("--output-dir")
+        .arg(dir.join("strict"))
+        .env("STANDIN_RECORD", &record)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad_input: preflight (--strict)"),
+        "{stderr}"
+    );
+    assert!(!record.exists(), "a tool ran under --strict");
+
+    // Without it the finding is recorded and C synthesis fails as predicted.
+    let output = hlsfarm()
+        .args(["run", "--stages", "convert,csynth", "--input-dir"])
+        .arg(&input)
+        .arg("--output-dir")
+        .arg(dir.join("plain"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("plain/hls_model_trial_000/result.json")).unwrap(),
+    )
+    .unwrap();
+    let preflight = result["preflight"].as_array().unwrap();
+    assert!(
+        preflight
+            .iter()
+            .any(|f| f["rule"] == "array_partition" && f["layer"] == "conv3"),
+        "{result}"
+    );
+    assert_eq!(result["failure"]["stage"], "csynth", "{result}");
+    assert!(
+        result["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("array partition above the limit"),
+        "{result}"
+    );
 }

@@ -27,6 +27,7 @@ async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
             timeout: Duration::from_secs(600),
             memory_limit_mib: Some(8192),
             tolerance: Default::default(),
+            strict: false,
         },
         tools,
         tool_timeout,

@@ -14,7 +14,7 @@ Request:
                   "clock_period_ns", "backend", "max_array_partition_size"?,
                   "layers": {name: {"reuse_factor"?, "strategy"?, "precision": {var: type}}}},
      "output_dir": ..., "project_name": "myproject",
-     "emulate": bool,
+     "emulate": bool, "strict": bool (refuse the trial when preflight finds an error),
      "emulation": {"samples": 100, "seed": 0, "inputs": path (.npz by input name, or .npy)?,
                    "max_error": 0.1?, "min_agreement": 0.9?, "compile_budget": units?}}
 
@@ -23,7 +23,8 @@ Result:
      "compile": s, "predict": s}, "warnings": [...], "effective_reuse_factor": {layer: rf},
      "layers": [{"name", "class", "reuse_factor"}], "rewrites": [{"layer", "from", "to", "why"}],
      "inputs": [{"name", "shape"}], "outputs": [{"name", "shape"}],
-     "emulation_note": str?, "fidelity": {...} | null}
+     "emulation_note": str?, "preflight": [{"rule", "layer", "severity", "message", "fix",
+     "suggestion"}], "fidelity": {...} | null}
 or  {"ok": false, "failure": {"class", "reason", "stage", "suggestion"}, ...}
 
 Fidelity: top-level figures over all outputs (mean_abs_diff, max_abs_diff, argmax_agreement for
@@ -706,6 +707,61 @@ def convert(request, timings, rewrites):
     return hm, p
 
 
+def preflight(hm, settings):
+    """What the tools will refuse or struggle with, predicted from hls4ml's layer list before
+    any synthesis. Each finding: rule, layer, severity (`error`: the tools will refuse;
+    `warning`: they will struggle or hls4ml changed a setting), message, and the fix as
+    settings where one is known."""
+    findings = []
+    io_type = settings.get("io_type", "io_parallel")
+    limit = int(settings.get("max_array_partition_size") or 4096)
+    requested_rf = int(settings.get("reuse_factor") or 1)
+    overrides = settings.get("layers") or {}
+    for layer in hm.get_layers():
+        strategy = str(layer.get_attr("strategy") or "").lower()
+        weights = [w for w in layer.get_weights() if getattr(w, "data", None) is not None]
+        largest = max((int(w.data.size) for w in weights), default=0)
+        # hls4ml's latency strategy partitions a layer's weight and product arrays completely;
+        # Vivado/Vitis HLS refuse a partition above config_array_partition -maximum_size
+        # (XFORM 203-103, "partitioned elements number (N) has exceeded the threshold (4096)").
+        if io_type == "io_parallel" and strategy == "latency" and largest > limit:
+            findings.append({
+                "rule": "array_partition", "layer": layer.name, "severity": "error",
+                "message": f"layer `{layer.name}` ({layer.class_name}) partitions {largest} elements, above "
+                           f"max_array_partition_size {limit}: C synthesis will stop (XFORM 203-103)",
+                "fix": {"max_array_partition_size": largest},
+                "suggestion": f"raise max_array_partition_size to at least {largest}, or use strategy `resource`",
+            })
+        # hls4ml replaces a reuse factor its layer cannot use by the closest valid one.
+        rf = layer.get_attr("reuse_factor")
+        wanted = int((overrides.get(layer.name) or {}).get("reuse_factor") or requested_rf)
+        if weights and rf is not None and int(rf) != wanted:
+            valid = None
+            try:
+                n_in, n_out = layer.get_attr("n_in"), layer.get_attr("n_out")
+                if n_in and n_out:
+                    valid = hm.config.backend.get_valid_reuse_factors(int(n_in), int(n_out))
+            except Exception:  # noqa: BLE001 - the list is a courtesy
+                valid = None
+            findings.append({
+                "rule": "reuse_factor", "layer": layer.name, "severity": "warning",
+                "message": f"layer `{layer.name}`: reuse factor {wanted} is not valid for it; hls4ml uses {rf}"
+                           + (f" (valid: {', '.join(map(str, valid[:12]))}{', ...' if len(valid) > 12 else ''})"
+                              if valid else ""),
+                "fix": None,
+                "suggestion": f"ask for {rf} (or another valid value) so the trial key says what runs",
+            })
+    cost = emulation_cost(hm) if io_type == "io_parallel" else 0
+    if cost > CHEAP_COMPILE_ABOVE:
+        findings.append({
+            "rule": "io_parallel_size", "layer": None, "severity": "warning",
+            "message": f"io_parallel unrolls about {cost:,} multiplications: emulation and C synthesis will take "
+                       "long and need much memory",
+            "fix": None, "suggestion": "use io_stream or a larger reuse factor",
+        })
+    return findings
+
+
 def unsupported(error, p, version):
     """hls4ml's refusal, with the layer (name and type) it is about and the fix where known."""
     text = first_line(error)
@@ -1110,6 +1166,11 @@ def main():
             result["layers"] = layers
             result["effective_reuse_factor"] = {l["name"]: l["reuse_factor"] for l in layers
                                                 if l["reuse_factor"] is not None}
+            result["preflight"] = preflight(hm, request["settings"])
+            refused = [f for f in result["preflight"] if f["severity"] == "error"]
+            if request.get("strict") and refused:
+                raise Failure("bad_input", "preflight (--strict): " + "; ".join(f["message"] for f in refused),
+                              "convert", "; ".join(f["suggestion"] for f in refused))
             result["fidelity"] = None
             if request.get("emulate"):
                 stage = "emulate"

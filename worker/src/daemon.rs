@@ -409,6 +409,7 @@ pub async fn run(options: Options) -> Result<i32, Error> {
                 max_error: config.fidelity_max_error,
                 min_agreement: config.fidelity_min_agreement,
             },
+            strict: config.preflight_strict,
         },
         tools,
         tool_timeout: Duration::from_secs(config.stage_timeout_s),

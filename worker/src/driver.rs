@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hlsfarm_common::failure::{Failure, FailureClass};
-pub use hlsfarm_common::results::{Fidelity, Rewrite, TensorInfo};
+pub use hlsfarm_common::results::{Fidelity, PreflightFinding, Rewrite, TensorInfo};
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::EmulationSpec;
@@ -130,6 +130,7 @@ struct Request<'a> {
     output_dir: &'a Path,
     project_name: &'a str,
     emulate: bool,
+    strict: bool,
     emulation: Emulation<'a>,
 }
 
@@ -179,6 +180,8 @@ struct RawResult {
     #[serde(default)]
     emulation_note: Option<String>,
     #[serde(default)]
+    preflight: Vec<PreflightFinding>,
+    #[serde(default)]
     failure: Option<DriverFailure>,
 }
 
@@ -207,6 +210,8 @@ pub struct Converted {
     pub outputs: Vec<TensorInfo>,
     /// How emulation ran, when not as usual (cheaper compile flags, skipped).
     pub emulation_note: Option<String>,
+    /// What preflight predicted from the converted model.
+    pub preflight: Vec<PreflightFinding>,
     /// Peak memory of the driver's process tree (Python and g++), MiB.
     pub peak_memory_mib: u64,
     /// Wall time of the whole driver run, seconds.
@@ -227,6 +232,9 @@ pub struct DriverEnv {
     pub memory_limit_mib: Option<u64>,
     /// When the emulation counts as departing from the float model.
     pub tolerance: Tolerance,
+    /// Refuse a trial (as `bad_input`, before any tool stage) when preflight finds something
+    /// the tools will refuse.
+    pub strict: bool,
 }
 
 /// One convert (and emulate) job.
@@ -321,6 +329,7 @@ pub async fn convert(
         output_dir: &project_dir(job.work_dir, job.project_name),
         project_name: job.project_name,
         emulate: job.emulate,
+        strict: env.strict,
         emulation: Emulation {
             samples: job.emulation.samples,
             seed: job.emulation.seed,
@@ -461,6 +470,7 @@ pub async fn convert(
         inputs: raw.inputs,
         outputs: raw.outputs,
         emulation_note: raw.emulation_note,
+        preflight: raw.preflight,
         peak_memory_mib: outcome.peak_memory_mib,
         seconds: outcome.elapsed.as_secs_f64(),
     })

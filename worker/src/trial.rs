@@ -498,6 +498,7 @@ pub async fn run_trial(
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
     let mut notes = Vec::new();
+    let mut preflight = Vec::new();
     let mut hls4ml_version = String::new();
     let project = driver::project_dir(&spec.scratch, PROJECT_NAME);
 
@@ -537,6 +538,7 @@ pub async fn run_trial(
             inputs = converted.inputs;
             outputs = converted.outputs;
             notes.extend(converted.emulation_note);
+            preflight = converted.preflight;
         }
         Err(e) => {
             let stage = e.stage;
@@ -619,6 +621,7 @@ pub async fn run_trial(
         inputs,
         outputs,
         notes,
+        preflight,
         effective_reuse_factor,
         reports,
         failure,

@@ -149,6 +149,7 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
         inputs: Vec::new(),
         outputs: Vec::new(),
         notes: Vec::new(),
+        preflight: Vec::new(),
         effective_reuse_factor: Default::default(),
         reports: Default::default(),
         failure: Some(TrialFailure {
