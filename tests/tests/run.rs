@@ -274,27 +274,37 @@ fn empty_folders_and_patterns_matching_nothing_are_clear_errors() {
     );
 }
 
-#[test]
-fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
-    use hlsfarm_tests::{Process, wait_until};
-    use std::time::Duration;
-    let dir = TestDir::new("run-ctrlc").unwrap();
-    let input = input_dir(&dir);
+/// `hlsfarm run` of one trial whose C synthesis hangs (with a child process), returned once
+/// the tool runs, with the tool's own record of its start (pid, process group).
+fn run_until_a_tool_hangs(dir: &TestDir, input: &Path) -> (hlsfarm_tests::Process, Value) {
     let record = dir.join("tool-calls.jsonl");
     let mut command = run_cmd(true);
     command
         .args(["run", "--input-dir"])
-        .arg(&input)
+        .arg(input)
         .args(["--limit", "1", "--stages", "convert,csynth"])
         .env("STANDIN_HANG", "1")
         .env("STANDIN_RECORD", &record);
-    let mut process = Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
-    // Wait until the (hanging) tool runs, then press Ctrl-C.
-    let call: Value = wait_until("the tool to start", Duration::from_secs(120), || {
-        let text = std::fs::read_to_string(&record).ok()?;
-        serde_json::from_str(text.lines().next()?).ok()
-    })
+    let process = hlsfarm_tests::Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
+    let call: Value = hlsfarm_tests::wait_until(
+        "the tool to start",
+        std::time::Duration::from_secs(120),
+        || {
+            let text = std::fs::read_to_string(&record).ok()?;
+            serde_json::from_str(text.lines().next()?).ok()
+        },
+    )
     .unwrap();
+    (process, call)
+}
+
+#[test]
+fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
+    use std::time::Duration;
+    let dir = TestDir::new("run-ctrlc").unwrap();
+    let input = input_dir(&dir);
+    // Wait until the (hanging) tool runs, then press Ctrl-C.
+    let (mut process, call) = run_until_a_tool_hangs(&dir, &input);
     process.signal(nix::sys::signal::Signal::SIGINT).unwrap();
     let status = process.wait(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(130), "{}", process.stderr());
@@ -366,24 +376,11 @@ fn a_keras_tuner_search_folder_of_four_input_models_runs_with_binary_fidelity() 
 
 #[test]
 fn a_run_killed_with_sigkill_takes_its_tools_with_it() {
-    use hlsfarm_tests::{Process, wait_until};
+    use hlsfarm_tests::wait_until;
     use std::time::Duration;
     let dir = TestDir::new("run-sigkill").unwrap();
     let input = input_dir(&dir);
-    let record = dir.join("tool-calls.jsonl");
-    let mut command = run_cmd(true);
-    command
-        .args(["run", "--input-dir"])
-        .arg(&input)
-        .args(["--limit", "1", "--stages", "convert,csynth"])
-        .env("STANDIN_HANG", "1")
-        .env("STANDIN_RECORD", &record);
-    let mut process = Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
-    let call: Value = wait_until("the tool to start", Duration::from_secs(120), || {
-        let text = std::fs::read_to_string(&record).ok()?;
-        serde_json::from_str(text.lines().next()?).ok()
-    })
-    .unwrap();
+    let (mut process, call) = run_until_a_tool_hangs(&dir, &input);
     let group = call["pgid"].as_i64().unwrap() as i32;
     assert!(hlsfarm_worker::process::group_alive(group));
     // No handler runs on SIGKILL: only the kernel's parent-death signal to the guard can
