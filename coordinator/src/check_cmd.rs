@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use hlsfarm_common::trial_key::EmulationSpec;
-use hlsfarm_worker::driver::{self, DriverEnv, Job, ModelFiles, Tolerance};
-use tokio_util::sync::CancellationToken;
+use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
 use crate::onehost::{SweepArgs, model_companions, sweep_spec};
 
@@ -20,6 +18,22 @@ pub struct CheckArgs {
     /// Python of the hls4ml venv [default: $HLSFARM_PYTHON, else the venv `make setup` made].
     #[arg(long, value_name = "PATH")]
     pub python: Option<std::path::PathBuf>,
+}
+
+/// A settings point as the findings print it.
+fn point_label(point: &hlsfarm_common::settings::Settings) -> String {
+    format!(
+        "{} {} rf{} {} {}{}",
+        point.io_type,
+        point.strategy,
+        point.reuse_factor,
+        point.precision,
+        point.part,
+        point
+            .max_array_partition_size
+            .map(|m| format!(" max{m}"))
+            .unwrap_or_default()
+    )
 }
 
 /// Prints the findings per model and settings point; exit code 0 when nothing would be
@@ -41,46 +55,40 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         .prefix("hlsfarm-check-")
         .tempdir()?;
     let points = spec.grid.expand();
-    let emulation = EmulationSpec::default();
-    let (mut errors, mut failed) = (0usize, 0usize);
-    for (m, model) in models.iter().enumerate() {
+    let mut files = Vec::new();
+    for model in &models {
         let companions = model_companions(model, &args.sweep)?;
-        let files = ModelFiles {
+        files.push(ModelFiles {
             weights: companions.get("weights").cloned(),
             class_file: companions.get("class").cloned(),
             ..ModelFiles::auto(model.canonicalize()?)
-        };
+        });
+    }
+    let mut items = Vec::new();
+    for (m, model) in files.iter().enumerate() {
+        for (p, point) in points.iter().enumerate() {
+            items.push(driver::PreflightItem {
+                id: format!("{m}/{p}"),
+                model,
+                settings: point,
+            });
+        }
+    }
+    let answers = driver::preflight_batch(&env, &items, scratch.path())
+        .await
+        .map_err(|f| anyhow::anyhow!("preflight failed: {}", f.reason))?;
+    let (mut errors, mut failed) = (0usize, 0usize);
+    for (m, model) in models.iter().enumerate() {
         let name = model
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         for (p, point) in points.iter().enumerate() {
-            let work = scratch.path().join(format!("{m}-{p}"));
-            let job = Job {
-                model: &files,
-                settings: point,
-                emulate: false,
-                emulation: &emulation,
-                inputs: None,
-                work_dir: &work,
-                project_name: "myproject",
-            };
-            let label = format!(
-                "{name} [{} {} rf{} {} {}{}]",
-                point.io_type,
-                point.strategy,
-                point.reuse_factor,
-                point.precision,
-                point.part,
-                point
-                    .max_array_partition_size
-                    .map(|m| format!(" max{m}"))
-                    .unwrap_or_default()
-            );
-            match driver::convert(&env, &job, &CancellationToken::new()).await {
-                Ok(c) if c.preflight.is_empty() => println!("{label}: ok"),
-                Ok(c) => {
-                    for f in &c.preflight {
+            let label = format!("{name} [{}]", point_label(point));
+            match answers.get(&format!("{m}/{p}")) {
+                Some(Ok(findings)) if findings.is_empty() => println!("{label}: ok"),
+                Some(Ok(findings)) => {
+                    for f in findings {
                         errors += usize::from(f.is_error());
                         println!("{label}: {} {}: {}", f.severity, f.rule, f.message);
                         if let Some(s) = &f.suggestion {
@@ -88,12 +96,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
                         }
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     failed += 1;
                     println!("{label}: does not convert ({}): {}", e.class, e.reason);
                     if let Some(s) = &e.suggestion {
                         println!("    fix: {s}");
                     }
+                }
+                None => {
+                    failed += 1;
+                    println!("{label}: no answer from the driver");
                 }
             }
         }

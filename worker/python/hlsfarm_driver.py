@@ -18,6 +18,10 @@ Request:
      "emulation": {"samples": 100, "seed": 0, "inputs": path (.npz by input name, or .npy)?,
                    "max_error": 0.1?, "min_agreement": 0.9?, "compile_budget": units?}}
 
+A request {"preflight_batch": [{"id", "model", "settings"}]} converts each point without
+writing or compiling and returns {"ok": true, "batch": {id: {"findings": [...]} or
+{"failure": {...}}}}.
+
 Result:
     {"ok": true, "hls4ml_version", "format", "timings": {"load": s, "convert": s, "write": s,
      "compile": s, "predict": s}, "warnings": [...], "effective_reuse_factor": {layer: rf},
@@ -1143,6 +1147,40 @@ def emulate(request, hm, p, timings, result):
     return fidelity
 
 
+def preflight_batch(request):
+    """Preflight of many (model, settings) points in one process: hls4ml converts each (no
+    project written, no compile) and the findings are returned by id. Each model is loaded
+    once. Used by `hlsfarm check` and by `run --fix` before anything is queued."""
+    import tempfile
+
+    import hls4ml
+    out, loaded = {}, {}
+    with tempfile.TemporaryDirectory(prefix="hlsfarm-preflight-") as scratch:
+        for i, item in enumerate(request["preflight_batch"]):
+            model, settings = item["model"], item["settings"]
+            try:
+                key = json.dumps(model, sort_keys=True)
+                if key not in loaded:
+                    loaded[key] = prepare(model, [])
+                p = loaded[key]
+                backend = settings["backend"].capitalize()
+                cfg = p.config_from(*p.config_args, granularity="name", backend=backend,
+                                    default_precision=settings["precision"],
+                                    default_reuse_factor=settings["reuse_factor"])
+                cfg = apply_settings(cfg, settings, p.layer_classes)
+                try:
+                    hm = p.convert_from(p.net, hls_config=cfg, output_dir=os.path.join(scratch, str(i)),
+                                        project_name="myproject", backend=backend, io_type=settings["io_type"],
+                                        part=settings["part"], clock_period=settings["clock_period_ns"])
+                except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions
+                    raise unsupported(e, p, hls4ml.__version__)
+                out[item["id"]] = {"findings": preflight(hm, settings)}
+            except Failure as f:
+                out[item["id"]] = {"failure": {"class": f.cls, "reason": f.reason, "stage": f.stage,
+                                               "suggestion": f.suggestion}}
+    return out
+
+
 WARNING = re.compile(r"^WARNING: (.*)$")
 
 
@@ -1157,6 +1195,10 @@ def main():
         with contextlib.redirect_stdout(tee):
             import hls4ml
             result["hls4ml_version"] = hls4ml.__version__
+            if "preflight_batch" in request:
+                result["batch"] = preflight_batch(request)
+                result["ok"] = True
+                return 0
             hm, p = convert(request, result["timings"], result["rewrites"])
             result["format"] = p.fmt
             result["inputs"] = [{"name": n, "shape": list(s)} for n, s in p.inputs]

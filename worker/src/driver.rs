@@ -303,6 +303,140 @@ impl From<Failure> for StageFailure {
     }
 }
 
+/// The venv's Python for a model's format (one venv per framework family).
+fn model_python<'a>(env: &'a DriverEnv, model: &ModelFiles) -> &'a PathBuf {
+    let format = if model.format == "auto" {
+        model
+            .path
+            .file_name()
+            .and_then(|n| hlsfarm_common::plan::model_format(&n.to_string_lossy()).ok())
+            .unwrap_or("")
+    } else {
+        model.format.as_str()
+    };
+    env.by_format.get(format).unwrap_or(&env.python)
+}
+
+/// `python hlsfarm_driver.py REQUEST` with the environment TensorFlow and hls4ml need; the
+/// caller adds the result path and the folder.
+fn driver_command(python: &Path, driver: &Path, request: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(driver)
+        .arg(request)
+        .env("TF_USE_LEGACY_KERAS", "1")
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("PYTHONUNBUFFERED", "1");
+    command
+}
+
+/// One point of a preflight batch: an id, a model and settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightItem<'a> {
+    /// The caller's name for this point.
+    pub id: String,
+    /// The model.
+    pub model: &'a ModelFiles,
+    /// The settings.
+    pub settings: &'a Settings,
+}
+
+#[derive(Debug, Deserialize)]
+struct PreflightAnswer {
+    #[serde(default)]
+    findings: Vec<PreflightFinding>,
+    #[serde(default)]
+    failure: Option<DriverFailure>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchResult {
+    ok: bool,
+    #[serde(default)]
+    batch: BTreeMap<String, PreflightAnswer>,
+    #[serde(default)]
+    failure: Option<DriverFailure>,
+}
+
+/// Preflight of many points: hls4ml converts each (no project written, nothing compiled) in
+/// one driver process per venv, each model loaded once; the findings (or the reason a point
+/// does not convert) by id. What `hlsfarm check` and `run --fix` use before queueing.
+pub async fn preflight_batch(
+    env: &DriverEnv,
+    items: &[PreflightItem<'_>],
+    work_dir: &Path,
+) -> Result<BTreeMap<String, Result<Vec<PreflightFinding>, Failure>>, Failure> {
+    let infra = |what: &str, e: &dyn std::fmt::Display| {
+        failure(FailureClass::Infrastructure, format!("{what}: {e}"), None)
+    };
+    std::fs::create_dir_all(work_dir).map_err(|e| infra("cannot create the work folder", &e))?;
+    let driver = work_dir.join("hlsfarm_driver.py");
+    std::fs::write(&driver, DRIVER_SOURCE).map_err(|e| infra("cannot write the driver", &e))?;
+    let mut by_python: BTreeMap<&PathBuf, Vec<&PreflightItem<'_>>> = BTreeMap::new();
+    for item in items {
+        by_python
+            .entry(model_python(env, item.model))
+            .or_default()
+            .push(item);
+    }
+    let mut out = BTreeMap::new();
+    for (n, (python, group)) in by_python.into_iter().enumerate() {
+        let request = work_dir.join(format!("preflight_request_{n}.json"));
+        let result = work_dir.join(format!("preflight_result_{n}.json"));
+        let bytes = serde_json::to_vec(&serde_json::json!({ "preflight_batch": group }))
+            .map_err(|e| infra("cannot write the request", &e))?;
+        std::fs::write(&request, bytes).map_err(|e| infra("cannot write the request", &e))?;
+        let mut command = driver_command(python, &driver, &request);
+        command.arg(&result).current_dir(work_dir);
+        let log = work_dir.join(LOG_FILE);
+        let outcome = run_tree_limited(
+            command,
+            &log,
+            Limits {
+                timeout: env.timeout,
+                memory_mib: env.memory_limit_mib,
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .map_err(|e| infra("cannot run the hls4ml driver", &e))?;
+        let parsed: Option<BatchResult> = std::fs::read(&result)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let batch = match parsed {
+            Some(b) if b.ok => b.batch,
+            Some(b) => {
+                let f = b.failure.map(|f| f.reason).unwrap_or_default();
+                return Err(failure(FailureClass::ToolError, f, None));
+            }
+            None => {
+                return Err(failure(
+                    FailureClass::ToolError,
+                    format!(
+                        "the hls4ml driver ended ({:?}) without a preflight answer; log ends:\n{}",
+                        outcome.ending,
+                        log_tail(&log, 5)
+                    ),
+                    None,
+                ));
+            }
+        };
+        for (id, answer) in batch {
+            let value = match answer.failure {
+                Some(f) => Err(Failure {
+                    class: f.class.parse().unwrap_or(FailureClass::ToolError),
+                    reason: f.reason,
+                    suggestion: f.suggestion,
+                }),
+                None => Ok(answer.findings),
+            };
+            out.insert(id, value);
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the driver for `job`; a failure is classified (bad input, tool error, timeout, oom,
 /// infrastructure), names the fix where one is known, and the stage it happened in.
 pub async fn convert(
@@ -342,26 +476,8 @@ pub async fn convert(
         .map_err(|e| failure(FailureClass::Infrastructure, e.to_string(), None))?;
     std::fs::write(&request_path, bytes).map_err(|e| infra("cannot write the request", e))?;
 
-    let format = if job.model.format == "auto" {
-        job.model
-            .path
-            .file_name()
-            .and_then(|n| hlsfarm_common::plan::model_format(&n.to_string_lossy()).ok())
-            .unwrap_or("")
-    } else {
-        job.model.format.as_str()
-    };
-    let python = env.by_format.get(format).unwrap_or(&env.python);
-    let mut command = tokio::process::Command::new(python);
-    command
-        .arg(&driver)
-        .arg(&request_path)
-        .arg(&result_path)
-        .current_dir(job.work_dir)
-        .env("TF_USE_LEGACY_KERAS", "1")
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .env("PYTHONUNBUFFERED", "1");
+    let mut command = driver_command(model_python(env, job.model), &driver, &request_path);
+    command.arg(&result_path).current_dir(job.work_dir);
     let log = job.work_dir.join(LOG_FILE);
     let limits = Limits {
         timeout: env.timeout,
