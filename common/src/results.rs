@@ -242,6 +242,20 @@ impl PreflightFinding {
     }
 }
 
+/// The trial a derived trial was made from (`run --fix`): its key and settings, and what
+/// preflight found that the fix answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerivedFrom {
+    /// The original trial's key.
+    pub trial_key: String,
+    /// The original settings.
+    pub settings: Settings,
+    /// The settings changed, and to what.
+    pub fix: BTreeMap<String, serde_json::Value>,
+    /// The findings the fix answers.
+    pub findings: Vec<String>,
+}
+
 /// A model input or output as the driver saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorInfo {
@@ -331,6 +345,9 @@ pub struct TrialResult {
     /// What preflight predicted from the converted model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preflight: Vec<PreflightFinding>,
+    /// The trial this one was derived from with a fix (`run --fix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<DerivedFrom>,
     /// The reuse factor each layer got.
     pub effective_reuse_factor: BTreeMap<String, u32>,
     /// What the tools reported.
@@ -374,6 +391,7 @@ impl TrialResult {
             outputs: Vec::new(),
             notes: Vec::new(),
             preflight: Vec::new(),
+            derived_from: None,
             effective_reuse_factor: BTreeMap::new(),
             reports: Reports::default(),
             failure: None,

@@ -3,7 +3,10 @@
 //! refuse or struggle with is printed: arrays partitioned above `max_array_partition_size`,
 //! reuse factors hls4ml changes, io_parallel designs too large to compile in reasonable time.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use hlsfarm_common::settings::Settings;
 
 use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
@@ -21,7 +24,7 @@ pub struct CheckArgs {
 }
 
 /// A settings point as the findings print it.
-fn point_label(point: &hlsfarm_common::settings::Settings) -> String {
+fn point_label(point: &Settings) -> String {
     format!(
         "{} {} rf{} {} {}{}",
         point.io_type,
@@ -115,4 +118,84 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         "{checked} checked: {errors} finding(s) the tools would refuse, {failed} not converting"
     );
     Ok(if errors > 0 || failed > 0 { 1 } else { 0 })
+}
+
+/// A settings point with preflight's fixes applied, what changed, and the findings answered.
+pub(crate) type Fixed = (
+    Settings,
+    std::collections::BTreeMap<String, serde_json::Value>,
+    Vec<String>,
+);
+
+/// `run --fix`: preflight of every (model, point) before anything is queued; for each point
+/// whose findings the tools would refuse and that carry a fix (today: the
+/// max_array_partition_size a partition needs), the settings with the fix applied, by
+/// (model index, point index).
+pub(crate) async fn preflight_fixes(
+    files: &[ModelFiles],
+    points: &[Settings],
+    python: &std::path::Path,
+    scratch: &std::path::Path,
+) -> anyhow::Result<HashMap<(usize, usize), Fixed>> {
+    let env = DriverEnv {
+        python: python.to_owned(),
+        by_format: hlsfarm_worker::venv::format_pythons(),
+        timeout: Duration::from_secs(1800),
+        memory_limit_mib: None,
+        tolerance: Tolerance::default(),
+        strict: false,
+    };
+    let mut items = Vec::new();
+    for (m, model) in files.iter().enumerate() {
+        for (p, point) in points.iter().enumerate() {
+            items.push(driver::PreflightItem {
+                id: format!("{m}/{p}"),
+                model,
+                settings: point,
+            });
+        }
+    }
+    let answers = driver::preflight_batch(&env, &items, scratch)
+        .await
+        .map_err(|f| anyhow::anyhow!("preflight failed: {}", f.reason))?;
+    let mut out = HashMap::new();
+    for m in 0..files.len() {
+        for (p, point) in points.iter().enumerate() {
+            let Some(Ok(findings)) = answers.get(&format!("{m}/{p}")) else {
+                continue; // a model that does not convert fails as its trial runs
+            };
+            let mut fix = std::collections::BTreeMap::new();
+            let mut answered = Vec::new();
+            for f in findings.iter().filter(|f| f.is_error()) {
+                let Some(changes) = &f.fix else { continue };
+                for (k, v) in changes {
+                    // Several findings may ask for the same setting: the largest holds them all.
+                    let larger = match (
+                        fix.get(k).and_then(|o: &serde_json::Value| o.as_u64()),
+                        v.as_u64(),
+                    ) {
+                        (Some(old), Some(new)) => new > old,
+                        _ => true,
+                    };
+                    if larger {
+                        fix.insert(k.clone(), v.clone());
+                    }
+                }
+                answered.push(f.message.clone());
+            }
+            if fix.is_empty() {
+                continue;
+            }
+            let mut value = serde_json::to_value(point)?;
+            if let Some(object) = value.as_object_mut() {
+                for (k, v) in &fix {
+                    object.insert(k.clone(), v.clone());
+                }
+            }
+            let fixed: Settings = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("preflight's fix {fix:?} does not apply: {e}"))?;
+            out.insert((m, p), (fixed, fix, answered));
+        }
+    }
+    Ok(out)
 }

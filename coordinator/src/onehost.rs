@@ -139,6 +139,12 @@ pub struct RunArgs {
     /// it the finding is reported and the tools run.
     #[arg(long)]
     pub strict: bool,
+    /// Before anything runs, preflight every trial; one the tools would refuse with a known
+    /// fix (today: an array partitioned above max_array_partition_size) runs as a derived
+    /// trial with the fix applied: its own key, its folder ending in `_fixed`, the original
+    /// named in result.json `derived_from`.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 /// One planned trial.
@@ -395,7 +401,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Plan every trial: key, folders, reuse.
     let mut planned: Vec<Planned> = Vec::new();
     let scratch_root = output_dir.join(".hlsfarm/scratch");
-    for model in &models {
+    let fixes = if args.fix {
+        let files = models
+            .iter()
+            .map(|m| model_files(m, &args.sweep).map(|(f, _)| f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fixes = crate::check_cmd::preflight_fixes(
+            &files,
+            &points,
+            &python,
+            &scratch_root.join("preflight"),
+        )
+        .await?;
+        eprintln!(
+            "hlsfarm: preflight of {} trials: {} derived with a fix (--fix)",
+            models.len() * points.len(),
+            fixes.len()
+        );
+        fixes
+    } else {
+        HashMap::new()
+    };
+    for (model_index, model) in models.iter().enumerate() {
         let (files, found) = model_files(model, &args.sweep)?;
         let sha = file_sha256(model)?;
         let mut companions = std::collections::BTreeMap::new();
@@ -410,25 +437,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_owned());
-        for point in &points {
-            let tool = tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
-                name: t.name.clone(),
-                version: t.version.clone(),
-            });
-            let toolchain = Toolchain {
-                hls4ml_version: hls4ml.clone(),
-                tool,
+        for (point_index, original) in points.iter().enumerate() {
+            let key_of = |point: &Settings| {
+                let tool = tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                });
+                let toolchain = Toolchain {
+                    hls4ml_version: hls4ml.clone(),
+                    tool,
+                };
+                TrialKeyInput {
+                    model: &digest,
+                    settings: point,
+                    stages: &stages,
+                    emulation: &spec.emulation,
+                    toolchain: &toolchain,
+                }
+                .key()
+                .to_hex()
             };
-            let key = TrialKeyInput {
-                model: &digest,
-                settings: point,
-                stages: &stages,
-                emulation: &spec.emulation,
-                toolchain: &toolchain,
-            }
-            .key()
-            .to_hex();
-            let name = format!("hls_{stem}{}", suffix(point, &points));
+            let (point, derived_from) = match fixes.get(&(model_index, point_index)) {
+                Some((fixed, fix, findings)) => (
+                    fixed,
+                    Some(hlsfarm_common::results::DerivedFrom {
+                        trial_key: key_of(original),
+                        settings: original.clone(),
+                        fix: fix.clone(),
+                        findings: findings.clone(),
+                    }),
+                ),
+                None => (original, None),
+            };
+            let key = key_of(point);
+            let name = format!(
+                "hls_{stem}{}{}",
+                suffix(original, &points),
+                if derived_from.is_some() { "_fixed" } else { "" }
+            );
             let trial_out = output_dir.join(&name);
             let reused = !spec.force && finished_result(&trial_out, &key).is_some();
             planned.push(Planned {
@@ -452,6 +498,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     scratch: scratch_root.join(&key[..16]),
                     tarball: output_dir.join(format!("{name}.tar.gz")),
                     output_dir: trial_out,
+                    derived_from,
                 },
             });
         }

@@ -191,6 +191,7 @@ async fn succeed(
         outputs: vec![],
         notes: vec![],
         preflight: vec![],
+        derived_from: None,
         effective_reuse_factor: Default::default(),
         reports: Reports::default(),
         failure: None,

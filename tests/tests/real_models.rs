@@ -446,4 +446,29 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
             .contains("array partition above the limit"),
         "{result}"
     );
+
+    // --fix: derived before anything runs, with the size the largest partition needs (the
+    // seed's hand edit of build_prj.tcl, done as a trial of its own), and synthesized.
+    let output = hlsfarm()
+        .args(["run", "--fix", "--stages", "convert,csynth", "--input-dir"])
+        .arg(&input)
+        .arg("--output-dir")
+        .arg(dir.join("fixed"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("1 derived with a fix (--fix)"), "{stderr}");
+    let folder = dir.join("fixed/hls_model_trial_000_fixed");
+    let derived: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("result.json")).unwrap()).unwrap();
+    assert_eq!(derived["status"], "success", "{derived}");
+    assert_eq!(derived["settings"]["max_array_partition_size"], 11520);
+    let from = &derived["derived_from"];
+    assert_eq!(from["fix"]["max_array_partition_size"], 11520, "{derived}");
+    assert_eq!(from["trial_key"], result["trial_key"], "{derived}");
+    assert_ne!(from["trial_key"], derived["trial_key"]);
+    assert_eq!(from["findings"].as_array().unwrap().len(), 2, "{derived}");
+    let tcl = std::fs::read_to_string(folder.join("project.tcl")).unwrap();
+    assert!(tcl.contains("set maximum_size 11520"), "{tcl}");
 }

@@ -66,6 +66,7 @@ fn spec(dir: &TestDir, stages: &[Stage], backend: Backend) -> TrialSpec {
         scratch: dir.join("scratch"),
         output_dir: dir.join("out/hls_qkeras_3layer"),
         tarball: dir.join("out/hls_qkeras_3layer.tar.gz"),
+        derived_from: None,
     }
 }
 

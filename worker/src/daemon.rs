@@ -866,6 +866,7 @@ async fn run_one(
                 .unwrap_or_else(|| "model".into())
         )),
         tarball: scratch.join("out").join("artifacts.tar.gz"),
+        derived_from: None,
     };
     tracing::info!(model = %model.name, "trial started");
     // The memory limit: the worker's share per slot, or the lease's reservation if larger.

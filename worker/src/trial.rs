@@ -82,6 +82,8 @@ pub struct TrialSpec {
     pub output_dir: PathBuf,
     /// Where the tarball goes, when one is made.
     pub tarball: PathBuf,
+    /// The trial this one was derived from with a fix (`run --fix`).
+    pub derived_from: Option<hlsfarm_common::results::DerivedFrom>,
 }
 
 /// The command that runs `build_prj.tcl` for this backend, as hls4ml 1.3 does, and the tool's
@@ -622,6 +624,7 @@ pub async fn run_trial(
         outputs,
         notes,
         preflight,
+        derived_from: spec.derived_from.clone(),
         effective_reuse_factor,
         reports,
         failure,

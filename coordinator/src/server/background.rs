@@ -150,6 +150,7 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
         outputs: Vec::new(),
         notes: Vec::new(),
         preflight: Vec::new(),
+        derived_from: None,
         effective_reuse_factor: Default::default(),
         reports: Default::default(),
         failure: Some(TrialFailure {
