@@ -67,6 +67,8 @@ pub struct RunningJson {
     pub sweep: String,
     /// Stage it is in (empty before the first heartbeat).
     pub stage: String,
+    /// Where its tool is, from the tool's log (phase, quiet time, peak, last line).
+    pub phase: String,
     /// Attempt.
     pub attempt: u32,
 }
@@ -137,6 +139,8 @@ pub struct TrialJson {
     pub state: String,
     /// Stage now (running) or last reached.
     pub stage: String,
+    /// Where its tool is now, from the tool's log (running trials only).
+    pub phase: String,
     /// Worker that holds or held it.
     pub worker: String,
     /// Attempt.
@@ -253,6 +257,7 @@ impl From<&v1::GetStatusResponse> for StatusJson {
                                 trial: t.trial_key.clone(),
                                 sweep: t.sweep_id.clone(),
                                 stage: stage_name(t.current_stage),
+                                phase: t.phase.clone(),
                                 attempt: t.attempt,
                             })
                             .collect(),
@@ -334,6 +339,7 @@ impl From<&v1::GetResultsResponse> for SweepTrialsJson {
                             state_name(t.state)
                         },
                         stage: stage_name(t.current_stage),
+                        phase: t.phase.clone(),
                         worker: t.worker_id.clone(),
                         attempt: t.attempt,
                         reused: t.reused,

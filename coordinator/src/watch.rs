@@ -212,9 +212,13 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
                         "{}:{}",
                         t.trial.chars().take(8).collect::<String>(),
                         if t.stage.is_empty() {
-                            "starting"
+                            "starting".to_owned()
+                        } else if let Some(phase) =
+                            t.phase.split(" · ").next().filter(|p| !p.is_empty())
+                        {
+                            format!("{} ({phase})", t.stage)
                         } else {
-                            &t.stage
+                            t.stage.clone()
                         }
                     )
                 })

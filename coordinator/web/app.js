@@ -195,7 +195,7 @@ function renderTrials() {
       el("td", { class: `state-${t.state}` }, t.state),
       el("td", { title: t.key }, t.model || short(t.key)),
       el("td", { class: "wrap" }, t.settings),
-      el("td", {}, t.stage),
+      el("td", { class: "wrap", title: t.phase || "" }, t.phase && t.state === "leased" ? `${t.stage}: ${t.phase.split(" · ").slice(0, 3).join(" · ")}` : t.stage),
       el("td", {}, t.worker),
       el("td", { class: "num" }, t.attempt),
       el("td", { class: "num" }, num(t.seconds, 1)),
@@ -219,7 +219,7 @@ function renderWorkers(status) {
   $("no-workers").hidden = status.workers.length > 0;
   for (const w of status.workers) {
     const running = el("td", {});
-    for (const t of w.trials) running.append(el("div", {}, el("code", {}, short(t.trial)), ` ${t.stage || "starting"} (attempt ${t.attempt})`));
+    for (const t of w.trials) running.append(el("div", {}, el("code", {}, short(t.trial)), ` ${t.stage || "starting"}${t.phase ? ` — ${t.phase}` : ""} (attempt ${t.attempt})`));
     const tools = Object.entries(w.tools).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
     const buttons = el("td", {});
     if (state.operator && !w.draining) {

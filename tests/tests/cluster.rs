@@ -140,6 +140,23 @@ fn cancel_kills_a_running_trial_and_drain_hands_back_the_rest() {
         (processes_under(&scratch).len() >= 2).then_some(())
     })
     .unwrap();
+    // Status shows where each tool is, from its log, through the heartbeats.
+    let phase = wait_until(
+        "the tools' phase in status",
+        Duration::from_secs(30),
+        || {
+            let status = cluster.status().ok()?;
+            let trials = status["workers"][0]["trials"].as_array()?.clone();
+            let phases: Vec<String> = trials
+                .iter()
+                .filter_map(|t| t["phase"].as_str().map(str::to_owned))
+                .filter(|p| p.starts_with("pre-synthesis"))
+                .collect();
+            (phases.len() == 2).then_some(phases)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    assert!(phase[0].contains("this one hangs"), "{phase:?}");
 
     // Cancel one trial: its tool tree dies, it ends cancelled; the other keeps running.
     let mut cancel = cluster.operator_command().unwrap();

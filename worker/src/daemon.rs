@@ -252,25 +252,46 @@ fn hostname() -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
-/// The last non-empty line of a log, shortened: the phase a heartbeat reports.
-fn last_line(path: &Path) -> String {
+/// What a heartbeat reports of a running tool stage, from its log: the phase (the latest
+/// marker in the last 64 KiB), how long the log has been quiet, the tool's own peak memory
+/// where it printed one, and the last line, e.g. `scheduling · log quiet 12m04s · tool peak
+/// 3301 MiB · INFO: [SCHED 204-11] Starting scheduling ...`.
+fn tool_phase(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(4096)));
-    let mut tail = String::new();
+    let meta = file.metadata().ok();
+    let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_ok() {
-        tail = String::from_utf8_lossy(&bytes).into_owned();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
     }
-    tail.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(|l| l.chars().take(160).collect())
-        .unwrap_or_default()
+    let tail = String::from_utf8_lossy(&bytes);
+    let progress = hlsfarm_common::report::log::progress(&tail);
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(phase) = progress.phase {
+        parts.push(phase.to_owned());
+    }
+    if let Some(quiet) = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .filter(|q| q.as_secs() >= 60)
+    {
+        parts.push(format!(
+            "log quiet {}m{:02}s",
+            quiet.as_secs() / 60,
+            quiet.as_secs() % 60
+        ));
+    }
+    if let Some(peak) = progress.peak_memory_mib {
+        parts.push(format!("tool peak {peak} MiB"));
+    }
+    if let Some(last) = tail.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        parts.push(last.chars().take(120).collect());
+    }
+    parts.join(" · ")
 }
 
 /// Runs the daemon until drained; returns the exit code.
@@ -677,11 +698,13 @@ fn start_trial(
         .as_ref()
         .and_then(|s| Backend::from_wire(s.backend).ok())
         .unwrap_or(Backend::Vitis);
-    let log =
-        crate::driver::project_dir(&scratch, crate::trial::PROJECT_NAME).join(match backend {
+    // The project lives in the trial's work folder (run_one's TrialSpec::scratch).
+    let log = crate::driver::project_dir(&scratch.join("work"), crate::trial::PROJECT_NAME).join(
+        match backend {
             Backend::Vitis => "vitis_hls.log",
             Backend::Vivado => "vivado_hls.log",
-        });
+        },
+    );
     lock(&shared.running).insert(
         key.clone(),
         Running {
@@ -1165,7 +1188,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, period: Duration, lease: Duration) 
                         }),
                         stage: stage.map_or(0, |s| v1::Stage::from(s) as i32),
                         phase: if stage.is_some_and(|s| s.needs_xilinx_tools()) {
-                            last_line(&r.log)
+                            tool_phase(&r.log)
                         } else {
                             String::new()
                         },

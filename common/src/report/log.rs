@@ -291,6 +291,55 @@ pub fn parse(text: &str) -> LogDigest {
     digest
 }
 
+/// Where a running tool is, from its log so far: the phase of the latest marker the tools
+/// print (C simulation, pre-synthesis, unrolling, scheduling, RTL generation, co-simulation,
+/// IP export, Vivado's synth_design) and the tool's own peak memory where it printed one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The phase, when a marker was seen.
+    pub phase: Option<&'static str>,
+    /// The tool's own peak memory (MiB), where it printed one.
+    pub peak_memory_mib: Option<u64>,
+}
+
+/// Reads the phase and the tool's peak memory from a log (or its tail).
+pub fn progress(text: &str) -> Progress {
+    const MARKERS: &[(&str, &str)] = &[
+        ("C SIMULATION", "C simulation"),
+        ("Running: csim_design", "C simulation"),
+        ("Running: csynth_design", "pre-synthesis"),
+        ("C/RTL SYNTHESIS", "pre-synthesis"),
+        ("Starting code transformations", "pre-synthesis"),
+        ("Unrolling loop", "unrolling"),
+        ("unrolling", "unrolling"),
+        ("Starting hardware synthesis", "scheduling"),
+        ("[SCHED 204-", "scheduling"),
+        ("Implementing module", "scheduling"),
+        ("[BIND 205-", "binding"),
+        ("-- Generating RTL", "RTL generation"),
+        ("[RTGEN 206-", "RTL generation"),
+        ("Finished Command csynth_design", "C synthesis done"),
+        ("C/RTL SIMULATION", "co-simulation"),
+        ("[COSIM 212-", "co-simulation"),
+        ("EXPORT IP", "IP export"),
+        ("Running: export_design", "IP export"),
+        ("[IMPL 213-8]", "IP export"),
+        ("Starting synth_design", "synth_design"),
+        ("synth_design -", "synth_design"),
+        ("Finished Writing Synthesis Report", "synth_design done"),
+    ];
+    let mut out = Progress::default();
+    for line in text.lines() {
+        if let Some((_, phase)) = MARKERS.iter().rev().find(|(m, _)| line.contains(m)) {
+            out.phase = Some(phase);
+        }
+        if let Some(mib) = peak_memory(line) {
+            out.peak_memory_mib = Some(out.peak_memory_mib.map_or(mib, |m| m.max(mib)));
+        }
+    }
+    out
+}
+
 fn failure(class: FailureClass, reason: impl Into<String>, suggestion: Option<String>) -> Failure {
     Failure {
         class,
@@ -677,6 +726,30 @@ INFO: [HLS 200-112] Total CPU user time: 130 seconds. Total CPU system time: 8 s
         let d = parse(cut);
         assert!(!d.completed);
         assert!(d.failure.unwrap().reason.contains("ends before"));
+    }
+
+    #[test]
+    fn progress_follows_the_latest_marker_and_the_peak() {
+        let log = "\
+INFO: [HLS 200-1510] Running: csynth_design
+INFO: [HLS 200-111] Finished Checking Pragmas Time (s): cpu = 00:00:01 ; elapsed = 00:00:01 . Memory (MB): peak = 1100.2 ; gain = 512.0
+INFO: [XFORM 203-501] Unrolling loop 'Product1' (firmware/nnet_utils/nnet_dense_latency.h:85) in function 'dense' completely with a factor of 16.
+INFO: [HLS 200-10] Starting hardware synthesis ...
+INFO: [SCHED 204-11] Starting scheduling ...
+INFO: [HLS 200-111] Finished Architecture Synthesis Time (s): cpu = 00:10:01 ; elapsed = 00:10:05 . Memory (MB): peak = 3300.5 ; gain = 2000.0
+";
+        let p = progress(log);
+        assert_eq!(p.phase, Some("scheduling"));
+        assert_eq!(p.peak_memory_mib, Some(3301));
+        assert_eq!(
+            progress("INFO: [COSIM 212-47] Using XSIM for RTL simulation.\n").phase,
+            Some("co-simulation")
+        );
+        assert_eq!(
+            progress("Starting synth_design\n").phase,
+            Some("synth_design")
+        );
+        assert_eq!(progress("nothing yet\n"), Progress::default());
     }
 
     #[test]

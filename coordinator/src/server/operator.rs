@@ -118,6 +118,7 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         result,
         failure,
         reused,
+        phase: r.phase.clone(),
     }
 }
 
