@@ -23,6 +23,36 @@ pub struct CheckArgs {
     pub python: Option<std::path::PathBuf>,
 }
 
+/// The driver's environment for preflight: conversion only, no memory limit.
+fn preflight_env(python: &std::path::Path) -> DriverEnv {
+    DriverEnv {
+        python: python.to_owned(),
+        by_format: hlsfarm_worker::venv::format_pythons(),
+        timeout: Duration::from_secs(1800),
+        memory_limit_mib: None,
+        tolerance: Tolerance::default(),
+        strict: false,
+    }
+}
+
+/// Every (model, point) pair, with the id `model index/point index`.
+fn preflight_items<'a>(
+    files: &'a [ModelFiles],
+    points: &'a [Settings],
+) -> Vec<driver::PreflightItem<'a>> {
+    let mut items = Vec::new();
+    for (m, model) in files.iter().enumerate() {
+        for (p, point) in points.iter().enumerate() {
+            items.push(driver::PreflightItem {
+                id: format!("{m}/{p}"),
+                model,
+                settings: point,
+            });
+        }
+    }
+    items
+}
+
 /// A settings point as the findings print it.
 fn point_label(point: &Settings) -> String {
     format!(
@@ -46,14 +76,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let models = spec.models.resolve(&base)?;
     let python =
         hlsfarm_worker::venv::find_python(args.python.as_deref()).map_err(anyhow::Error::msg)?;
-    let env = DriverEnv {
-        python,
-        by_format: hlsfarm_worker::venv::format_pythons(),
-        timeout: Duration::from_secs(1800),
-        memory_limit_mib: None,
-        tolerance: Tolerance::default(),
-        strict: false,
-    };
+    let env = preflight_env(&python);
     let scratch = tempfile::Builder::new()
         .prefix("hlsfarm-check-")
         .tempdir()?;
@@ -67,16 +90,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
             ..ModelFiles::auto(model.canonicalize()?)
         });
     }
-    let mut items = Vec::new();
-    for (m, model) in files.iter().enumerate() {
-        for (p, point) in points.iter().enumerate() {
-            items.push(driver::PreflightItem {
-                id: format!("{m}/{p}"),
-                model,
-                settings: point,
-            });
-        }
-    }
+    let items = preflight_items(&files, &points);
     let answers = driver::preflight_batch(&env, &items, scratch.path())
         .await
         .map_err(|f| anyhow::anyhow!("preflight failed: {}", f.reason))?;
@@ -137,24 +151,8 @@ pub(crate) async fn preflight_fixes(
     python: &std::path::Path,
     scratch: &std::path::Path,
 ) -> anyhow::Result<HashMap<(usize, usize), Fixed>> {
-    let env = DriverEnv {
-        python: python.to_owned(),
-        by_format: hlsfarm_worker::venv::format_pythons(),
-        timeout: Duration::from_secs(1800),
-        memory_limit_mib: None,
-        tolerance: Tolerance::default(),
-        strict: false,
-    };
-    let mut items = Vec::new();
-    for (m, model) in files.iter().enumerate() {
-        for (p, point) in points.iter().enumerate() {
-            items.push(driver::PreflightItem {
-                id: format!("{m}/{p}"),
-                model,
-                settings: point,
-            });
-        }
-    }
+    let env = preflight_env(python);
+    let items = preflight_items(files, points);
     let answers = driver::preflight_batch(&env, &items, scratch)
         .await
         .map_err(|f| anyhow::anyhow!("preflight failed: {}", f.reason))?;
