@@ -2,7 +2,9 @@
 (`qonnx_mlp.onnx`): the input `image` [batch, 4, 4] gets a channel axis (Unsqueeze, as
 tf2onnx writes an `expand_dims`) and is flattened the way tf2onnx writes a Keras Reshape
 (Shape -> Gather -> Unsqueeze -> Concat -> Reshape, a shape computed from the input), then Quant (8-bit input), MatMul with Quant'ed 4-bit weights, Add bias, Relu, Quant,
-MatMul, Add, and Softmax over 5 classes. Fixed weights from a seeded generator. Run in the
+MatMul, Add, and Softmax over 5 classes; and `two_input.onnx`, a float graph with two named
+inputs (`x_profile` [batch, 21], `y_profile` [batch, 13]) concatenated, then MatMul, Add,
+Relu, MatMul, Add, Sigmoid to one unit. Fixed weights from a seeded generator. Run in the
 ONNX venv:
 
     python make_qonnx_model.py OUT_DIR
@@ -82,6 +84,35 @@ def main():
                                                     helper.make_opsetid("qonnx.custom_op.general", 1)])
     model.ir_version = 8
     onnx.save(model, os.path.join(out, "qonnx_mlp.onnx"))
+    two_input(out)
+
+
+def two_input(out):
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((34, 8)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((8, 1)) * 0.3).astype(np.float32)
+    b2 = np.zeros(1, dtype=np.float32)
+    nodes = [
+        helper.make_node("Concat", ["x_profile", "y_profile"], ["xy"], axis=1, name="concat"),
+        helper.make_node("MatMul", ["xy", "w1"], ["h"], name="dense1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="dense1_bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["o"], name="dense2"),
+        helper.make_node("Add", ["o", "b2"], ["ob"], name="dense2_bias"),
+        helper.make_node("Sigmoid", ["ob"], ["score"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_input",
+        [helper.make_tensor_value_info("x_profile", TensorProto.FLOAT, ["batch", 21]),
+         helper.make_tensor_value_info("y_profile", TensorProto.FLOAT, ["batch", 13])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(out, "two_input.onnx"))
 
 
 if __name__ == "__main__":

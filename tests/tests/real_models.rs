@@ -302,7 +302,7 @@ async fn a_pytorch_model_with_two_inputs_emulates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_qonnx_export_with_input_preprocessing_converts() {
+async fn onnx_exports_with_input_preprocessing_or_two_inputs_convert() {
     let dir = TestDir::new("real-qonnx").unwrap();
     let mut command = Command::new(format_python("onnx").unwrap());
     command
@@ -338,6 +338,19 @@ async fn a_qonnx_export_with_input_preprocessing_converts() {
     assert_eq!(f.outputs[0].name, "probabilities");
     assert_eq!(f.outputs[0].kind, OutputKind::Multiclass);
     assert!(f.outputs[0].agreement.unwrap() >= 0.8, "{f:?}");
+
+    // A graph with two named inputs, concatenated, and a sigmoid output.
+    let c = emulate(
+        &ModelFiles::auto(dir.join("gen/two_input.onnx")),
+        &dir.join("two"),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = c.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["x_profile", "y_profile"]);
+    let f = c.fidelity.unwrap();
+    assert_eq!(f.outputs[0].kind, OutputKind::Binary, "{f:?}");
+    assert!(f.max_abs_diff < 0.05, "{f:?}");
 }
 
 /// The seed's story: a layer partitioning 4,608 elements where the tools allow 4,096, found
