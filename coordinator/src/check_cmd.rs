@@ -10,7 +10,7 @@ use hlsfarm_common::settings::Settings;
 
 use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
-use crate::onehost::{SweepArgs, model_companions, sweep_spec};
+use crate::onehost::{SweepArgs, model_files, sweep_spec};
 
 /// Arguments of `hlsfarm check`.
 #[derive(Debug, clap::Args)]
@@ -83,12 +83,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let points = spec.grid.expand();
     let mut files = Vec::new();
     for model in &models {
-        let companions = model_companions(model, &args.sweep)?;
-        files.push(ModelFiles {
-            weights: companions.get("weights").cloned(),
-            class_file: companions.get("class").cloned(),
-            ..ModelFiles::auto(model.canonicalize()?)
-        });
+        files.push(model_files(&model.canonicalize()?, &args.sweep)?.0);
     }
     let items = preflight_items(&files, &points);
     let answers = driver::preflight_batch(&env, &items, scratch.path())

@@ -288,7 +288,7 @@ pub(crate) fn model_companions(
 
 /// A model's files: the model and its companions (a Keras JSON's `<stem>_weights.h5`, a
 /// PyTorch file's `<stem>.py`, sample inputs).
-fn model_files(
+pub(crate) fn model_files(
     path: &Path,
     args: &SweepArgs,
 ) -> anyhow::Result<(ModelFiles, std::collections::BTreeMap<String, PathBuf>)> {

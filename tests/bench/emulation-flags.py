@@ -23,16 +23,13 @@ import numpy as np  # noqa: E402
 def main():
     model, work, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
     p = driver.prepare({"path": os.path.abspath(model), "format": "auto"}, [])
-    settings = {"precision": "ap_fixed<16,6>", "reuse_factor": 1, "strategy": "latency"}
-    cfg = p.config_from(*p.config_args, granularity="name", backend="Vitis",
-                        default_precision=settings["precision"], default_reuse_factor=1)
-    cfg = driver.apply_settings(cfg, settings, p.layer_classes)
+    settings = {"precision": "ap_fixed<16,6>", "reuse_factor": 1, "strategy": "latency", "backend": "vitis",
+                "io_type": "io_parallel", "part": "xc7z020clg400-1", "clock_period_ns": 5}
     xs, _ = driver.sample_inputs({"emulation": {"samples": 100, "seed": 1}}, p.inputs)
     outputs = {}
     for flag in flags:
         out = os.path.join(os.path.abspath(work), flag.lstrip("-"))
-        hm = p.convert_from(p.net, hls_config=cfg, output_dir=out, backend="Vitis", io_type="io_parallel",
-                            project_name="myproject")
+        hm = driver.to_hls(p, settings, out, "myproject")
         hm.write()
         script = os.path.join(out, "build_lib.sh")
         with open(script) as f:

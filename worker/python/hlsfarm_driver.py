@@ -83,6 +83,9 @@ class Failure(Exception):
         super().__init__(reason)
         self.cls, self.reason, self.stage, self.suggestion = cls, reason, stage, suggestion
 
+    def as_dict(self):
+        return {"class": self.cls, "reason": self.reason, "stage": self.stage, "suggestion": self.suggestion}
+
 
 class Tee(io.TextIOBase):
     """Writes to the real stream and keeps a copy, to pick hls4ml's warnings out of it."""
@@ -458,15 +461,14 @@ def fold_input_preprocessing(qm, rewrites, user_names):
             out_shape = qm.get_tensor_shape(node.output[0])
             if out_shape is None or any(d is None or d <= 0 for d in out_shape[1:]):
                 continue
+            if any(out.name == node.output[0] for out in graph.output):
+                raise Failure("bad_input", f"the ONNX graph only reshapes its input `{source.name}`", "convert", None)
             new_input = helper.make_tensor_value_info(source.name, source.type.tensor_type.elem_type,
                                                       [1] + list(out_shape[1:]))
             for consumer in qm.find_consumers(node.output[0]) or []:
                 for i, name in enumerate(consumer.input):
                     if name == node.output[0]:
                         consumer.input[i] = source.name
-            for out in graph.output:
-                if out.name == node.output[0]:
-                    raise Failure("bad_input", f"the ONNX graph only reshapes its input `{source.name}`", "convert", None)
             index = list(graph.input).index(source)
             graph.input.remove(source)
             graph.input.insert(index, new_input)
@@ -676,32 +678,35 @@ def prepare(model, rewrites):
     raise Failure("bad_input", f"unknown model format `{fmt}`", "convert", "formats: keras_h5, keras_json, pytorch, onnx")
 
 
-def convert(request, timings, rewrites):
+def to_hls(p, settings, output_dir, project_name):
+    """hls4ml's model of a prepared model with the trial's settings (nothing written yet)."""
     import hls4ml
-    import numpy  # noqa: F401 - imported early so import time is not charged to convert
-
-    model = request["model"]
-    settings = request["settings"]
     backend = settings["backend"].capitalize()
-    common = dict(output_dir=request["output_dir"], project_name=request.get("project_name", "myproject"),
-                  backend=backend, io_type=settings["io_type"], part=settings["part"],
-                  clock_period=settings["clock_period_ns"])
-    t = time.monotonic()
-    p = prepare(model, rewrites)
-    timings["load"] = time.monotonic() - t
-    t = time.monotonic()
     try:
         cfg = p.config_from(*p.config_args, granularity="name", backend=backend,
                             default_precision=settings["precision"],
                             default_reuse_factor=settings["reuse_factor"])
         cfg = apply_settings(cfg, settings, p.layer_classes)
-        hm = p.convert_from(p.net, hls_config=cfg, **common)
+        hm = p.convert_from(p.net, hls_config=cfg, output_dir=output_dir, project_name=project_name,
+                            backend=backend, io_type=settings["io_type"], part=settings["part"],
+                            clock_period=settings["clock_period_ns"])
     except Failure:
         raise
     except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions for unsupported layers
         raise unsupported(e, p, hls4ml.__version__)
     if settings.get("max_array_partition_size"):
         hm.config.config["MaximumSize"] = settings["max_array_partition_size"]
+    return hm
+
+
+def convert(request, timings, rewrites):
+    import hls4ml  # noqa: F401 - imported early so import time is not charged to convert
+
+    t = time.monotonic()
+    p = prepare(request["model"], rewrites)
+    timings["load"] = time.monotonic() - t
+    t = time.monotonic()
+    hm = to_hls(p, request["settings"], request["output_dir"], request.get("project_name", "myproject"))
     timings["convert"] = time.monotonic() - t
     t = time.monotonic()
     hm.write()
@@ -1137,9 +1142,8 @@ def emulate(request, hm, p, timings, result):
     }
     if len(outputs) == 1:
         # Readers of the one-output figure keep it; it is the output's agreement where one fits.
-        o = outputs[0]
-        ref0 = all_ref
-        fidelity["argmax_agreement"] = o.get("agreement", float((ref0.argmax(axis=1) == all_emu.argmax(axis=1)).mean()))
+        fidelity["argmax_agreement"] = outputs[0].get(
+            "agreement", float((all_ref.argmax(axis=1) == all_emu.argmax(axis=1)).mean()))
     if not fidelity["within_tolerance"]:
         t = time.monotonic()
         fidelity["divergence"] = find_divergence(hm, p, xs, hls_xs, max_error, cheap)
@@ -1153,7 +1157,6 @@ def preflight_batch(request):
     once. Used by `hlsfarm check` and by `run --fix` before anything is queued."""
     import tempfile
 
-    import hls4ml
     out, loaded = {}, {}
     with tempfile.TemporaryDirectory(prefix="hlsfarm-preflight-") as scratch:
         for i, item in enumerate(request["preflight_batch"]):
@@ -1162,22 +1165,10 @@ def preflight_batch(request):
                 key = json.dumps(model, sort_keys=True)
                 if key not in loaded:
                     loaded[key] = prepare(model, [])
-                p = loaded[key]
-                backend = settings["backend"].capitalize()
-                cfg = p.config_from(*p.config_args, granularity="name", backend=backend,
-                                    default_precision=settings["precision"],
-                                    default_reuse_factor=settings["reuse_factor"])
-                cfg = apply_settings(cfg, settings, p.layer_classes)
-                try:
-                    hm = p.convert_from(p.net, hls_config=cfg, output_dir=os.path.join(scratch, str(i)),
-                                        project_name="myproject", backend=backend, io_type=settings["io_type"],
-                                        part=settings["part"], clock_period=settings["clock_period_ns"])
-                except Exception as e:  # noqa: BLE001 - hls4ml raises plain Exceptions
-                    raise unsupported(e, p, hls4ml.__version__)
+                hm = to_hls(loaded[key], settings, os.path.join(scratch, str(i)), "myproject")
                 out[item["id"]] = {"findings": preflight(hm, settings)}
             except Failure as f:
-                out[item["id"]] = {"failure": {"class": f.cls, "reason": f.reason, "stage": f.stage,
-                                               "suggestion": f.suggestion}}
+                out[item["id"]] = {"failure": f.as_dict()}
     return out
 
 
@@ -1219,7 +1210,7 @@ def main():
                 result["fidelity"] = emulate(request, hm, p, result["timings"], result)
         result["ok"] = True
     except Failure as f:
-        result["failure"] = {"class": f.cls, "reason": f.reason, "stage": f.stage, "suggestion": f.suggestion}
+        result["failure"] = f.as_dict()
     except MemoryError:
         result["failure"] = {"class": "oom", "reason": "out of memory in hls4ml", "stage": stage,
                              "suggestion": "give the trial more memory"}

@@ -235,6 +235,12 @@ pub fn free_disk_bytes(dir: &Path) -> Option<u64> {
     Some(s.blocks_available() * s.fragment_size())
 }
 
+/// The folder a leased trial's hls4ml project and tools work in, inside its scratch folder
+/// (beside `inputs/` and `out/`): where the trial runs and where heartbeats read its tool log.
+fn trial_work_dir(scratch: &Path) -> PathBuf {
+    scratch.join("work")
+}
+
 /// A `/proc/meminfo` figure (e.g. `MemTotal:`) in MiB.
 pub fn meminfo_mib(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -698,13 +704,11 @@ fn start_trial(
         .as_ref()
         .and_then(|s| Backend::from_wire(s.backend).ok())
         .unwrap_or(Backend::Vitis);
-    // The project lives in the trial's work folder (run_one's TrialSpec::scratch).
-    let log = crate::driver::project_dir(&scratch.join("work"), crate::trial::PROJECT_NAME).join(
-        match backend {
+    let log = crate::driver::project_dir(&trial_work_dir(&scratch), crate::trial::PROJECT_NAME)
+        .join(match backend {
             Backend::Vitis => "vitis_hls.log",
             Backend::Vivado => "vivado_hls.log",
-        },
-    );
+        });
     lock(&shared.running).insert(
         key.clone(),
         Running {
@@ -880,7 +884,7 @@ async fn run_one(
             seed: trial.emulation_seed,
         },
         inputs,
-        scratch: scratch.join("work"),
+        scratch: trial_work_dir(&scratch),
         output_dir: scratch.join("out").join(format!(
             "hls_{}",
             Path::new(&model.name)

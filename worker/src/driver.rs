@@ -154,6 +154,17 @@ struct DriverFailure {
     suggestion: Option<String>,
 }
 
+impl DriverFailure {
+    /// The failure as the worker records it (an unknown class is a tool error).
+    fn failure(&self) -> Failure {
+        Failure {
+            class: self.class.parse().unwrap_or(FailureClass::ToolError),
+            reason: self.reason.clone(),
+            suggestion: self.suggestion.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct RawResult {
     ok: bool,
@@ -303,6 +314,31 @@ impl From<Failure> for StageFailure {
     }
 }
 
+impl DriverEnv {
+    /// The limits of one driver run.
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.timeout,
+            memory_mib: self.memory_limit_mib,
+        }
+    }
+}
+
+/// Writes the driver into `work_dir` (created) and returns its path.
+fn write_driver(work_dir: &Path) -> Result<PathBuf, Failure> {
+    let infra = |what: &str, e: std::io::Error| {
+        failure(
+            FailureClass::Infrastructure,
+            format!("{what} {}: {e}", work_dir.display()),
+            Some("check the scratch folder's disk space and permissions"),
+        )
+    };
+    std::fs::create_dir_all(work_dir).map_err(|e| infra("cannot create the work folder", e))?;
+    let driver = work_dir.join("hlsfarm_driver.py");
+    std::fs::write(&driver, DRIVER_SOURCE).map_err(|e| infra("cannot write the driver into", e))?;
+    Ok(driver)
+}
+
 /// The venv's Python for a model's format (one venv per framework family).
 fn model_python<'a>(env: &'a DriverEnv, model: &ModelFiles) -> &'a PathBuf {
     let format = if model.format == "auto" {
@@ -370,9 +406,7 @@ pub async fn preflight_batch(
     let infra = |what: &str, e: &dyn std::fmt::Display| {
         failure(FailureClass::Infrastructure, format!("{what}: {e}"), None)
     };
-    std::fs::create_dir_all(work_dir).map_err(|e| infra("cannot create the work folder", &e))?;
-    let driver = work_dir.join("hlsfarm_driver.py");
-    std::fs::write(&driver, DRIVER_SOURCE).map_err(|e| infra("cannot write the driver", &e))?;
+    let driver = write_driver(work_dir)?;
     let mut by_python: BTreeMap<&PathBuf, Vec<&PreflightItem<'_>>> = BTreeMap::new();
     for item in items {
         by_python
@@ -390,17 +424,9 @@ pub async fn preflight_batch(
         let mut command = driver_command(python, &driver, &request);
         command.arg(&result).current_dir(work_dir);
         let log = work_dir.join(LOG_FILE);
-        let outcome = run_tree_limited(
-            command,
-            &log,
-            Limits {
-                timeout: env.timeout,
-                memory_mib: env.memory_limit_mib,
-            },
-            &CancellationToken::new(),
-        )
-        .await
-        .map_err(|e| infra("cannot run the hls4ml driver", &e))?;
+        let outcome = run_tree_limited(command, &log, env.limits(), &CancellationToken::new())
+            .await
+            .map_err(|e| infra("cannot run the hls4ml driver", &e))?;
         let parsed: Option<BatchResult> = std::fs::read(&result)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -424,11 +450,7 @@ pub async fn preflight_batch(
         };
         for (id, answer) in batch {
             let value = match answer.failure {
-                Some(f) => Err(Failure {
-                    class: f.class.parse().unwrap_or(FailureClass::ToolError),
-                    reason: f.reason,
-                    suggestion: f.suggestion,
-                }),
+                Some(f) => Err(f.failure()),
                 None => Ok(answer.findings),
             };
             out.insert(id, value);
@@ -451,9 +473,7 @@ pub async fn convert(
             Some("check the scratch folder's disk space and permissions"),
         )
     };
-    std::fs::create_dir_all(job.work_dir).map_err(|e| infra("cannot create the work folder", e))?;
-    let driver = job.work_dir.join("hlsfarm_driver.py");
-    std::fs::write(&driver, DRIVER_SOURCE).map_err(|e| infra("cannot write the driver", e))?;
+    let driver = write_driver(job.work_dir)?;
     let request_path = job.work_dir.join("convert_request.json");
     let result_path = job.work_dir.join("convert_result.json");
     let _ = std::fs::remove_file(&result_path);
@@ -479,11 +499,7 @@ pub async fn convert(
     let mut command = driver_command(model_python(env, job.model), &driver, &request_path);
     command.arg(&result_path).current_dir(job.work_dir);
     let log = job.work_dir.join(LOG_FILE);
-    let limits = Limits {
-        timeout: env.timeout,
-        memory_mib: env.memory_limit_mib,
-    };
-    let outcome = run_tree_limited(command, &log, limits, cancel)
+    let outcome = run_tree_limited(command, &log, env.limits(), cancel)
         .await
         .map_err(|e| {
             failure(
@@ -563,11 +579,7 @@ pub async fn convert(
             suggestion: None,
         });
         return Err(StageFailure {
-            failure: Failure {
-                class: f.class.parse().unwrap_or(FailureClass::ToolError),
-                reason: f.reason,
-                suggestion: f.suggestion,
-            },
+            failure: f.failure(),
             stage: match f.stage.as_deref() {
                 Some("emulate") => Stage::Emulate,
                 _ => Stage::Convert,

@@ -424,12 +424,8 @@ mod tests {
     async fn a_tree_past_its_memory_limit_is_killed_with_its_peak() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        // A child that grows to about 300 MB resident and would then sleep for long.
-        let mut command = Command::new("python3");
-        command.args([
-            "-c",
-            "import time\nb = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(600)",
-        ]);
+        // A shell that holds about 300 MB in a variable and would then sleep for long.
+        let command = sh("x=$(head -c 300000000 /dev/zero | tr '\\0' a); sleep 600; echo ${#x}");
         let limits = Limits {
             timeout: Duration::from_secs(120),
             memory_mib: Some(100),

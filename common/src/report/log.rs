@@ -55,10 +55,13 @@ const NOT_FATAL: &[&str] = &[
 /// `config_array_partition -maximum_size` line hls4ml's build script writes, which Vitis HLS
 /// 2024.1 rejects and goes on without.
 fn not_fatal(e: &LogError) -> bool {
-    NOT_FATAL.contains(&e.id.as_str())
-        || (e.id == "HLS 200-101"
-            && e.text.contains("Unknown option")
-            && e.text.contains("maximum_size"))
+    NOT_FATAL.contains(&e.id.as_str()) || ignored_maximum_size(e)
+}
+
+/// Vitis HLS 2024.1's refusal of `config_array_partition -maximum_size`: the run goes on,
+/// and max_array_partition_size has no effect.
+fn ignored_maximum_size(e: &LogError) -> bool {
+    e.id == "HLS 200-101" && e.text.contains("Unknown option") && e.text.contains("maximum_size")
 }
 
 /// `rdiArgs.sh: line 312: 4105 Killed   "$RDI_PROG" "$@"`: AMD's launcher reporting that the
@@ -224,18 +227,19 @@ pub fn parse(text: &str) -> LogDigest {
             if id.is_empty() && text.starts_with("Test failed") {
                 run.test_failed = true;
             }
-            if id == "HLS 200-101" && text.contains("maximum_size") {
+            let error = LogError { id, text };
+            if ignored_maximum_size(&error) {
                 let note = "max_array_partition_size had no effect: this tool has no `config_array_partition -maximum_size` (HLS 200-101 Unknown option)".to_owned();
                 if !digest.notes.contains(&note) {
                     digest.notes.push(note);
                 }
             }
-            if text.contains("Could not read script")
-                || text.contains("does not exist") && text.contains("script")
+            if error.text.contains("Could not read script")
+                || error.text.contains("does not exist") && error.text.contains("script")
             {
-                run.missing_script = Some(text.clone());
+                run.missing_script = Some(error.text.clone());
             }
-            digest.errors.push(LogError { id, text });
+            digest.errors.push(error);
         } else if let Some(rest) = trimmed.strip_prefix("WARNING:") {
             let (id, _) = split_message(rest);
             *digest.warning_counts.entry(id).or_default() += 1;
