@@ -100,6 +100,15 @@ pub struct CoordinatorConfig {
     /// How long a trial that failed in a retryable way (infrastructure, timeout, oom,
     /// licence) waits before it is leased again, in milliseconds. Default 5000.
     pub retry_backoff_ms: u64,
+    /// Licence refusals (the licence server had no seat) a trial may have without spending
+    /// an attempt; past them a refusal counts as a retryable failure. Default 10.
+    pub max_licence_refusals: u32,
+    /// The wait after a trial's first licence refusal, in milliseconds, doubled per refusal
+    /// up to 10 minutes. Default 30000.
+    pub licence_backoff_ms: u64,
+    /// After a licence refusal, how long the refused feature's seats stay capped at the
+    /// count in use then, in milliseconds. Default 300000.
+    pub seat_hold_ms: u64,
     /// Bearer token of operators (submit, status, cancel, retry, drain). Required by `serve`.
     pub operator_token: Secret,
     /// Bearer token of workers (register, lease, heartbeat, complete, hand back). Required
@@ -127,6 +136,9 @@ impl Default for CoordinatorConfig {
             heartbeat_ms: 1000,
             max_attempts: 3,
             retry_backoff_ms: 5000,
+            max_licence_refusals: 10,
+            licence_backoff_ms: 30_000,
+            seat_hold_ms: 300_000,
             operator_token: Secret::default(),
             worker_token: Secret::default(),
             seats: std::collections::BTreeMap::new(),

@@ -43,3 +43,27 @@ pub struct Failure {
     /// A fix, where one is known.
     pub suggestion: Option<String>,
 }
+
+/// The memory to reserve when retrying a trial whose stage ran out of memory at `peak_mib`:
+/// twice the peak (at least 1 GiB more), within `largest_mib`, the most any worker offers.
+/// `None` when that is not clearly more than the peak (10 % and 256 MiB): no worker can give
+/// the retry room to finish, so retrying would fail the same way.
+pub fn oom_reservation(peak_mib: u64, largest_mib: u64) -> Option<u64> {
+    let wanted = peak_mib.saturating_mul(2).max(peak_mib + 1024);
+    let reserve = wanted.min(largest_mib);
+    (reserve >= peak_mib + (peak_mib / 10).max(256)).then_some(reserve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_retry_reserves_twice_the_peak_within_the_largest_worker() {
+        assert_eq!(oom_reservation(6000, 64_000), Some(12_000));
+        assert_eq!(oom_reservation(300, 64_000), Some(1324), "at least 1 GiB more");
+        assert_eq!(oom_reservation(6000, 8000), Some(8000), "capped by the largest worker");
+        assert_eq!(oom_reservation(6000, 6200), None, "no worker has clearly more");
+        assert_eq!(oom_reservation(30_000, 16_000), None);
+    }
+}

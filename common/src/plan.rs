@@ -242,15 +242,16 @@ impl SweepPlan {
         self.toolchains.get(&backend)
     }
 
-    /// Expands the plan into trials. `seats` are the features with a licence-seat limit: a
-    /// trial running such a stage holds a seat of it while leased.
-    pub fn trials(&self, seats: &[String]) -> Result<Planned, String> {
+    /// Expands the plan into trials. Each trial holds a licence seat of every tool stage it
+    /// runs (`csynth`, `vsynth`, …) while leased: the coordinator's seat limits and the
+    /// hold-down after a licence refusal apply to those features.
+    pub fn trials(&self) -> Result<Planned, String> {
         let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
         let seat_list: Vec<String> = self
             .stages
             .iter()
+            .filter(|s| s.needs_xilinx_tools())
             .map(|s| s.as_str().to_owned())
-            .filter(|s| seats.contains(s))
             .collect();
         let mut out = Vec::with_capacity(self.models.len() * self.points.len());
         let mut class_of: BTreeMap<Requirement, String> = BTreeMap::new();
@@ -359,18 +360,21 @@ mod tests {
         let stored: SweepPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         let p = stored.expanded();
         // Points: (rf 1, zynq), (rf 1, virtex), (rf 4, zynq), (rf 4, virtex); keep 0 and 3.
-        let all = p.trials(&["vsynth".into()]).unwrap().trials;
+        let all = p.trials().unwrap().trials;
         assert_eq!(all.len(), 4);
         let trials = [all[0].clone(), all[3].clone()];
         assert_ne!(trials[0].key, trials[1].key);
         // Different part families: different classes.
         assert_ne!(trials[0].needs.class, trials[1].needs.class);
-        assert_eq!(trials[0].needs.seats, vec!["vsynth".to_owned()]);
+        assert_eq!(
+            trials[0].needs.seats,
+            ["csynth", "cosim", "export", "vsynth"].map(String::from)
+        );
         assert_eq!(trials[0].needs.memory_mib, 8192);
         // Smaller reuse factor: more work.
         assert!(trials[0].cost > trials[1].cost);
         let convert_only = plan(Stage::WITHOUT_TOOLS.to_vec()).expanded();
-        let t = convert_only.trials(&["vsynth".into()]).unwrap().trials;
+        let t = convert_only.trials().unwrap().trials;
         assert_eq!(t[0].needs.class, t[3].needs.class, "no tool: part is moot");
         assert!(t[0].needs.seats.is_empty());
     }
@@ -378,7 +382,7 @@ mod tests {
     #[test]
     fn requirements_match_capabilities() {
         let p = plan(Stage::FULL_FLOW.to_vec()).expanded();
-        let planned = p.trials(&[]).unwrap();
+        let planned = p.trials().unwrap();
         let req =
             |i: usize| &planned.classes[&planned.trials[if i == 0 { 0 } else { 3 }].needs.class];
         let mut caps = WorkerCaps {

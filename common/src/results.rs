@@ -279,6 +279,10 @@ pub struct TrialFailure {
     pub log_tail: String,
     /// A fix, where one is known.
     pub suggestion: Option<String>,
+    /// Peak resident memory of the failed stage's processes, MiB (the larger of what the
+    /// worker sampled and what the tool printed), where known. An `oom` retry reserves more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mib: Option<u64>,
 }
 
 /// The model a trial ran.

@@ -19,7 +19,7 @@ use hlsfarm_common::failure::FailureClass;
 use hlsfarm_common::job::TrialState;
 use hlsfarm_common::queue::embedded::EmbeddedQueue;
 use hlsfarm_common::queue::{NewTrial, Outcome, Queue, QueueConfig, SweepMeta};
-use hlsfarm_common::results::{ModelRef, TrialResult, TrialStatus};
+use hlsfarm_common::results::{ModelRef, TrialFailure, TrialResult, TrialStatus};
 use hlsfarm_common::settings::{Backend, IoType, Settings, Strategy};
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::sweep::{ModelSelection, OneOrMany, SettingsGrid, SweepSpec};
@@ -341,6 +341,93 @@ fn line_for(result: &TrialResult) -> String {
     parts.join("  ")
 }
 
+/// The host's memory as the one-host run shares it among trials: each trial reserves its
+/// memory limit before it runs (the default per-slot share, or more after it ran out of
+/// memory), so a trial retried with twice its peak runs with fewer beside it.
+struct MemoryBudget {
+    total_mib: u64,
+    permits: tokio::sync::Semaphore,
+    raised: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl MemoryBudget {
+    fn new(total_mib: u64) -> MemoryBudget {
+        MemoryBudget {
+            total_mib,
+            permits: tokio::sync::Semaphore::new(total_mib.min(u64::from(u32::MAX)) as usize),
+            raised: Default::default(),
+        }
+    }
+
+    /// The memory limit of the trial's next run.
+    fn reservation(&self, key: &str, default: u64) -> u64 {
+        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        raised.get(key).copied().unwrap_or(default).min(self.total_mib)
+    }
+
+    /// Waits until `mib` is free (None when cancelled first).
+    async fn reserve(
+        &self,
+        mib: u64,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let n = mib.min(u64::from(u32::MAX)) as u32;
+        tokio::select! {
+            permit = self.permits.acquire_many(n) => permit.ok(),
+            () = cancel.cancelled() => None,
+        }
+    }
+
+    /// How a failed trial is reported to the queue. `oom` with a measured peak is retried
+    /// with twice the peak reserved when the host has that much, else ends with the peak
+    /// named (its `result.json` says so); `licence` is a refusal, not the trial's fault.
+    fn outcome(&self, key: &str, failure: &mut TrialFailure, output_dir: &Path) -> Outcome {
+        match (failure.class, failure.peak_memory_mib) {
+            (FailureClass::Licence, _) => Outcome::Refused,
+            (FailureClass::Oom, Some(peak)) if peak > 0 => {
+                match hlsfarm_common::failure::oom_reservation(peak, self.total_mib) {
+                    Some(reserve) => {
+                        self.raised
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key.to_owned(), reserve);
+                        Outcome::Failed { retryable: true }
+                    }
+                    None => {
+                        failure.reason.push_str(&format!(
+                            "; not retried: it peaked at {peak} MiB and this host has {} MiB",
+                            self.total_mib
+                        ));
+                        failure.suggestion = Some(
+                            "run it on a host with more memory, or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy".into(),
+                        );
+                        rewrite_failure(output_dir, failure);
+                        Outcome::Failed { retryable: false }
+                    }
+                }
+            }
+            (class, _) => Outcome::Failed {
+                retryable: class.is_retryable(),
+            },
+        }
+    }
+}
+
+/// Writes `failure` into the trial's `result.json` (after the run wrote it).
+fn rewrite_failure(output_dir: &Path, failure: &TrialFailure) {
+    let path = output_dir.join("result.json");
+    let Some(mut result) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
+    else {
+        return;
+    };
+    result.failure = Some(failure.clone());
+    if let Ok(bytes) = serde_json::to_vec_pretty(&result) {
+        let _ = std::fs::write(&path, bytes);
+    }
+}
+
 /// Runs the sweep on this host; returns the exit code (0: all succeeded, 1: some failed,
 /// 130: interrupted).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -527,6 +614,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         lease: Duration::from_secs(30 * 24 * 3600),
         max_attempts: 3,
         retry_backoff: Duration::ZERO,
+        ..QueueConfig::default()
     }));
     let sweep_id = "one-host".to_owned();
     let new: Vec<NewTrial> = to_run
@@ -566,15 +654,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         });
     }
+    // Memory: each trial reserves its limit from the host's; a trial that ran out of memory
+    // is retried with a reservation above its peak, so fewer run beside it.
+    let host_mib = hlsfarm_worker::daemon::meminfo_mib("MemTotal:").unwrap_or(8192);
+    let slots_n = args.num_workers.max(1) as u64;
+    let trial_limit = args
+        .trial_memory_mib
+        .unwrap_or_else(|| (host_mib / slots_n).max(1024));
+    let memory = Arc::new(MemoryBudget::new(host_mib.max(trial_limit * slots_n)));
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
             by_format: hlsfarm_worker::venv::format_pythons(),
             timeout: Duration::from_secs(args.convert_timeout),
-            memory_limit_mib: Some(args.trial_memory_mib.unwrap_or_else(|| {
-                let total = hlsfarm_worker::daemon::meminfo_mib("MemTotal:").unwrap_or(8192);
-                (total / args.num_workers.max(1) as u64).max(1024)
-            })),
+            memory_limit_mib: Some(trial_limit),
             tolerance: hlsfarm_worker::driver::Tolerance {
                 max_error: args.fidelity_max_error,
                 min_agreement: args.fidelity_min_agreement,
@@ -607,6 +700,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let tally = tally.clone();
         let sweep_id = sweep_id.clone();
         let keep_scratch = args.keep_scratch;
+        let memory = memory.clone();
         slots.spawn(async move {
             let worker = format!("slot-{slot}");
             loop {
@@ -631,17 +725,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     .unwrap_or_default()
                     .to_string_lossy()
                     .into_owned();
+                let limit = memory.reservation(&lease.key, trial_limit);
+                let Some(_reserved) = memory.reserve(limit, &cancel).await else {
+                    let _ = queue.hand_back(&lease.key, lease.fence).await;
+                    return Ok(());
+                };
                 let line = progress.start(&name, lease.fence.attempt);
-                let result = run_trial(&env, &plan.spec, &cancel, &|stage| {
+                let trial_env = if limit == trial_limit {
+                    env.clone()
+                } else {
+                    let mut raised = TrialEnv::clone(&env);
+                    raised.driver.memory_limit_mib = Some(limit);
+                    Arc::new(raised)
+                };
+                let mut result = run_trial(&trial_env, &plan.spec, &cancel, &|stage| {
                     progress.stage(&line, stage)
                 })
                 .await;
-                let outcome = match (&result.status, &result.failure) {
+                let outcome = match (&result.status, &mut result.failure) {
                     (TrialStatus::Success, _) => Outcome::Succeeded,
                     (TrialStatus::Cancelled, _) => Outcome::Cancelled,
-                    (TrialStatus::Failed, Some(f)) => Outcome::Failed {
-                        retryable: f.class.is_retryable(),
-                    },
+                    (TrialStatus::Failed, Some(f)) => memory.outcome(&lease.key, f, &plan.spec.output_dir),
                     (TrialStatus::Failed, None) => Outcome::Failed { retryable: false },
                 };
                 if outcome == Outcome::Cancelled {

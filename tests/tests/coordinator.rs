@@ -895,3 +895,162 @@ async fn watch_streams_events_and_resumes_from_its_cursor_across_a_restart() {
         "{after:?}"
     );
 }
+
+/// Completes `t` with a failure of `class` in `stage`, with a result.json that records the
+/// stage's peak memory, as a worker does.
+async fn fail_with(
+    w: &mut Wk,
+    id: &str,
+    t: &v1::LeasedTrial,
+    class: hlsfarm_common::FailureClass,
+    stage: Stage,
+    peak_mib: u64,
+) -> i32 {
+    let key = key(t);
+    let result = serde_json::json!({
+        "schema": hlsfarm_common::results::RESULT_SCHEMA,
+        "trial_key": key,
+        "model": { "name": t.model.as_ref().unwrap().name, "sha256": t.model.as_ref().unwrap().sha256 },
+        "settings": Settings::default(),
+        "stages": [stage],
+        "status": "failed",
+        "start_time": "2026-12-02T00:00:00Z",
+        "end_time": "2026-12-02T00:00:01Z",
+        "timings": [],
+        "toolchain": { "hls4ml_version": "1.3.0" },
+        "warnings": [],
+        "effective_reuse_factor": {},
+        "reports": {},
+        "failure": {
+            "class": class, "reason": format!("{class} in {stage} (peak {peak_mib} MiB)"),
+            "stage": stage, "log_tail": "", "suggestion": null, "peak_memory_mib": peak_mib,
+        },
+        "kept_files": [],
+        "kept_bytes": 0,
+    });
+    w.complete(v1::CompleteRequest {
+        worker_id: id.into(),
+        token: t.token.clone(),
+        result: Some(v1::TrialResult {
+            result_json: result.to_string(),
+            ..Default::default()
+        }),
+        failure: Some(v1::Failure {
+            class: v1::FailureClass::from(class) as i32,
+            reason: format!("{class} in {stage}"),
+            stage: v1::Stage::from(stage) as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .state
+}
+
+async fn lease_with_memory(w: &mut Wk, id: &str, free_mib: u64) -> Vec<v1::LeasedTrial> {
+    w.lease(v1::LeaseRequest {
+        worker_id: id.into(),
+        max_trials: 4,
+        free_memory_mib: free_mib,
+        free_cores: 16,
+        free_disk_mib: 100_000,
+        wait_ms: 300,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .trials
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_out_of_memory_trial_is_retried_with_twice_its_peak_on_a_worker_that_has_it() {
+    use hlsfarm_common::FailureClass;
+    let dir = TestDir::new("coord-oom").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            max_attempts: 5,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "oom").await;
+    let sweep = submit(&mut op, spec(models, vec![], &[Stage::Convert, Stage::Cosim])).await;
+    let mut w = register(&url, "w", full_caps()).await; // offers 65536 MiB
+    let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    let first = t.resources.unwrap().memory_mib;
+    let state = fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 10_000).await;
+    assert_eq!(state, v1::TrialState::Queued as i32);
+    // Not on a worker with less than twice the peak free...
+    assert!(lease_with_memory(&mut w, "w", 16_000).await.is_empty());
+    // ...but on one with it, reserving it (the worker's memory limit for the trial).
+    let t = lease_with_memory(&mut w, "w", 65_536).await.pop().unwrap();
+    assert_eq!(t.token.as_ref().unwrap().attempt, 2);
+    assert_eq!(t.resources.unwrap().memory_mib, 20_000, "was {first}");
+    // Twice 40 GB is more than any worker offers: the most there is.
+    fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 40_000).await;
+    let t = lease_with_memory(&mut w, "w", 65_536).await.pop().unwrap();
+    assert_eq!(t.resources.unwrap().memory_mib, 65_536);
+    // It died with the most there is: retrying cannot help, and the result says why.
+    let state = fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 64_000).await;
+    assert_eq!(state, v1::TrialState::Failed as i32);
+    let results = op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: sweep.sweep_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let failure = results.trials[0].failure.clone().unwrap();
+    assert!(
+        failure.reason.contains("peaked at 64000 MiB")
+            && failure.reason.contains("largest offers 65536 MiB"),
+        "{failure:?}"
+    );
+    assert!(failure.suggestion.contains("reuse_factor"), "{failure:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_licence_refusal_costs_no_attempt_backs_off_and_holds_the_seats_down() {
+    use hlsfarm_common::FailureClass;
+    let dir = TestDir::new("coord-licence").unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        ClusterOptions {
+            env: vec![
+                ("HLSFARM_COORDINATOR__LICENCE_BACKOFF_MS".into(), "300".into()),
+                ("HLSFARM_COORDINATOR__SEAT_HOLD_MS".into(), "60000".into()),
+            ],
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 2, "lic").await;
+    let sweep = submit(&mut op, spec(models, vec![], &[Stage::Convert, Stage::Vsynth])).await;
+    assert_eq!(sweep.queued, 2);
+    let mut w = register(&url, "w", full_caps()).await;
+    let both = lease(&mut w, "w", 2, 1000).await;
+    assert_eq!(both.len(), 2);
+    let (refused, running) = (&both[0], &both[1]);
+    let state = fail_with(&mut w, "w", refused, FailureClass::Licence, Stage::Vsynth, 0).await;
+    assert_eq!(state, v1::TrialState::Queued as i32);
+    // Past its backoff, still not leased: vsynth seats are held at the one in use when the
+    // licence server refused (no limit is configured, so nothing else would stop it).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(lease(&mut w, "w", 2, 300).await.is_empty());
+    // The running one finishes: one seat free under the hold, and the refused trial goes,
+    // still on its first attempt.
+    fail(&mut w, "w", running).await.unwrap();
+    let again = lease(&mut w, "w", 2, 1000).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(key(&again[0]), key(refused));
+    let token = again[0].token.as_ref().unwrap();
+    assert_eq!(token.attempt, 1, "the refusal spent an attempt");
+    assert_ne!(token.epoch, refused.token.as_ref().unwrap().epoch);
+}

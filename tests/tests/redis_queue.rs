@@ -29,6 +29,8 @@ async fn conformance_suite_on_real_redis() {
                     lease,
                     max_attempts: 3,
                     retry_backoff: Duration::ZERO,
+                    refusal_backoff: Duration::ZERO,
+                    ..QueueConfig::default()
                 },
             )
             .await

@@ -296,6 +296,8 @@ pub struct StageFailure {
     pub failure: Failure,
     /// Where: [`Stage::Convert`] unless the driver says emulation failed.
     pub stage: Stage,
+    /// Peak resident memory of the driver's processes (Python, g++), MiB, where measured.
+    pub peak_memory_mib: Option<u64>,
 }
 
 impl std::ops::Deref for StageFailure {
@@ -310,6 +312,7 @@ impl From<Failure> for StageFailure {
         StageFailure {
             failure,
             stage: Stage::Convert,
+            peak_memory_mib: None,
         }
     }
 }
@@ -542,6 +545,7 @@ pub async fn convert(
                 } else {
                     Stage::Convert
                 },
+                peak_memory_mib: Some(outcome.peak_memory_mib),
             });
         }
     };
@@ -552,14 +556,18 @@ pub async fn convert(
         use std::os::unix::process::ExitStatusExt;
         let tail = log_tail(&log, 5);
         return Err(if status.signal() == Some(9) {
-            failure(
-                FailureClass::Oom,
-                format!(
-                    "hls4ml was killed (SIGKILL), most likely by the OOM killer (peak {} MiB)",
-                    outcome.peak_memory_mib
-                ),
-                Some("give the trial more memory: fewer slots on this host"),
-            )
+            StageFailure {
+                peak_memory_mib: Some(outcome.peak_memory_mib),
+                ..failure(
+                    FailureClass::Oom,
+                    format!(
+                        "hls4ml was killed (SIGKILL), most likely by the OOM killer (peak {} MiB)",
+                        outcome.peak_memory_mib
+                    ),
+                    Some("give the trial more memory: fewer slots on this host"),
+                )
+                .into()
+            }
         } else {
             failure(
                 FailureClass::ToolError,
@@ -568,8 +576,8 @@ pub async fn convert(
                 ),
                 None,
             )
-        }
-        .into());
+            .into()
+        });
     };
     if !raw.ok {
         let f = raw.failure.unwrap_or(DriverFailure {
@@ -584,6 +592,7 @@ pub async fn convert(
                 Some("emulate") => Stage::Emulate,
                 _ => Stage::Convert,
             },
+            peak_memory_mib: Some(outcome.peak_memory_mib),
         });
     }
     Ok(Converted {

@@ -156,6 +156,23 @@ fn fail(class: FailureClass, reason: impl Into<String>, suggestion: Option<Strin
     }
 }
 
+/// A tool stage's failure: what went wrong, the end of its log and its peak memory (MiB).
+struct ToolFailure {
+    failure: Failure,
+    log_tail: String,
+    peak_memory_mib: Option<u64>,
+}
+
+impl From<(Failure, String)> for ToolFailure {
+    fn from((failure, log_tail): (Failure, String)) -> ToolFailure {
+        ToolFailure {
+            failure,
+            log_tail,
+            peak_memory_mib: None,
+        }
+    }
+}
+
 /// Runs one tool stage in `project`; the tool's log is appended to `project/<hls log>` after
 /// each run (the tools overwrite it), so the kept log covers every stage.
 async fn run_tool_stage(
@@ -164,7 +181,7 @@ async fn run_tool_stage(
     stage: Stage,
     project: &Path,
     cancel: &CancellationToken,
-) -> Result<StageTiming, (Failure, String)> {
+) -> Result<StageTiming, ToolFailure> {
     let no_tool = || {
         let wanted = match backend {
             Backend::Vitis => "vitis-run or vitis_hls",
@@ -192,7 +209,8 @@ async fn run_tool_stage(
                 Some("install Vivado (or source its settings64.sh), or leave out vsynth".into()),
             ),
             String::new(),
-        ));
+        )
+            .into());
     }
     let infra = |e: std::io::Error| {
         (
@@ -268,10 +286,19 @@ async fn run_tool_stage(
     }
     let digest = log::parse(&String::from_utf8_lossy(&digest_text));
     let tail = log_tail(&tail_source, 20);
+    // The stage's peak: what the worker sampled, or what the tool printed if more.
+    let peak = outcome
+        .peak_memory_mib
+        .max(digest.peak_memory_mib.unwrap_or(0));
+    let with_peak = |(failure, log_tail): (Failure, String)| ToolFailure {
+        failure,
+        log_tail,
+        peak_memory_mib: (peak > 0).then_some(peak),
+    };
     let status = match outcome.ending {
         Ending::Exited(status) => status,
         Ending::TimedOut => {
-            return Err((
+            return Err(with_peak((
                 fail(
                     FailureClass::Timeout,
                     format!(
@@ -284,13 +311,13 @@ async fn run_tool_stage(
                     ),
                 ),
                 tail,
-            ));
+            )));
         }
         Ending::Cancelled => {
-            return Err((fail(FailureClass::Infrastructure, "cancelled", None), tail));
+            return Err(with_peak((fail(FailureClass::Infrastructure, "cancelled", None), tail)));
         }
         Ending::MemoryLimit(limit) => {
-            return Err((
+            return Err(with_peak((
                 fail(
                     FailureClass::Oom,
                     format!(
@@ -303,7 +330,7 @@ async fn run_tool_stage(
                     ),
                 ),
                 tail,
-            ));
+            )));
         }
     };
     use std::os::unix::process::ExitStatusExt;
@@ -325,10 +352,10 @@ async fn run_tool_stage(
                 failure.reason
             );
         }
-        return Err((failure, tail));
+        return Err(with_peak((failure, tail)));
     }
     if status.signal() == Some(9) {
-        return Err((
+        return Err(with_peak((
             fail(
                 FailureClass::Oom,
                 format!(
@@ -338,17 +365,17 @@ async fn run_tool_stage(
                 Some("give the trial more memory: fewer slots on this host".into()),
             ),
             tail,
-        ));
+        )));
     }
     if !status.success() || !digest.completed {
-        return Err((
+        return Err(with_peak((
             fail(
                 FailureClass::ToolError,
                 format!("{} exited with {status} in stage {stage}", tool.name),
                 None,
             ),
             tail,
-        ));
+        )));
     }
     Ok(StageTiming {
         stage,
@@ -551,6 +578,7 @@ pub async fn run_trial(
                 stage: Some(stage),
                 log_tail: log_tail(&spec.scratch.join(driver::LOG_FILE), 20),
                 suggestion: f.suggestion,
+                peak_memory_mib: e.peak_memory_mib,
             });
         }
     }
@@ -569,13 +597,18 @@ pub async fn run_trial(
         on_stage(stage);
         match run_tool_stage(env, spec.settings.backend, stage, &project, cancel).await {
             Ok(timing) => timings.push(timing),
-            Err((f, log_tail)) => {
+            Err(ToolFailure {
+                failure: f,
+                log_tail,
+                peak_memory_mib,
+            }) => {
                 failure = Some(TrialFailure {
                     class: f.class,
                     reason: f.reason,
                     stage: Some(stage),
                     log_tail,
                     suggestion: f.suggestion,
+                    peak_memory_mib,
                 });
             }
         }
@@ -670,6 +703,7 @@ pub async fn run_trial(
                     stage: None,
                     log_tail: String::new(),
                     suggestion: Some("check the output folder's disk space and permissions".into()),
+                    peak_memory_mib: None,
                 });
             }
         }

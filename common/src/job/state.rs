@@ -5,7 +5,7 @@
 //!   queued ─────────► leased ───────────────────► succeeded
 //!     ▲  ▲              │ fail (not retryable)  ─► failed
 //!     │  │              │ fail / expire, no attempts left ─► dead
-//!     │  └──────────────┘ fail (retryable) / expire / hand back
+//!     │  └──────────────┘ fail (retryable) / expire / hand back / licence refused
 //!     │                 │ cancel → cancel_requested; worker confirms ─► cancelled
 //!     └─ retry ◄── failed | dead | cancelled        queued ── cancel ──► cancelled
 //! ```
@@ -68,6 +68,9 @@ pub struct TrialStatus {
     pub epoch: u64,
     /// An operator cancelled the trial while it was leased; its worker has not confirmed yet.
     pub cancel_requested: bool,
+    /// Licence refusals refunded so far (reset by `Retry`).
+    #[serde(default)]
+    pub refusals: u32,
 }
 
 impl TrialStatus {
@@ -77,6 +80,7 @@ impl TrialStatus {
         attempt: 0,
         epoch: 0,
         cancel_requested: false,
+        refusals: 0,
     };
 
     /// The fence of the current lease (meaningful while leased).
@@ -93,6 +97,8 @@ impl TrialStatus {
 pub struct Policy {
     /// Leases a trial may spend before a retryable failure makes it dead (≥ 1).
     pub max_attempts: u32,
+    /// Licence refusals refunded per trial; past them a refusal spends its attempt.
+    pub max_refusals: u32,
 }
 
 /// Something that happens to a trial.
@@ -115,6 +121,10 @@ pub enum Event {
     LeaseExpired(Fence),
     /// The holder gives the trial back unrun (draining, no room): no attempt is spent.
     HandBack(Fence),
+    /// The holder reports that the licence server refused a seat: not the trial's fault, so
+    /// the attempt is refunded (under a new epoch) up to the policy's `max_refusals`; past
+    /// them it counts as a retryable failure.
+    Refused(Fence),
     /// An operator cancels the trial.
     Cancel,
     /// The holder confirms it stopped a cancelled trial.
@@ -190,6 +200,16 @@ pub fn transition(
         }
     };
 
+    // Queued again unrun: the attempt is refunded and the epoch bumped, so the old fence
+    // never matches again.
+    let refund = |refusals: u32| TrialStatus {
+        state: Queued,
+        attempt: status.attempt.saturating_sub(1),
+        epoch: status.epoch + 1,
+        cancel_requested: false,
+        refusals,
+    };
+
     match event {
         Event::Lease => match status.state {
             Queued => Ok(TrialStatus {
@@ -213,12 +233,16 @@ pub fn transition(
             if status.cancel_requested {
                 to(Cancelled)
             } else {
-                TrialStatus {
-                    state: Queued,
-                    attempt: status.attempt.saturating_sub(1),
-                    epoch: status.epoch + 1,
-                    cancel_requested: false,
-                }
+                refund(status.refusals)
+            }
+        }),
+        Event::Refused(fence) => fenced(fence).map(|()| {
+            if status.cancel_requested {
+                to(Cancelled)
+            } else if status.refusals < policy.max_refusals {
+                refund(status.refusals + 1)
+            } else {
+                requeue_or_dead()
             }
         }),
         Event::Cancel => match status.state {
@@ -242,6 +266,7 @@ pub fn transition(
                 attempt: 0,
                 epoch: status.epoch + 1,
                 cancel_requested: false,
+                refusals: 0,
             }),
             _ => illegal,
         },
@@ -255,7 +280,10 @@ mod tests {
 
     use super::*;
 
-    const POLICY: Policy = Policy { max_attempts: 3 };
+    const POLICY: Policy = Policy {
+        max_attempts: 3,
+        max_refusals: 2,
+    };
 
     fn run(events: &[Event]) -> TrialStatus {
         events
@@ -358,9 +386,30 @@ mod tests {
                 state: TrialState::Queued,
                 attempt: 0,
                 epoch: 1,
-                cancel_requested: false
+                cancel_requested: false,
+                refusals: 0,
             }
         );
+    }
+
+    #[test]
+    fn licence_refusals_are_refunded_until_the_policy_says_enough() {
+        let mut s = TrialStatus::NEW;
+        for refusals in 1..=2 {
+            s = transition(s, Event::Lease, POLICY).unwrap();
+            assert_eq!(s.attempt, 1);
+            let fence = s.fence();
+            s = transition(s, Event::Refused(fence), POLICY).unwrap();
+            assert_eq!(
+                (s.state, s.attempt, s.refusals),
+                (TrialState::Queued, 0, refusals)
+            );
+            assert!(transition(s, Event::Lease, POLICY).unwrap().fence() != fence);
+        }
+        // The third refusal spends the attempt, like any retryable failure.
+        s = transition(s, Event::Lease, POLICY).unwrap();
+        s = transition(s, Event::Refused(s.fence()), POLICY).unwrap();
+        assert_eq!((s.state, s.attempt), (TrialState::Queued, 1));
     }
 
     fn any_fence() -> impl Strategy<Value = Fence> {
@@ -378,6 +427,7 @@ mod tests {
                 .prop_map(|(fence, retryable)| Event::Fail { fence, retryable }),
             any_fence().prop_map(Event::LeaseExpired),
             any_fence().prop_map(Event::HandBack),
+            any_fence().prop_map(Event::Refused),
             Just(Event::Cancel),
             any_fence().prop_map(Event::CancelConfirmed),
             Just(Event::Retry),
@@ -392,6 +442,7 @@ mod tests {
             Event::Fail { retryable, .. } => Event::Fail { fence, retryable },
             Event::LeaseExpired(_) => Event::LeaseExpired(fence),
             Event::HandBack(_) => Event::HandBack(fence),
+            Event::Refused(_) => Event::Refused(fence),
             Event::CancelConfirmed(_) => Event::CancelConfirmed(fence),
             other => other,
         }
@@ -403,6 +454,7 @@ mod tests {
             | Event::Succeed(f)
             | Event::LeaseExpired(f)
             | Event::HandBack(f)
+            | Event::Refused(f)
             | Event::CancelConfirmed(f)
             | Event::Fail { fence: f, .. } => Some(f),
             Event::Lease | Event::Cancel | Event::Retry => None,
@@ -418,8 +470,9 @@ mod tests {
         fn random_event_sequences_keep_the_invariants(
             events in proptest::collection::vec(any_event(), 0..60),
             max_attempts in 1u32..5,
+            max_refusals in 0u32..3,
         ) {
-            let policy = Policy { max_attempts };
+            let policy = Policy { max_attempts, max_refusals };
             let mut status = TrialStatus::NEW;
             for (event, use_current) in events {
                 let event = if use_current { with_fence(event, status.fence()) } else { event };
@@ -441,6 +494,7 @@ mod tests {
                         } else {
                             prop_assert!(!next.cancel_requested, "cancel_requested outside leased");
                         }
+                        prop_assert!(next.refusals <= max_refusals, "refusals past the policy");
                         if next.state == TrialState::Dead {
                             prop_assert_eq!(next.attempt, max_attempts);
                         }

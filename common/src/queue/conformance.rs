@@ -60,6 +60,9 @@ where
     hand_back(&make(long).await)
         .await
         .map_err(|e| format!("hand back: {e}"))?;
+    licence_refusals(&make(long).await)
+        .await
+        .map_err(|e| format!("licence refusals: {e}"))?;
     fairness(&make(long).await)
         .await
         .map_err(|e| format!("fairness: {e}"))?;
@@ -222,6 +225,57 @@ pub async fn hand_back<Q: Queue>(q: &Q) -> Result {
             Err(Error::Transition(TransitionError::StaleFence { .. }))
         ),
         "old fence accepted: {stale:?}"
+    );
+    Ok(())
+}
+
+/// A licence refusal is refunded like a hand-back (same attempt, new fence) up to the
+/// queue's max refusals (10 in the conformance configs); past them each refusal spends an
+/// attempt and the last makes the trial dead. The conformance configs wait no backoff.
+pub async fn licence_refusals<Q: Queue>(q: &Q) -> Result {
+    q.submit(sweep("s1", 1), vec![trial("a", 1.0)])
+        .await
+        .map_err(err)?;
+    let mut fences = Vec::new();
+    for n in 1..=10 {
+        let lease = q.lease("w1", 1).await.map_err(err)?;
+        check!(lease.len() == 1, "not leased again after refusal {}", n - 1);
+        check!(
+            lease[0].fence.attempt == 1,
+            "refusal {n}: attempt spent: {:?}",
+            lease[0].fence
+        );
+        check!(!fences.contains(&lease[0].fence), "a fence came back");
+        fences.push(lease[0].fence);
+        let state = q
+            .complete("a", lease[0].fence, Outcome::Refused)
+            .await
+            .map_err(err)?;
+        check!(state == TrialState::Queued, "refusal {n}: {state}");
+    }
+    for attempt in 1..=3 {
+        let lease = q.lease("w1", 1).await.map_err(err)?;
+        check!(lease.len() == 1, "not leased at attempt {attempt}");
+        check!(
+            lease[0].fence.attempt == attempt,
+            "past the refunds, attempt {} instead of {attempt}",
+            lease[0].fence.attempt
+        );
+        let state = q
+            .complete("a", lease[0].fence, Outcome::Refused)
+            .await
+            .map_err(err)?;
+        let want = if attempt == 3 {
+            TrialState::Dead
+        } else {
+            TrialState::Queued
+        };
+        check!(state == want, "attempt {attempt}: {state}, not {want}");
+    }
+    let stale = q.complete("a", fences[0], Outcome::Refused).await;
+    check!(
+        matches!(stale, Err(Error::Transition(_))),
+        "an old fence's refusal was accepted: {stale:?}"
     );
     Ok(())
 }

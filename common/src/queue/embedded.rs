@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{
     Counts, Error, HeartbeatReply, Lease, NewTrial, Outcome, Queue, QueueConfig, SweepMeta,
 };
-use crate::job::{Event, Fence, Policy, TrialState, TrialStatus, transition};
+use crate::job::{Event, Fence, TrialState, TrialStatus, transition};
 
 struct Entry {
     sweep_id: String,
@@ -21,6 +21,8 @@ struct Entry {
     payload: serde_json::Value,
     worker: Option<String>,
     deadline: Option<Instant>,
+    /// Not leased before this (the backoff after a retryable failure or a licence refusal).
+    not_before: Option<Instant>,
 }
 
 /// A queued key, ordered by cost (largest first), then by arrival (earliest first).
@@ -84,10 +86,8 @@ impl EmbeddedQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn policy(&self) -> Policy {
-        Policy {
-            max_attempts: self.config.max_attempts,
-        }
+    fn policy(&self) -> &QueueConfig {
+        &self.config
     }
 }
 
@@ -108,43 +108,75 @@ impl Inner {
     }
 
     /// Applies `event` to the trial, and queues it again when it went back to queued.
-    fn apply(&mut self, key: &str, event: Event, policy: Policy) -> Result<TrialStatus, Error> {
+    fn apply(
+        &mut self,
+        key: &str,
+        event: Event,
+        config: &QueueConfig,
+    ) -> Result<TrialStatus, Error> {
         let entry = self
             .trials
             .get_mut(key)
             .ok_or_else(|| Error::UnknownTrial(key.to_owned()))?;
-        let next = transition(entry.status, event, policy)?;
+        let next = transition(entry.status, event, config.policy())?;
         entry.status = next;
         if next.state != TrialState::Leased {
             entry.worker = None;
             entry.deadline = None;
         }
         if next.state == TrialState::Queued {
+            // The same waits as the Redis queue's: a retryable failure waits the retry
+            // backoff, a licence refusal a backoff growing with the refusals; the rest none.
+            let wait = match event {
+                Event::Fail { .. } => config.retry_backoff,
+                Event::Refused(_) => config.refusal_wait(next.refusals.max(1)),
+                _ => std::time::Duration::ZERO,
+            };
+            entry.not_before = (!wait.is_zero()).then(|| Instant::now() + wait);
             self.push_ready(key);
         }
         Ok(next)
     }
 
     /// The active sweep with the least virtual time, dropping stale heap tops on the way.
+    /// The next trial to lease: the least-served sweep's costliest queued trial whose
+    /// backoff has passed. Entries still waiting out a backoff go back into their heaps.
     fn next_key(&mut self) -> Option<String> {
-        loop {
-            let sweep_id = self
-                .sweeps
-                .iter()
-                .filter(|(_, s)| !s.ready.is_empty())
-                .min_by(|a, b| a.1.vtime.total_cmp(&b.1.vtime))
-                .map(|(id, _)| id.clone())?;
-            let sweep = self.sweeps.get_mut(&sweep_id)?;
-            let ready = sweep.ready.pop()?;
-            let queued = self
-                .trials
-                .get(&ready.key)
-                .is_some_and(|e| e.status.state == TrialState::Queued && e.sweep_id == sweep_id);
-            if queued {
+        let now = Instant::now();
+        let mut waiting: Vec<(String, Ready)> = Vec::new();
+        let mut found = None;
+        while let Some(sweep_id) = self
+            .sweeps
+            .iter()
+            .filter(|(_, s)| !s.ready.is_empty())
+            .min_by(|a, b| a.1.vtime.total_cmp(&b.1.vtime))
+            .map(|(id, _)| id.clone())
+        {
+            let Some(ready) = self.sweeps.get_mut(&sweep_id).and_then(|s| s.ready.pop()) else {
+                break;
+            };
+            let Some(entry) = self.trials.get(&ready.key) else {
+                continue;
+            };
+            if entry.status.state != TrialState::Queued || entry.sweep_id != sweep_id {
+                continue;
+            }
+            if entry.not_before.is_some_and(|t| t > now) {
+                waiting.push((sweep_id, ready));
+                continue;
+            }
+            if let Some(sweep) = self.sweeps.get_mut(&sweep_id) {
                 sweep.vtime += 1.0 / f64::from(sweep.priority.max(1));
-                return Some(ready.key);
+            }
+            found = Some(ready.key);
+            break;
+        }
+        for (sweep_id, ready) in waiting {
+            if let Some(sweep) = self.sweeps.get_mut(&sweep_id) {
+                sweep.ready.push(ready);
             }
         }
+        found
     }
 }
 
@@ -188,6 +220,7 @@ impl Queue for EmbeddedQueue {
                             payload: trial.payload,
                             worker: None,
                             deadline: None,
+                            not_before: None,
                         },
                     );
                     inner.push_ready(&trial.key);
@@ -217,6 +250,7 @@ impl Queue for EmbeddedQueue {
                 sweep_id: entry.sweep_id.clone(),
                 fence: status.fence(),
                 payload: entry.payload.clone(),
+                memory_mib: 0,
             });
         }
         Ok(leases)
@@ -358,6 +392,8 @@ mod tests {
     fn queue(lease: Duration) -> EmbeddedQueue {
         EmbeddedQueue::new(QueueConfig {
             lease,
+            retry_backoff: Duration::ZERO,
+            refusal_backoff: Duration::ZERO,
             ..QueueConfig::default()
         })
     }

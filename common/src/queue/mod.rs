@@ -91,6 +91,10 @@ pub struct Lease {
     pub fence: Fence,
     /// The payload given at submit.
     pub payload: serde_json::Value,
+    /// Memory reserved for it, MiB: its `Needs::memory_mib`, raised after an out-of-memory
+    /// failure (0 where the queue keeps none).
+    #[serde(default)]
+    pub memory_mib: u64,
 }
 
 /// How a worker reports a finished trial.
@@ -105,6 +109,11 @@ pub enum Outcome {
     },
     /// The worker stopped it on a cancel order.
     Cancelled,
+    /// The licence server refused a seat: not the trial's fault. It is queued again without
+    /// spending an attempt (up to [`QueueConfig::max_refusals`]) after a growing backoff, and
+    /// the refused feature's seats are held at the count then in use for
+    /// [`QueueConfig::seat_hold`].
+    Refused,
 }
 
 impl Outcome {
@@ -115,6 +124,7 @@ impl Outcome {
             Outcome::Succeeded => Event::Succeed(fence),
             Outcome::Failed { retryable } => Event::Fail { fence, retryable },
             Outcome::Cancelled => Event::CancelConfirmed(fence),
+            Outcome::Refused => Event::Refused(fence),
         }
     }
 }
@@ -197,7 +207,34 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     /// How long a trial that failed in a retryable way waits before it is leased again.
     pub retry_backoff: Duration,
+    /// Licence refusals refunded per trial before a refusal spends an attempt.
+    pub max_refusals: u32,
+    /// The wait after a trial's first licence refusal, doubled per refusal.
+    pub refusal_backoff: Duration,
+    /// How long a refused feature's seats stay held at the count in use when it was refused.
+    pub seat_hold: Duration,
 }
+
+impl QueueConfig {
+    /// The state machine's limits.
+    pub fn policy(&self) -> crate::job::Policy {
+        crate::job::Policy {
+            max_attempts: self.max_attempts,
+            max_refusals: self.max_refusals,
+        }
+    }
+
+    /// How long a trial refused a licence seat for the `refusals`-th time waits:
+    /// `refusal_backoff` doubled per refusal, at most 10 minutes (the Lua of `complete` keeps
+    /// the same rule).
+    pub fn refusal_wait(&self, refusals: u32) -> Duration {
+        (self.refusal_backoff * 2u32.saturating_pow(refusals.saturating_sub(1).min(16)))
+            .min(MAX_REFUSAL_BACKOFF)
+    }
+}
+
+/// The longest wait after a licence refusal.
+pub const MAX_REFUSAL_BACKOFF: Duration = Duration::from_secs(600);
 
 impl Default for QueueConfig {
     fn default() -> QueueConfig {
@@ -205,6 +242,9 @@ impl Default for QueueConfig {
             lease: Duration::from_secs(5),
             max_attempts: 3,
             retry_backoff: Duration::from_secs(5),
+            max_refusals: 10,
+            refusal_backoff: Duration::from_secs(30),
+            seat_hold: Duration::from_secs(300),
         }
     }
 }

@@ -143,6 +143,12 @@ pub struct Completion {
     pub prefix: String,
     /// Seconds the attempt ran.
     pub seconds: f64,
+    /// Memory to reserve for the trial from now on, MiB (0 keeps its reservation; it only
+    /// grows): after an out-of-memory failure, so the retry goes to a worker with that free.
+    pub memory_mib: u64,
+    /// For a licence refusal, the feature refused (its seats are held down); empty for every
+    /// seat feature of the trial.
+    pub refused_feature: String,
 }
 
 /// One trial's progress in a heartbeat.
@@ -444,12 +450,12 @@ impl RedisQueue {
             .arg(fit.cores)
             .arg(classes)
             .arg(limits);
-        let rows: Vec<(String, String, u32, u64, String)> = invocation
+        let rows: Vec<(String, String, u32, u64, String, u64)> = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
         rows.into_iter()
-            .map(|(key, sweep_id, attempt, epoch, payload)| {
+            .map(|(key, sweep_id, attempt, epoch, payload, memory_mib)| {
                 let payload = if payload.is_empty() {
                     serde_json::Value::Null
                 } else {
@@ -461,6 +467,7 @@ impl RedisQueue {
                     sweep_id,
                     fence: Fence { attempt, epoch },
                     payload,
+                    memory_mib,
                 })
             })
             .collect()
@@ -523,6 +530,7 @@ impl RedisQueue {
             Outcome::Failed { retryable: false } => "failed",
             Outcome::Failed { retryable: true } => "failed_retryable",
             Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
         };
         let event = outcome.event(fence);
         let mut connection = self.connection.clone();
@@ -536,7 +544,12 @@ impl RedisQueue {
             .arg(self.backoff_ms())
             .arg(&completion.summary)
             .arg(&completion.prefix)
-            .arg(completion.seconds);
+            .arg(completion.seconds)
+            .arg(completion.memory_mib)
+            .arg(self.config.max_refusals)
+            .arg(self.config.refusal_backoff.as_millis() as u64)
+            .arg(self.config.seat_hold.as_millis() as u64)
+            .arg(&completion.refused_feature);
         let state: String = invocation
             .invoke_async(&mut connection)
             .await

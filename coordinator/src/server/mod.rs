@@ -65,6 +65,9 @@ impl Coordinator {
                 lease: Duration::from_millis(c.lease_ms),
                 max_attempts: c.max_attempts,
                 retry_backoff: Duration::from_millis(c.retry_backoff_ms),
+                max_refusals: c.max_licence_refusals,
+                refusal_backoff: Duration::from_millis(c.licence_backoff_ms),
+                seat_hold: Duration::from_millis(c.seat_hold_ms),
             },
         )
         .await
@@ -121,6 +124,16 @@ impl Coordinator {
         let caps: WorkerCaps = serde_json::from_str(&json).map_err(internal)?;
         lock(&self.caps).insert(worker.to_owned(), caps.clone());
         Ok(caps)
+    }
+
+    /// The most memory any worker known here offers trials (MiB), counting `worker` (the one
+    /// reporting) even if it is not cached: how much an out-of-memory retry may reserve.
+    async fn largest_worker_memory(&self, worker: &str) -> u64 {
+        let own = self.worker_caps(worker).await.map_or(0, |c| c.memory_mib);
+        lock(&self.caps)
+            .values()
+            .map(|c| c.memory_mib)
+            .fold(own, u64::max)
     }
 
     async fn plan(&self, sweep: &str) -> Result<Arc<SweepPlan>, Status> {

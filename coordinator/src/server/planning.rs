@@ -293,9 +293,8 @@ impl Coordinator {
             toolchains,
             resources,
         };
-        let seats: Vec<String> = self.config.coordinator.seats.keys().cloned().collect();
         let planning = std::time::Instant::now();
-        let planned = plan.trials(&seats).map_err(Status::invalid_argument)?;
+        let planned = plan.trials().map_err(Status::invalid_argument)?;
         let classes: BTreeMap<String, String> = planned
             .classes
             .iter()

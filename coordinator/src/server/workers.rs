@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hlsfarm_common::blob::Blobs;
+use hlsfarm_common::failure::oom_reservation;
+use hlsfarm_common::FailureClass;
 use hlsfarm_common::job::{Fence, TrialState};
 use hlsfarm_common::plan::{PlanIndex, WorkerCaps};
 use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
@@ -93,7 +95,8 @@ impl Coordinator {
             emulation_seed: plan.emulation.seed,
             staging_prefix: Blobs::staging_prefix(&lease.key, lease.fence),
             resources: Some(v1::TrialResources {
-                memory_mib: plan.resources.memory_mib,
+                // Raised above the plan's after an out-of-memory failure.
+                memory_mib: plan.resources.memory_mib.max(lease.memory_mib),
                 cores: plan.resources.cores,
             }),
         })
@@ -266,13 +269,47 @@ impl Worker for WorkerApi {
                 p.trial_key
             )));
         }
+        let mut memory_mib = 0;
+        let mut refused_feature = String::new();
+        let mut hopeless = None;
         let outcome = if r.cancelled {
             Outcome::Cancelled
         } else if let Some(f) = &r.failure {
             let class = hlsfarm_common::FailureClass::from_wire(f.class)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            Outcome::Failed {
-                retryable: class.is_retryable(),
+            match class {
+                // Not the trial's fault: queued again without spending an attempt.
+                FailureClass::Licence => {
+                    refused_feature = hlsfarm_common::Stage::from_wire(f.stage)
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default();
+                    Outcome::Refused
+                }
+                // Retried with room above the measured peak, on a worker that has it.
+                FailureClass::Oom => {
+                    let peak = parsed
+                        .as_ref()
+                        .and_then(|p| p.failure.as_ref())
+                        .and_then(|f| f.peak_memory_mib)
+                        .unwrap_or(0);
+                    let largest = self.c.largest_worker_memory(&r.worker_id).await;
+                    match (peak, oom_reservation(peak, largest)) {
+                        (0, _) => Outcome::Failed { retryable: true },
+                        (_, Some(reserve)) => {
+                            memory_mib = reserve;
+                            Outcome::Failed { retryable: true }
+                        }
+                        (_, None) => {
+                            hopeless = Some(format!(
+                                "; not retried: it peaked at {peak} MiB and no worker offers clearly more (the largest offers {largest} MiB)"
+                            ));
+                            Outcome::Failed { retryable: false }
+                        }
+                    }
+                }
+                _ => Outcome::Failed {
+                    retryable: class.is_retryable(),
+                },
             }
         } else if parsed
             .as_ref()
@@ -315,6 +352,13 @@ impl Worker for WorkerApi {
                 ..ResultSummary::default()
             });
         }
+        if let (Some(s), Some(note)) = (summary.as_mut(), hopeless) {
+            s.reason = Some(format!("{}{note}", s.reason.as_deref().unwrap_or_default()));
+            s.suggestion = Some(
+                "give a worker more memory (worker.memory_mib), or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy"
+                    .into(),
+            );
+        }
         let seconds = summary.as_ref().map_or(0.0, |s| s.seconds);
         let completion = Completion {
             summary: summary
@@ -327,6 +371,8 @@ impl Worker for WorkerApi {
                 String::new()
             },
             seconds,
+            memory_mib,
+            refused_feature,
         };
         let state = self
             .c

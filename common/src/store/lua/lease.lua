@@ -1,7 +1,9 @@
 -- ARGV: P, worker, max, lease_ms, free memory MiB, free cores, classes (comma list; "*" for
--- any), seat limits ("feature=limit,..."). Returns {trial, sweep, attempt, epoch, payload}
--- per lease: the active sweep with the least virtual time first; within it the costliest
--- queued trial of a class the worker serves that fits its free memory, cores and the seats.
+-- any), seat limits ("feature=limit,..."). Returns {trial, sweep, attempt, epoch, payload,
+-- memory MiB reserved} per lease: the active sweep with the least virtual time first; within
+-- it the costliest queued trial of a class the worker serves that fits its free memory,
+-- cores and the seats (a feature held down after a licence refusal counts as limited to the
+-- seats in use then, until the hold ends).
 local worker, max, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local mem, cpu = tonumber(ARGV[5]), tonumber(ARGV[6])
 local any = ARGV[7] == '*'
@@ -13,6 +15,16 @@ for _, pair in ipairs(split(ARGV[8])) do
 end
 local now = now_ms()
 local deadline = now + lease_ms
+local holds = redis.call('HGETALL', P .. ':hold')
+for i = 1, #holds, 2 do
+  local cap, until_ms = string.match(holds[i + 1], '(%d+):(%d+)')
+  if cap and tonumber(until_ms) > now then
+    local f = holds[i]
+    if not limits[f] or tonumber(cap) < limits[f] then limits[f] = tonumber(cap) end
+  else
+    redis.call('HDEL', P .. ':hold', holds[i])
+  end
+end
 
 local function seats_free(seat)
   for _, f in ipairs(split(seat)) do
@@ -64,7 +76,8 @@ while #out < max do
   emit('leased', pick.k, pick.sweep, 'leased', worker, 'attempt ' .. attempt)
   mem = mem - pick.mem
   cpu = cpu - pick.cpu
-  out[#out + 1] = {pick.k, pick.sweep, attempt, tonumber(redis.call('HGET', t, 'e') or '0'), redis.call('HGET', t, 'p') or 'null'}
+  out[#out + 1] = {pick.k, pick.sweep, attempt, tonumber(redis.call('HGET', t, 'e') or '0'),
+    redis.call('HGET', t, 'p') or 'null', pick.mem}
 end
 redis.call('ZADD', P .. ':wseen', now, worker)
 return out

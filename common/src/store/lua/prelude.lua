@@ -8,7 +8,8 @@
 --   P:t:<trial>        hash (absent numeric fields read as 0): s sweep, st state, a attempt,
 --                      e epoch, c cancel requested (0/1),
 --                      cost, p payload (JSON), cls class, mem MiB, cpu cores, seat features
---                      (comma list), hs seats held (0/1), nb not-before (ms), w worker,
+--                      (comma list), hs seats held (0/1), nb not-before (ms), lr licence
+--                      refusals refunded, w worker,
 --                      d lease deadline (ms), t0 lease start (ms), stg stage, ph phase,
 --                      r result summary (JSON), res committed result prefix, rm its
 --                      member in the ready zset while queued
@@ -21,6 +22,7 @@
 --   P:all              zset: every sweep by submit time (ms)
 --   P:leases           zset: leased trials by deadline (ms)
 --   P:seats            hash: feature -> seats held
+--   P:hold             hash: feature -> "<cap>:<until ms>", seats held down after a licence refusal
 --   P:events           stream: what happened (type, trial, sweep, worker, state, msg)
 --   P:finished         zset: sweeps whose last trial ended, to aggregate; score = claimable from (ms)
 --   P:commits          zset: trials whose result awaits its copy into results/; score likewise
@@ -127,11 +129,19 @@ local function requeue_or_dead(k, max_attempts, backoff_ms)
   return 'queued'
 end
 
+-- The wait after the `n`-th licence refusal: the base doubled per refusal, at most 10 minutes
+-- (QueueConfig::refusal_wait).
+local function refusal_wait(base_ms, n)
+  if n < 1 then n = 1 end
+  if n > 17 then n = 17 end
+  return math.min(tonumber(base_ms) * 2 ^ (n - 1), 600000)
+end
+
 -- Queue a terminal trial again with fresh attempts under a new epoch (the Retry event).
 local function retry(k)
   local t = tkey(k)
   set_state(k, 'queued')
-  redis.call('HSET', t, 'a', 0, 'c', 0, 'nb', 0)
+  redis.call('HSET', t, 'a', 0, 'c', 0, 'nb', 0, 'lr', 0)
   redis.call('HINCRBY', t, 'e', 1)
   redis.call('HDEL', t, 'w', 'd', 'r', 'res')
   push_ready(k)
