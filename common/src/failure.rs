@@ -61,9 +61,21 @@ mod tests {
     #[test]
     fn an_oom_retry_reserves_twice_the_peak_within_the_largest_worker() {
         assert_eq!(oom_reservation(6000, 64_000), Some(12_000));
-        assert_eq!(oom_reservation(300, 64_000), Some(1324), "at least 1 GiB more");
-        assert_eq!(oom_reservation(6000, 8000), Some(8000), "capped by the largest worker");
-        assert_eq!(oom_reservation(6000, 6200), None, "no worker has clearly more");
+        assert_eq!(
+            oom_reservation(300, 64_000),
+            Some(1324),
+            "at least 1 GiB more"
+        );
+        assert_eq!(
+            oom_reservation(6000, 8000),
+            Some(8000),
+            "capped by the largest worker"
+        );
+        assert_eq!(
+            oom_reservation(6000, 6200),
+            None,
+            "no worker has clearly more"
+        );
         assert_eq!(oom_reservation(30_000, 16_000), None);
     }
 }

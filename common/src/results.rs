@@ -352,6 +352,10 @@ pub struct TrialResult {
     /// The trial this one was derived from with a fix (`run --fix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derived_from: Option<DerivedFrom>,
+    /// The memory limit its processes ran under, MiB: the worker's share per slot, or the
+    /// larger reservation an out-of-memory retry got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
     /// The reuse factor each layer got.
     pub effective_reuse_factor: BTreeMap<String, u32>,
     /// What the tools reported.
@@ -396,6 +400,7 @@ impl TrialResult {
             notes: Vec::new(),
             preflight: Vec::new(),
             derived_from: None,
+            memory_limit_mib: None,
             effective_reuse_factor: BTreeMap::new(),
             reports: Reports::default(),
             failure: None,

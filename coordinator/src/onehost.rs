@@ -362,7 +362,17 @@ impl MemoryBudget {
     /// The memory limit of the trial's next run.
     fn reservation(&self, key: &str, default: u64) -> u64 {
         let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
-        raised.get(key).copied().unwrap_or(default).min(self.total_mib)
+        raised
+            .get(key)
+            .copied()
+            .unwrap_or(default)
+            .min(self.total_mib)
+    }
+
+    /// The reservation an out-of-memory failure raised the trial to, if any.
+    fn raised_to(&self, key: &str) -> Option<u64> {
+        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        raised.get(key).copied()
     }
 
     /// Waits until `mib` is free (None when cancelled first).
@@ -745,7 +755,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 let outcome = match (&result.status, &mut result.failure) {
                     (TrialStatus::Success, _) => Outcome::Succeeded,
                     (TrialStatus::Cancelled, _) => Outcome::Cancelled,
-                    (TrialStatus::Failed, Some(f)) => memory.outcome(&lease.key, f, &plan.spec.output_dir),
+                    (TrialStatus::Failed, Some(f)) => {
+                        memory.outcome(&lease.key, f, &plan.spec.output_dir)
+                    }
                     (TrialStatus::Failed, None) => Outcome::Failed { retryable: false },
                 };
                 if outcome == Outcome::Cancelled {
@@ -757,7 +769,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 if state == TrialState::Queued {
                     progress.finish(
                         line,
-                        &format!("hlsfarm: retry {name}: {}", line_for(&result)),
+                        &match memory.raised_to(&lease.key).filter(|r| *r > limit) {
+                            Some(r) => format!(
+                                "hlsfarm: retry {name} with {r} MiB reserved: {}",
+                                line_for(&result)
+                            ),
+                            None => format!("hlsfarm: retry {name}: {}", line_for(&result)),
+                        },
                         "",
                     );
                     continue;

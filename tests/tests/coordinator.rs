@@ -192,6 +192,7 @@ async fn succeed(
         notes: vec![],
         preflight: vec![],
         derived_from: None,
+        memory_limit_mib: None,
         effective_reuse_factor: Default::default(),
         reports: Reports::default(),
         failure: None,
@@ -979,7 +980,11 @@ async fn an_out_of_memory_trial_is_retried_with_twice_its_peak_on_a_worker_that_
     let url = cluster.url(0);
     let mut op = operator(&url);
     let models = upload(&mut op, 1, "oom").await;
-    let sweep = submit(&mut op, spec(models, vec![], &[Stage::Convert, Stage::Cosim])).await;
+    let sweep = submit(
+        &mut op,
+        spec(models, vec![], &[Stage::Convert, Stage::Cosim]),
+    )
+    .await;
     let mut w = register(&url, "w", full_caps()).await; // offers 65536 MiB
     let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
     let first = t.resources.unwrap().memory_mib;
@@ -1022,7 +1027,10 @@ async fn a_licence_refusal_costs_no_attempt_backs_off_and_holds_the_seats_down()
         dir.path(),
         ClusterOptions {
             env: vec![
-                ("HLSFARM_COORDINATOR__LICENCE_BACKOFF_MS".into(), "300".into()),
+                (
+                    "HLSFARM_COORDINATOR__LICENCE_BACKOFF_MS".into(),
+                    "300".into(),
+                ),
                 ("HLSFARM_COORDINATOR__SEAT_HOLD_MS".into(), "60000".into()),
             ],
             ..ClusterOptions::default()
@@ -1032,13 +1040,25 @@ async fn a_licence_refusal_costs_no_attempt_backs_off_and_holds_the_seats_down()
     let url = cluster.url(0);
     let mut op = operator(&url);
     let models = upload(&mut op, 2, "lic").await;
-    let sweep = submit(&mut op, spec(models, vec![], &[Stage::Convert, Stage::Vsynth])).await;
+    let sweep = submit(
+        &mut op,
+        spec(models, vec![], &[Stage::Convert, Stage::Vsynth]),
+    )
+    .await;
     assert_eq!(sweep.queued, 2);
     let mut w = register(&url, "w", full_caps()).await;
     let both = lease(&mut w, "w", 2, 1000).await;
     assert_eq!(both.len(), 2);
     let (refused, running) = (&both[0], &both[1]);
-    let state = fail_with(&mut w, "w", refused, FailureClass::Licence, Stage::Vsynth, 0).await;
+    let state = fail_with(
+        &mut w,
+        "w",
+        refused,
+        FailureClass::Licence,
+        Stage::Vsynth,
+        0,
+    )
+    .await;
     assert_eq!(state, v1::TrialState::Queued as i32);
     // Past its backoff, still not leased: vsynth seats are held at the one in use when the
     // licence server refused (no limit is configured, so nothing else would stop it).

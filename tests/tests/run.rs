@@ -431,3 +431,73 @@ fn with_hls_but_without_vivado_only_vsynth_is_skipped() {
     assert!(out.join("myproject_csynth.xml").is_file());
     assert!(!out.join("vivado_synth.rpt").exists());
 }
+
+/// Runs one example trial through convert, csynth and cosim with co-simulation killed for
+/// memory, the tool printing `peak_mb` as its peak; returns (stderr, result.json, tool calls).
+fn run_cosim_oom(dir: &TestDir, peak_mb: u64) -> (String, Value, usize) {
+    let input = input_dir(dir);
+    let record = dir.join("tool-calls.jsonl");
+    let mut command = run_cmd(true);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args([
+            "--limit",
+            "1",
+            "--num-workers",
+            "1",
+            "--trial-memory-mib",
+            "2000",
+        ])
+        .args([
+            "--stages",
+            "convert,csynth,cosim",
+            "--emulation-samples",
+            "10",
+        ])
+        .env("STANDIN_FAIL", "cosim_oom")
+        .env("STANDIN_AT", "cosim")
+        .env("STANDIN_PEAK_MB", peak_mb.to_string())
+        .env("STANDIN_RECORD", &record);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(input.join("hls_outputs/hls_model_trial_000/result.json")).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+    let cosims = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|call| {
+            let cosim = &call["steps"]["cosim"];
+            cosim == 1 || cosim == "1" || cosim == true
+        })
+        .count();
+    (stderr, result, cosims)
+}
+
+#[test]
+fn a_cosim_killed_for_memory_is_retried_with_twice_its_peak_or_named_when_no_host_has_it() {
+    let dir = TestDir::new("run-oom").unwrap();
+    let (stderr, result, cosims) = run_cosim_oom(&dir, 1500);
+    // Attempt 1 under the 2000 MiB limit; attempts 2 and 3 with 3000 MiB (twice the peak).
+    assert!(
+        stderr.contains("retry hls_model_trial_000 with 3000 MiB reserved"),
+        "{stderr}"
+    );
+    assert_eq!(cosims, 3, "{stderr}");
+    assert_eq!(result["failure"]["class"], "oom", "{result}");
+    assert_eq!(result["failure"]["peak_memory_mib"], 1500, "{result}");
+    assert_eq!(result["memory_limit_mib"], 3000, "{result}");
+
+    // A peak no host has twice of: not retried, and the result says so.
+    let dir = TestDir::new("run-oom-huge").unwrap();
+    let (stderr, result, cosims) = run_cosim_oom(&dir, 100_000_000);
+    assert_eq!(cosims, 1, "{stderr}");
+    let reason = result["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not retried: it peaked at 100000000 MiB and this host has"),
+        "{reason}"
+    );
+}

@@ -245,6 +245,8 @@ async fn a_simulator_killed_in_cosim_is_oom() {
     assert_eq!(failure.stage, Some(Stage::Cosim));
     assert!(failure.reason.contains("co-simulation"), "{failure:?}");
     assert!(failure.reason.contains("MiB"), "{failure:?}");
+    // The tool's own peak (31.9 GB) is the failure's: an oom retry reserves twice it.
+    assert_eq!(failure.peak_memory_mib, Some(32666), "{failure:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

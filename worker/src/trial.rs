@@ -314,7 +314,10 @@ async fn run_tool_stage(
             )));
         }
         Ending::Cancelled => {
-            return Err(with_peak((fail(FailureClass::Infrastructure, "cancelled", None), tail)));
+            return Err(with_peak((
+                fail(FailureClass::Infrastructure, "cancelled", None),
+                tail,
+            )));
         }
         Ending::MemoryLimit(limit) => {
             return Err(with_peak((
@@ -658,6 +661,7 @@ pub async fn run_trial(
         notes,
         preflight,
         derived_from: spec.derived_from.clone(),
+        memory_limit_mib: env.driver.memory_limit_mib,
         effective_reuse_factor,
         reports,
         failure,

@@ -151,6 +151,7 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
         notes: Vec::new(),
         preflight: Vec::new(),
         derived_from: None,
+        memory_limit_mib: None,
         effective_reuse_factor: Default::default(),
         reports: Default::default(),
         failure: Some(TrialFailure {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hlsfarm_common::FailureClass;
 use hlsfarm_common::blob::Blobs;
 use hlsfarm_common::failure::oom_reservation;
-use hlsfarm_common::FailureClass;
 use hlsfarm_common::job::{Fence, TrialState};
 use hlsfarm_common::plan::{PlanIndex, WorkerCaps};
 use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
