@@ -218,7 +218,7 @@ pub struct Rewrite {
 /// too large to compile in reasonable time).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreflightFinding {
-    /// The rule: `array_partition`, `reuse_factor`, `io_parallel_size`.
+    /// The rule: `array_partition`, `unroll_limit`, `reuse_factor`, `io_parallel_size`.
     pub rule: String,
     /// The layer, where the finding is about one.
     #[serde(default)]

@@ -140,6 +140,26 @@ pub(crate) type Fixed = (
 /// whose findings the tools would refuse and that carry a fix (today: the
 /// max_array_partition_size a partition needs), the settings with the fix applied, by
 /// (model index, point index).
+/// Merges a fix into a setting: objects key by key (a per-layer override keeps the other
+/// layers'), numbers take the larger (several findings asking for one setting all hold),
+/// anything else is replaced.
+fn merge_fix(into: &mut serde_json::Value, fix: &serde_json::Value) {
+    use serde_json::Value;
+    match (into, fix) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_fix(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (into @ Value::Number(_), Value::Number(new)) => {
+            if new.as_f64() > into.as_f64() {
+                *into = fix.clone();
+            }
+        }
+        (into, _) => *into = fix.clone(),
+    }
+}
+
 pub(crate) async fn preflight_fixes(
     files: &[ModelFiles],
     points: &[Settings],
@@ -157,22 +177,12 @@ pub(crate) async fn preflight_fixes(
             let Some(Ok(findings)) = answers.get(&format!("{m}/{p}")) else {
                 continue; // a model that does not convert fails as its trial runs
             };
-            let mut fix = std::collections::BTreeMap::new();
+            let mut fix = serde_json::Map::new();
             let mut answered = Vec::new();
             for f in findings.iter().filter(|f| f.is_error()) {
                 let Some(changes) = &f.fix else { continue };
                 for (k, v) in changes {
-                    // Several findings may ask for the same setting: the largest holds them all.
-                    let larger = match (
-                        fix.get(k).and_then(|o: &serde_json::Value| o.as_u64()),
-                        v.as_u64(),
-                    ) {
-                        (Some(old), Some(new)) => new > old,
-                        _ => true,
-                    };
-                    if larger {
-                        fix.insert(k.clone(), v.clone());
-                    }
+                    merge_fix(fix.entry(k.clone()).or_insert(serde_json::Value::Null), v);
                 }
                 answered.push(f.message.clone());
             }
@@ -180,15 +190,51 @@ pub(crate) async fn preflight_fixes(
                 continue;
             }
             let mut value = serde_json::to_value(point)?;
-            if let Some(object) = value.as_object_mut() {
-                for (k, v) in &fix {
-                    object.insert(k.clone(), v.clone());
-                }
+            for (k, v) in &fix {
+                merge_fix(&mut value[k.as_str()], v);
             }
+            let fix: std::collections::BTreeMap<String, serde_json::Value> =
+                fix.into_iter().collect();
             let fixed: Settings = serde_json::from_value(value)
                 .map_err(|e| anyhow::anyhow!("preflight's fix {fix:?} does not apply: {e}"))?;
             out.insert((m, p), (fixed, fix, answered));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn fixes_merge_per_layer_and_keep_the_larger_number() {
+        let mut settings = serde_json::json!({
+            "reuse_factor": 1,
+            "max_array_partition_size": 4096,
+            "layers": { "fc1": { "precision": "ap_fixed<8,3>" } },
+        });
+        for fix in [
+            serde_json::json!({ "max_array_partition_size": 11520 }),
+            serde_json::json!({ "max_array_partition_size": 8192 }),
+            serde_json::json!({ "layers": { "fc1": { "reuse_factor": 3 } } }),
+            serde_json::json!({ "layers": { "conv3": { "reuse_factor": 4 } } }),
+        ] {
+            for (k, v) in fix.as_object().unwrap() {
+                merge_fix(&mut settings[k.as_str()], v);
+            }
+        }
+        assert_eq!(
+            settings,
+            serde_json::json!({
+                "reuse_factor": 1,
+                "max_array_partition_size": 11520,
+                "layers": {
+                    "fc1": { "precision": "ap_fixed<8,3>", "reuse_factor": 3 },
+                    "conv3": { "reuse_factor": 4 },
+                },
+            })
+        );
+    }
 }

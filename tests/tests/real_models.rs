@@ -405,6 +405,38 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
         stdout.contains("0 finding(s) the tools would refuse"),
         "{stdout}"
     );
+    // For Vivado HLS the Dense layer's 11,520 multiplications at reuse factor 1 are past
+    // the 4,096 it unrolls (XFORM 203-504): an error, fixed by that layer's reuse factor.
+    let output = hlsfarm()
+        .args([
+            "check",
+            "--backend",
+            "vivado",
+            "--max-array-partition-size",
+            "16384",
+            "--input-dir",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error unroll_limit: layer `classes` (Dense) unrolls 11520 multiplications per cycle at reuse factor 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("give layer `classes` reuse_factor"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 finding(s) the tools would refuse"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("error unroll_limit: layer `conv3` (Conv2D) unrolls 4608"),
+        "{stdout}"
+    );
 
     // --strict: refused at convert, no tool ever started.
     let record = dir.join("calls.jsonl");

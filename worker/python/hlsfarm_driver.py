@@ -73,6 +73,10 @@ DEFAULT_MIN_AGREEMENT = 0.9
 # 5.1 s (2.7 GB), -Og 119 s + 10 s (2.3 GB), -O0 40 s + 203 s (2.0 GB), all four bit-identical;
 # small models take 6-7 s at any level (parsing the headers dominates). See BENCHMARKS.md.
 CHEAP_COMPILE_ABOVE = 1_000_000
+# Multiplications a latency-strategy layer may unroll per reuse cycle: Vivado HLS stops
+# beyond about this many (XFORM 203-504 "Stop unrolling loop ... because it may cause large
+# runtime"; hls4ml's maintainers name 4,096 as its limit); Vitis HLS goes on, slowly.
+UNROLL_LIMIT = 4096
 SKIP_EMULATION_ABOVE = 20_000_000
 
 
@@ -741,17 +745,26 @@ def preflight(hm, settings):
                 "fix": {"max_array_partition_size": largest},
                 "suggestion": f"raise max_array_partition_size to at least {largest}, or use strategy `resource`",
             })
+        # A latency-strategy layer unrolls its multiplications over reuse_factor cycles.
+        rf_now = int(layer.get_attr("reuse_factor") or requested_rf)
+        if io_type == "io_parallel" and strategy == "latency" and largest > UNROLL_LIMIT * max(rf_now, 1):
+            need = math.ceil(largest / UNROLL_LIMIT)
+            pick = next((v for v in valid_reuse_factors(hm, layer, weights) if v >= need), need)
+            vivado = str(settings.get("backend", "vitis")).lower() == "vivado"
+            findings.append({
+                "rule": "unroll_limit", "layer": layer.name, "severity": "error" if vivado else "warning",
+                "message": f"layer `{layer.name}` ({layer.class_name}) unrolls {math.ceil(largest / max(rf_now, 1))} "
+                           f"multiplications per cycle at reuse factor {rf_now}, above the {UNROLL_LIMIT} Vivado HLS "
+                           + ("unrolls: pre-synthesis will stop (XFORM 203-504)" if vivado
+                              else "unrolls: Vitis HLS goes on but pre-synthesis may take hours"),
+                "fix": {"layers": {layer.name: {"reuse_factor": pick}}},
+                "suggestion": f"give layer `{layer.name}` reuse_factor {pick} (or more), or use strategy `resource`",
+            })
         # hls4ml replaces a reuse factor its layer cannot use by the closest valid one.
         rf = layer.get_attr("reuse_factor")
         wanted = int((overrides.get(layer.name) or {}).get("reuse_factor") or requested_rf)
         if weights and rf is not None and int(rf) != wanted:
-            valid = None
-            try:
-                n_in, n_out = layer.get_attr("n_in"), layer.get_attr("n_out")
-                if n_in and n_out:
-                    valid = hm.config.backend.get_valid_reuse_factors(int(n_in), int(n_out))
-            except Exception:  # noqa: BLE001 - the list is a courtesy
-                valid = None
+            valid = valid_reuse_factors(hm, layer, weights)
             findings.append({
                 "rule": "reuse_factor", "layer": layer.name, "severity": "warning",
                 "message": f"layer `{layer.name}`: reuse factor {wanted} is not valid for it; hls4ml uses {rf}"
@@ -769,6 +782,20 @@ def preflight(hm, settings):
             "fix": None, "suggestion": "use io_stream or a larger reuse factor",
         })
     return findings
+
+
+def valid_reuse_factors(hm, layer, weights):
+    """hls4ml's valid reuse factors for a layer with weights (ascending), from its kernel's
+    inputs and outputs; empty where hls4ml cannot say."""
+    try:
+        n_in, n_out = layer.get_attr("n_in"), layer.get_attr("n_out")
+        if not (n_in and n_out):
+            kernel = weights[0].data
+            n_out = int(kernel.shape[-1])
+            n_in = int(kernel.size) // max(n_out, 1)
+        return sorted(hm.config.backend.get_valid_reuse_factors(int(n_in), int(n_out)))
+    except Exception:  # noqa: BLE001 - the list is a courtesy
+        return []
 
 
 def unsupported(error, p, version):
