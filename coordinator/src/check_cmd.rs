@@ -69,13 +69,36 @@ fn point_label(point: &Settings) -> String {
     )
 }
 
-/// Prints the findings per model and settings point; exit code 0 when nothing would be
-/// refused, 1 when a finding is an error or a model does not convert.
-pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
-    let (spec, base) = sweep_spec(&args.sweep)?;
+/// What preflight found over a selection.
+pub(crate) struct Checked {
+    /// (model, settings point) pairs checked.
+    pub(crate) checked: usize,
+    /// Findings the tools would refuse.
+    pub(crate) errors: usize,
+    /// Pairs that do not convert.
+    pub(crate) failed: usize,
+}
+
+impl Checked {
+    /// The closing line.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "{} checked: {} finding(s) the tools would refuse, {} not converting",
+            self.checked, self.errors, self.failed
+        )
+    }
+}
+
+/// Preflight of every model and settings point of the selection, each finding given to
+/// `say` as a line (with its fix on a line of its own).
+pub(crate) async fn check_selection(
+    sweep: &SweepArgs,
+    python: Option<&std::path::Path>,
+    say: impl Fn(&str),
+) -> anyhow::Result<Checked> {
+    let (spec, base) = sweep_spec(sweep)?;
     let models = spec.models.resolve(&base)?;
-    let python =
-        hlsfarm_worker::venv::find_python(args.python.as_deref()).map_err(anyhow::Error::msg)?;
+    let python = hlsfarm_worker::venv::find_python(python).map_err(anyhow::Error::msg)?;
     let env = preflight_env(&python);
     let scratch = tempfile::Builder::new()
         .prefix("hlsfarm-check-")
@@ -83,7 +106,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let points = spec.grid.expand();
     let mut files = Vec::new();
     for model in &models {
-        files.push(model_files(&model.canonicalize()?, &args.sweep)?.0);
+        files.push(model_files(&model.canonicalize()?, sweep)?.0);
     }
     let items = preflight_items(&files, &points);
     let answers = driver::preflight_batch(&env, &items, scratch.path())
@@ -98,35 +121,56 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         for (p, point) in points.iter().enumerate() {
             let label = format!("{name} [{}]", point_label(point));
             match answers.get(&format!("{m}/{p}")) {
-                Some(Ok(findings)) if findings.is_empty() => println!("{label}: ok"),
+                Some(Ok(findings)) if findings.is_empty() => say(&format!("{label}: ok")),
                 Some(Ok(findings)) => {
                     for f in findings {
                         errors += usize::from(f.is_error());
-                        println!("{label}: {} {}: {}", f.severity, f.rule, f.message);
+                        say(&format!(
+                            "{label}: {} {}: {}",
+                            f.severity, f.rule, f.message
+                        ));
                         if let Some(s) = &f.suggestion {
-                            println!("    fix: {s}");
+                            say(&format!("    fix: {s}"));
                         }
                     }
                 }
                 Some(Err(e)) => {
                     failed += 1;
-                    println!("{label}: does not convert ({}): {}", e.class, e.reason);
+                    say(&format!(
+                        "{label}: does not convert ({}): {}",
+                        e.class, e.reason
+                    ));
                     if let Some(s) = &e.suggestion {
-                        println!("    fix: {s}");
+                        say(&format!("    fix: {s}"));
                     }
                 }
                 None => {
                     failed += 1;
-                    println!("{label}: no answer from the driver");
+                    say(&format!("{label}: no answer from the driver"));
                 }
             }
         }
     }
-    let checked = models.len() * points.len();
-    println!(
-        "{checked} checked: {errors} finding(s) the tools would refuse, {failed} not converting"
-    );
-    Ok(if errors > 0 || failed > 0 { 1 } else { 0 })
+    Ok(Checked {
+        checked: models.len() * points.len(),
+        errors,
+        failed,
+    })
+}
+
+/// Prints the findings per model and settings point; exit code 0 when nothing would be
+/// refused, 1 when a finding is an error or a model does not convert.
+pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
+    let checked = check_selection(&args.sweep, args.python.as_deref(), |line| {
+        println!("{line}")
+    })
+    .await?;
+    println!("{}", checked.summary());
+    Ok(if checked.errors > 0 || checked.failed > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// A settings point with preflight's fixes applied, what changed, and the findings answered.
@@ -136,10 +180,6 @@ pub(crate) type Fixed = (
     Vec<String>,
 );
 
-/// `run --fix`: preflight of every (model, point) before anything is queued; for each point
-/// whose findings the tools would refuse and that carry a fix (today: the
-/// max_array_partition_size a partition needs), the settings with the fix applied, by
-/// (model index, point index).
 /// Merges a fix into a setting: objects key by key (a per-layer override keeps the other
 /// layers'), numbers take the larger (several findings asking for one setting all hold),
 /// anything else is replaced.
@@ -160,6 +200,11 @@ fn merge_fix(into: &mut serde_json::Value, fix: &serde_json::Value) {
     }
 }
 
+/// `run --fix`: preflight of every (model, point) before anything is queued; for each point
+/// whose findings the tools would refuse and that carry a fix (the max_array_partition_size
+/// a partition needs, a layer's reuse factor within the unroll limit), the settings with the
+/// fix applied, by
+/// (model index, point index).
 pub(crate) async fn preflight_fixes(
     files: &[ModelFiles],
     points: &[Settings],

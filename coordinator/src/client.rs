@@ -75,6 +75,19 @@ pub struct SubmitArgs {
     /// Wait until the sweep ends, showing progress; exit 1 when a trial failed.
     #[arg(long)]
     pub wait: bool,
+    /// Before uploading, convert every trial here with hls4ml (no tools) and print what the
+    /// tools would refuse or struggle with, as `hlsfarm check` does; needs the hls4ml venv
+    /// on this machine.
+    #[arg(long)]
+    pub preflight: bool,
+    /// With --preflight: submit nothing when a trial would be refused by the tools or does
+    /// not convert (exit 1).
+    #[arg(long, requires = "preflight")]
+    pub strict: bool,
+    /// Python of the hls4ml venv for --preflight [default: $HLSFARM_PYTHON, else the venv
+    /// `make setup` made].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<std::path::PathBuf>,
 }
 
 async fn upload(client: &mut Client, path: &Path) -> anyhow::Result<(String, u64)> {
@@ -115,6 +128,20 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         spec.priority = p.max(1);
     }
     let models = spec.models.resolve(&base)?;
+    if args.preflight {
+        let checked =
+            crate::check_cmd::check_selection(&args.sweep, args.python.as_deref(), |line| {
+                eprintln!("hlsfarm: preflight: {line}")
+            })
+            .await?;
+        eprintln!("hlsfarm: preflight: {}", checked.summary());
+        if args.strict && (checked.errors > 0 || checked.failed > 0) {
+            eprintln!(
+                "hlsfarm: nothing submitted (--strict): fix the settings above (or `hlsfarm run --fix` derives the fixed trials)"
+            );
+            return Ok(1);
+        }
+    }
     let mut client = connect(&args.client)?;
     let mut inputs = Vec::new();
     for model in &models {

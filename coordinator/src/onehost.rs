@@ -140,7 +140,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub strict: bool,
     /// Before anything runs, preflight every trial; one the tools would refuse with a known
-    /// fix (today: an array partitioned above max_array_partition_size) runs as a derived
+    /// fix (an array partitioned above max_array_partition_size: the size it needs; for
+    /// Vivado HLS, a layer unrolling more than 4,096 multiplications: its reuse factor) runs
+    /// as a derived
     /// trial with the fix applied: its own key, its folder ending in `_fixed`, the original
     /// named in result.json `derived_from`.
     #[arg(long)]

@@ -438,6 +438,24 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
         "{stdout}"
     );
 
+    // submit --preflight --strict: the same findings before anything is uploaded, and
+    // nothing submitted (the coordinator named here is never reached).
+    let output = hlsfarm()
+        .args(["submit", "--preflight", "--strict", "--coordinator"])
+        .arg("http://127.0.0.1:9")
+        .args(["--token", "unused", "--input-dir"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hlsfarm: preflight: model_trial_000.h5")
+            && stderr.contains("error array_partition")
+            && stderr.contains("nothing submitted (--strict)"),
+        "{stderr}"
+    );
+
     // --strict: refused at convert, no tool ever started.
     let record = dir.join("calls.jsonl");
     let output = hlsfarm()
