@@ -178,6 +178,9 @@ pub struct SweepPlan {
     pub toolchains: BTreeMap<Backend, Toolchain>,
     /// What each trial holds on its worker.
     pub resources: TrialResources,
+    /// Whether a deterministic failure with a known fix also runs the fixed trial.
+    #[serde(default)]
+    pub on_failure: crate::sweep::OnFailure,
 }
 
 /// One trial of a plan.
@@ -214,6 +217,28 @@ pub struct PlanIndex {
     pub g: usize,
 }
 
+/// What a derived trial's payload carries besides its [`PlanIndex`] (under `derived`): the
+/// settings it runs, outside the grid, and the trial it was derived from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerivedPoint {
+    /// Its settings (the original's with the fix applied).
+    pub settings: Settings,
+    /// The original trial and the fix.
+    pub from: crate::results::DerivedFrom,
+}
+
+impl DerivedPoint {
+    /// The payload of a derived trial of model `m`, from grid point `g`.
+    pub fn payload(&self, m: usize, g: usize) -> serde_json::Value {
+        serde_json::json!({ "m": m, "g": g, "derived": self })
+    }
+
+    /// The derived point a payload carries, if any.
+    pub fn of(payload: &serde_json::Value) -> Option<DerivedPoint> {
+        serde_json::from_value(payload.get("derived")?.clone()).ok()
+    }
+}
+
 /// A relative cost estimate: bigger models and smaller reuse factors take longer, and each
 /// tool stage multiplies the work.
 pub fn cost_estimate(size_bytes: u64, settings: &Settings, stages: &[Stage]) -> f64 {
@@ -246,45 +271,12 @@ impl SweepPlan {
     /// runs (`csynth`, `vsynth`, …) while leased: the coordinator's seat limits and the
     /// hold-down after a licence refusal apply to those features.
     pub fn trials(&self) -> Result<Planned, String> {
-        let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
-        let seat_list: Vec<String> = self
-            .stages
-            .iter()
-            .filter(|s| s.needs_xilinx_tools())
-            .map(|s| s.as_str().to_owned())
-            .collect();
         let mut out = Vec::with_capacity(self.models.len() * self.points.len());
         let mut class_of: BTreeMap<Requirement, String> = BTreeMap::new();
         for (m, model) in self.models.iter().enumerate() {
             let format = model.format()?;
             for (g, point) in self.points.iter().enumerate() {
-                let toolchain = self.toolchain(point.backend).ok_or_else(|| {
-                    format!("no toolchain for the {} backend", point.backend.as_str())
-                })?;
-                let key = TrialKeyInput {
-                    model: &model.digest,
-                    settings: point,
-                    stages: &self.stages,
-                    emulation: &self.emulation,
-                    toolchain,
-                }
-                .key()
-                .to_hex();
-                let requirement = Requirement {
-                    hls4ml_version: toolchain.hls4ml_version.clone(),
-                    format: format.to_owned(),
-                    tool: if has_tools {
-                        toolchain.tool.clone()
-                    } else {
-                        None
-                    },
-                    vivado: self.stages.contains(&Stage::Vsynth),
-                    family: if has_tools {
-                        part_family(&point.part).ok().map(str::to_owned)
-                    } else {
-                        None
-                    },
-                };
+                let requirement = self.requirement(format, point);
                 let class = match class_of.get(&requirement) {
                     Some(id) => id.clone(),
                     None => {
@@ -293,23 +285,93 @@ impl SweepPlan {
                         id
                     }
                 };
-                out.push(PlannedTrial {
-                    key,
-                    model: m,
-                    point: g,
-                    cost: cost_estimate(model.size_bytes, point, &self.stages),
-                    needs: Needs {
-                        class,
-                        memory_mib: self.resources.memory_mib,
-                        cores: self.resources.cores,
-                        seats: seat_list.clone(),
-                    },
-                });
+                out.push(self.trial(m, g, point, class)?);
             }
         }
         Ok(Planned {
             trials: out,
             classes: class_of.into_iter().map(|(r, id)| (id, r)).collect(),
+        })
+    }
+
+    /// One trial of model `m` with `settings` (a derived trial's, say, outside the grid; `g`
+    /// is the grid point it came from), and the requirement its class stands for.
+    pub fn trial_with(
+        &self,
+        m: usize,
+        g: usize,
+        settings: &Settings,
+    ) -> Result<(PlannedTrial, Requirement), String> {
+        let model = self
+            .models
+            .get(m)
+            .ok_or_else(|| format!("no model {m} in the plan"))?;
+        let requirement = self.requirement(model.format()?, settings);
+        let trial = self.trial(m, g, settings, requirement.class_id())?;
+        Ok((trial, requirement))
+    }
+
+    /// What a worker needs to run a trial of a model in `format` at `point`.
+    fn requirement(&self, format: &str, point: &Settings) -> Requirement {
+        let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
+        let toolchain = self.toolchain(point.backend);
+        Requirement {
+            hls4ml_version: toolchain
+                .map(|t| t.hls4ml_version.clone())
+                .unwrap_or_default(),
+            format: format.to_owned(),
+            tool: if has_tools {
+                toolchain.and_then(|t| t.tool.clone())
+            } else {
+                None
+            },
+            vivado: self.stages.contains(&Stage::Vsynth),
+            family: if has_tools {
+                part_family(&point.part).ok().map(str::to_owned)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Model `m`'s trial at `point` in `class`: its key, cost and needs.
+    fn trial(
+        &self,
+        m: usize,
+        g: usize,
+        point: &Settings,
+        class: String,
+    ) -> Result<PlannedTrial, String> {
+        let model = &self.models[m];
+        let toolchain = self
+            .toolchain(point.backend)
+            .ok_or_else(|| format!("no toolchain for the {} backend", point.backend.as_str()))?;
+        let key = TrialKeyInput {
+            model: &model.digest,
+            settings: point,
+            stages: &self.stages,
+            emulation: &self.emulation,
+            toolchain,
+        }
+        .key()
+        .to_hex();
+        Ok(PlannedTrial {
+            key,
+            model: m,
+            point: g,
+            cost: cost_estimate(model.size_bytes, point, &self.stages),
+            needs: Needs {
+                class,
+                memory_mib: self.resources.memory_mib,
+                cores: self.resources.cores,
+                // A seat of every tool stage it runs, held while leased.
+                seats: self
+                    .stages
+                    .iter()
+                    .filter(|s| s.needs_xilinx_tools())
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+            },
         })
     }
 }
@@ -351,6 +413,7 @@ mod tests {
             stages,
             emulation: EmulationSpec::default(),
             toolchains: [(Backend::Vitis, toolchain)].into_iter().collect(),
+            on_failure: Default::default(),
         }
     }
 
@@ -377,6 +440,20 @@ mod tests {
         let t = convert_only.trials().unwrap().trials;
         assert_eq!(t[0].needs.class, t[3].needs.class, "no tool: part is moot");
         assert!(t[0].needs.seats.is_empty());
+    }
+
+    #[test]
+    fn a_derived_trial_has_its_own_key_and_the_original_class() {
+        let p = plan(Stage::FULL_FLOW.to_vec()).expanded();
+        let all = p.trials().unwrap();
+        let fixed = Settings {
+            max_array_partition_size: Some(8192),
+            ..p.points[0].clone()
+        };
+        let (derived, requirement) = p.trial_with(0, 0, &fixed).unwrap();
+        assert_ne!(derived.key, all.trials[0].key);
+        assert_eq!(derived.needs, all.trials[0].needs);
+        assert_eq!(all.classes[&derived.needs.class], requirement);
     }
 
     #[test]

@@ -283,6 +283,11 @@ pub struct TrialFailure {
     /// worker sampled and what the tool printed), where known. An `oom` retry reserves more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_mib: Option<u64>,
+    /// Settings that should get the trial past this failure (merged into its settings): from
+    /// the tool's log (the partition size it needs) or preflight's findings the tools refused.
+    /// A sweep with `on_failure = "apply-fix"` runs them as a derived trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The model a trial ran.

@@ -126,7 +126,36 @@ impl Default for Settings {
 /// Largest reuse factor accepted; hls4ml itself clamps to what a layer allows.
 pub const MAX_REUSE_FACTOR: u32 = 1 << 20;
 
+/// Merges a fix into a setting's JSON: objects key by key (a per-layer override keeps the
+/// other layers'), numbers take the larger (several findings asking for one setting all
+/// hold), anything else is replaced.
+pub fn merge_fix(into: &mut serde_json::Value, fix: &serde_json::Value) {
+    use serde_json::Value;
+    match (into, fix) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_fix(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (into @ Value::Number(_), Value::Number(new)) => {
+            if new.as_f64() > into.as_f64() {
+                *into = fix.clone();
+            }
+        }
+        (into, _) => *into = fix.clone(),
+    }
+}
+
 impl Settings {
+    /// These settings with `fix` merged in ([`merge_fix`] per key), or why it does not apply.
+    pub fn with_fix(&self, fix: &BTreeMap<String, serde_json::Value>) -> Result<Settings, String> {
+        let mut value = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        for (k, v) in fix {
+            merge_fix(&mut value[k.as_str()], v);
+        }
+        serde_json::from_value(value).map_err(|e| format!("the fix {fix:?} does not apply: {e}"))
+    }
+
     /// Checks every field and reports all bad ones, each with what is allowed.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();

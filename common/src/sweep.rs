@@ -395,6 +395,32 @@ pub struct SweepSpec {
     /// for hls4ml alone, 4 GiB with HLS, 8 GiB and 2 cores with Vivado).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::plan::TrialResources>,
+    /// What a trial's deterministic failure with a known fix leads to: `report` (the
+    /// default: it is reported with the fix) or `apply-fix` (a derived trial with the fix
+    /// applied runs too, keyed as a new trial and linked to the failed one).
+    #[serde(default, skip_serializing_if = "OnFailure::is_report")]
+    pub on_failure: OnFailure,
+}
+
+string_enum!(
+    /// What a sweep does with a deterministic failure whose fix is known (an array
+    /// partitioned above `max_array_partition_size`, a layer over the unroll limit).
+    #[derive(Default)]
+    OnFailure, "on_failure", {
+        /// Report it, with the fix in `result.json` `failure.fix`.
+        #[default]
+        Report => "report",
+        /// Also run a derived trial with the fix applied (once: a derived trial's own
+        /// failure is only reported).
+        ApplyFix => "apply-fix" | "apply_fix",
+    }
+);
+
+impl OnFailure {
+    /// The default, left out of files.
+    pub fn is_report(&self) -> bool {
+        *self == OnFailure::Report
+    }
 }
 
 /// A toolchain named by a sweep, for submitting before any worker has registered.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hlsfarm_common::settings::Settings;
+use hlsfarm_common::settings::{Settings, merge_fix};
 
 use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
@@ -180,26 +180,6 @@ pub(crate) type Fixed = (
     Vec<String>,
 );
 
-/// Merges a fix into a setting: objects key by key (a per-layer override keeps the other
-/// layers'), numbers take the larger (several findings asking for one setting all hold),
-/// anything else is replaced.
-fn merge_fix(into: &mut serde_json::Value, fix: &serde_json::Value) {
-    use serde_json::Value;
-    match (into, fix) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge_fix(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (into @ Value::Number(_), Value::Number(new)) => {
-            if new.as_f64() > into.as_f64() {
-                *into = fix.clone();
-            }
-        }
-        (into, _) => *into = fix.clone(),
-    }
-}
-
 /// `run --fix`: preflight of every (model, point) before anything is queued; for each point
 /// whose findings the tools would refuse and that carry a fix (the max_array_partition_size
 /// a partition needs, a layer's reuse factor within the unroll limit), the settings with the
@@ -222,7 +202,7 @@ pub(crate) async fn preflight_fixes(
             let Some(Ok(findings)) = answers.get(&format!("{m}/{p}")) else {
                 continue; // a model that does not convert fails as its trial runs
             };
-            let mut fix = serde_json::Map::new();
+            let mut fix = std::collections::BTreeMap::new();
             let mut answered = Vec::new();
             for f in findings.iter().filter(|f| f.is_error()) {
                 let Some(changes) = &f.fix else { continue };
@@ -234,14 +214,9 @@ pub(crate) async fn preflight_fixes(
             if fix.is_empty() {
                 continue;
             }
-            let mut value = serde_json::to_value(point)?;
-            for (k, v) in &fix {
-                merge_fix(&mut value[k.as_str()], v);
-            }
-            let fix: std::collections::BTreeMap<String, serde_json::Value> =
-                fix.into_iter().collect();
-            let fixed: Settings = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("preflight's fix {fix:?} does not apply: {e}"))?;
+            let fixed = point
+                .with_fix(&fix)
+                .map_err(|e| anyhow::anyhow!("preflight's {e}"))?;
             out.insert((m, p), (fixed, fix, answered));
         }
     }

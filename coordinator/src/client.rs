@@ -184,6 +184,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             memory_mib: r.memory_mib,
             cores: r.cores,
         }),
+        on_failure: if spec.on_failure.is_report() {
+            String::new()
+        } else {
+            spec.on_failure.as_str().to_owned()
+        },
     };
     let answer = client
         .submit_sweep(v1::SubmitSweepRequest { spec: Some(wire) })

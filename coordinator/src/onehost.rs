@@ -90,6 +90,11 @@ pub struct SweepArgs {
     /// Seed for the generated emulation samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What a trial the tools refused with a known fix leads to: `report` (it is reported
+    /// with the fix) or `apply-fix` (a derived trial with the fix applied runs too: its own
+    /// key, its folder ending in `_fixed`) [default: report, or the sweep file's on_failure].
+    #[arg(long = "on-failure", value_name = "POLICY")]
+    pub on_failure: Option<hlsfarm_common::sweep::OnFailure>,
 }
 
 /// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
@@ -156,6 +161,61 @@ struct Planned {
     model_path: PathBuf,
     spec: TrialSpec,
     reused: bool,
+    /// What its key is made of besides the settings: a derived trial's key needs them too.
+    digest: ModelDigest,
+    toolchain: Toolchain,
+}
+
+impl Planned {
+    /// `on_failure = "apply-fix"`: this failed trial's settings with `fix` applied, as a
+    /// derived trial (its own key, its folder ending in `_fixed`, `derived_from` naming this
+    /// one), or why the fix does not apply.
+    fn derive(
+        &self,
+        fix: &std::collections::BTreeMap<String, serde_json::Value>,
+        reason: &str,
+    ) -> Result<Planned, String> {
+        let settings = self.spec.settings.with_fix(fix)?;
+        let key = TrialKeyInput {
+            model: &self.digest,
+            settings: &settings,
+            stages: &self.spec.stages,
+            emulation: &self.spec.emulation,
+            toolchain: &self.toolchain,
+        }
+        .key()
+        .to_hex();
+        let name = format!(
+            "{}_fixed",
+            self.spec
+                .output_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+        let parent = self.spec.output_dir.parent().unwrap_or(Path::new("."));
+        let scratch_root = self.spec.scratch.parent().unwrap_or(Path::new("."));
+        let mut spec = self.spec.clone();
+        spec.derived_from = Some(hlsfarm_common::results::DerivedFrom {
+            trial_key: self.key.clone(),
+            settings: self.spec.settings.clone(),
+            fix: fix.clone(),
+            findings: vec![reason.to_owned()],
+        });
+        spec.settings = settings;
+        spec.trial_key = key.clone();
+        spec.scratch = scratch_root.join(&key[..16]);
+        spec.tarball = parent.join(format!("{name}.tar.gz"));
+        spec.output_dir = parent.join(&name);
+        Ok(Planned {
+            key,
+            model_path: self.model_path.clone(),
+            spec,
+            reused: false,
+            digest: self.digest.clone(),
+            toolchain: self.toolchain.clone(),
+        })
+    }
 }
 
 fn grid_from_flags(args: &SweepArgs) -> SettingsGrid {
@@ -213,6 +273,7 @@ pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf
                 },
                 toolchain: None,
                 resources: None,
+                on_failure: args.on_failure.unwrap_or_default(),
             };
             (spec, PathBuf::from("."))
         }
@@ -228,6 +289,9 @@ pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf
         spec.models.limit = args.limit;
     }
     spec.force |= args.force;
+    if let Some(policy) = args.on_failure {
+        spec.on_failure = policy;
+    }
     if let Err(errors) = spec.validate() {
         bail!("{errors}");
     }
@@ -537,15 +601,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_owned());
         for (point_index, original) in points.iter().enumerate() {
-            let key_of = |point: &Settings| {
-                let tool = tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
+            let toolchain_of = |point: &Settings| Toolchain {
+                hls4ml_version: hls4ml.clone(),
+                tool: tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
                     name: t.name.clone(),
                     version: t.version.clone(),
-                });
-                let toolchain = Toolchain {
-                    hls4ml_version: hls4ml.clone(),
-                    tool,
-                };
+                }),
+            };
+            let key_of = |point: &Settings| {
+                let toolchain = toolchain_of(point);
                 TrialKeyInput {
                     model: &digest,
                     settings: point,
@@ -599,6 +663,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     output_dir: trial_out,
                     derived_from,
                 },
+                digest: digest.clone(),
+                toolchain: toolchain_of(point),
             });
         }
     }
@@ -691,15 +757,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         make_tarball: !args.no_tarball,
         tool_env: Vec::new(),
     });
-    let by_key: Arc<HashMap<String, Planned>> = Arc::new(
+    let by_key: Arc<std::sync::Mutex<HashMap<String, Planned>>> = Arc::new(std::sync::Mutex::new(
         planned
             .iter()
             .filter(|p| !p.reused)
             .map(|p| (p.key.clone(), p.clone()))
             .collect(),
-    );
-    let total = to_run.len();
-    let progress = Arc::new(crate::progress::Progress::new(total as u64));
+    ));
+    let apply_fix = spec.on_failure == hlsfarm_common::sweep::OnFailure::ApplyFix;
+    let derived: Arc<std::sync::Mutex<Vec<Planned>>> = Default::default();
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(to_run.len()));
+    let progress = Arc::new(crate::progress::Progress::new(to_run.len() as u64));
     let tally = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
     let started = Instant::now();
     let mut slots = tokio::task::JoinSet::new();
@@ -713,6 +781,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let sweep_id = sweep_id.clone();
         let keep_scratch = args.keep_scratch;
         let memory = memory.clone();
+        let derived = derived.clone();
+        let total = total.clone();
         slots.spawn(async move {
             let worker = format!("slot-{slot}");
             loop {
@@ -727,7 +797,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                let Some(plan) = by_key.get(&lease.key) else {
+                let Some(plan) = by_key
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&lease.key)
+                    .cloned()
+                else {
                     bail!("leased an unknown trial {}", lease.key);
                 };
                 let name = plan
@@ -767,6 +842,55 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     let _ = queue.hand_back(&lease.key, lease.fence).await;
                     return Ok(());
                 }
+                // on_failure = "apply-fix": the fixed trial is queued before this one's
+                // failure is recorded, so the run never looks finished between.
+                if apply_fix
+                    && outcome == (Outcome::Failed { retryable: false })
+                    && plan.spec.derived_from.is_none()
+                    && let Some(f) = &result.failure
+                    && let Some(fix) = &f.fix
+                {
+                    match plan.derive(fix, &f.reason) {
+                        Ok(fixed) => {
+                            progress.println(&format!(
+                                "hlsfarm: {name}: deriving {} with {} (--on-failure apply-fix)",
+                                fixed
+                                    .spec
+                                    .output_dir
+                                    .file_name()
+                                    .unwrap_or_default()
+                                    .to_string_lossy(),
+                                serde_json::to_string(fix).unwrap_or_default()
+                            ));
+                            queue
+                                .submit(
+                                    SweepMeta {
+                                        id: sweep_id.clone(),
+                                        priority: 1,
+                                    },
+                                    vec![NewTrial {
+                                        key: fixed.key.clone(),
+                                        cost: 1.0,
+                                        payload: serde_json::Value::Null,
+                                        needs: Default::default(),
+                                    }],
+                                )
+                                .await?;
+                            by_key
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(fixed.key.clone(), fixed.clone());
+                            derived
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(fixed);
+                            progress.grow(1);
+                            total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(e) => progress
+                            .println(&format!("hlsfarm: {name}: its fix does not apply: {e}")),
+                    }
+                }
                 let state = queue.complete(&lease.key, lease.fence, outcome).await?;
                 if state == TrialState::Queued {
                     progress.finish(
@@ -796,7 +920,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 };
                 progress.finish(
                     line,
-                    &format!("hlsfarm: [{n}/{total}] {name}: {}", line_for(&result)),
+                    &format!(
+                        "hlsfarm: [{n}/{}] {name}: {}",
+                        total.load(std::sync::atomic::Ordering::SeqCst),
+                        line_for(&result)
+                    ),
                     &counts,
                 );
             }
@@ -806,6 +934,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         joined.context("a trial slot panicked")??;
     }
     progress.done();
+    planned.extend(std::mem::take(
+        &mut *derived.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
 
     // The sweep's outputs, from every trial's result.json (run now or reused).
     let mut entries = Vec::new();

@@ -19,6 +19,13 @@ pub struct TrialLine {
 }
 
 impl Progress {
+    /// `n` more trials to run (derived while running).
+    pub fn grow(&self, n: u64) {
+        if let Some((_, overall)) = &self.bars {
+            overall.inc_length(n);
+        }
+    }
+
     /// A display for `total` trials: bars on a terminal, lines otherwise.
     pub fn new(total: u64) -> Progress {
         if !std::io::stderr().is_terminal() {

@@ -114,6 +114,7 @@ fn spec(models: Vec<v1::ModelInput>, reuse: Vec<u32>, stages: &[Stage]) -> v1::S
             tool_version: "2023.2".into(),
         }),
         resources: None,
+        on_failure: String::new(),
     }
 }
 
@@ -1073,4 +1074,85 @@ async fn a_licence_refusal_costs_no_attempt_backs_off_and_holds_the_seats_down()
     let token = again[0].token.as_ref().unwrap();
     assert_eq!(token.attempt, 1, "the refusal spent an attempt");
     assert_ne!(token.epoch, refused.token.as_ref().unwrap().epoch);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_fix_derives_a_trial_with_the_fix_once() {
+    use hlsfarm_common::FailureClass;
+    let dir = TestDir::new("coord-apply-fix").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "fix").await;
+    let mut s = spec(models, vec![], &[Stage::Convert, Stage::Csynth]);
+    s.on_failure = "apply-fix".into();
+    let sweep = submit(&mut op, s).await;
+    assert_eq!(sweep.trials, 1);
+    let mut w = register(&url, "w", full_caps()).await;
+    let original = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    assert!(original.derived_from_json.is_empty());
+
+    // C synthesis refused a partition; the log named the size it needs.
+    let complete = |w: &mut Wk, t: &v1::LeasedTrial, derived_from: Option<serde_json::Value>| {
+        let key = key(t);
+        let settings: Settings = t.settings.clone().unwrap().try_into().unwrap();
+        let result = serde_json::json!({
+            "schema": hlsfarm_common::results::RESULT_SCHEMA,
+            "trial_key": key,
+            "model": { "name": t.model.as_ref().unwrap().name, "sha256": t.model.as_ref().unwrap().sha256 },
+            "settings": settings,
+            "stages": ["convert", "csynth"],
+            "status": "failed",
+            "start_time": "2026-12-02T00:00:00Z",
+            "end_time": "2026-12-02T00:00:01Z",
+            "timings": [],
+            "toolchain": { "hls4ml_version": "1.3.0" },
+            "warnings": [],
+            "effective_reuse_factor": {},
+            "reports": {},
+            "derived_from": derived_from,
+            "failure": {
+                "class": FailureClass::ToolError, "reason": "array partition above the limit",
+                "stage": "csynth", "log_tail": "", "suggestion": null,
+                "fix": { "max_array_partition_size": 8192 },
+            },
+            "kept_files": [],
+            "kept_bytes": 0,
+        });
+        let request = v1::CompleteRequest {
+            worker_id: "w".into(),
+            token: t.token.clone(),
+            result: Some(v1::TrialResult {
+                result_json: result.to_string(),
+                ..Default::default()
+            }),
+            failure: Some(v1::Failure {
+                class: v1::FailureClass::ToolError as i32,
+                reason: "array partition above the limit".into(),
+                stage: v1::Stage::Csynth as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut w = w.clone();
+        async move { w.complete(request).await.unwrap().into_inner().state }
+    };
+    let state = complete(&mut w, &original, None).await;
+    assert_eq!(state, v1::TrialState::Failed as i32);
+
+    // The derived trial: its own key, the fix applied, the original named.
+    let fixed = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    assert_ne!(key(&fixed), key(&original));
+    assert_eq!(
+        fixed.settings.as_ref().unwrap().max_array_partition_size,
+        8192
+    );
+    let from: serde_json::Value = serde_json::from_str(&fixed.derived_from_json).unwrap();
+    assert_eq!(from["trial_key"], key(&original));
+    assert_eq!(from["fix"]["max_array_partition_size"], 8192);
+    // Its own failure is reported, not derived again.
+    complete(&mut w, &fixed, Some(from)).await;
+    assert!(lease(&mut w, "w", 1, 500).await.is_empty());
+    let c = counts(&mut op, &sweep.sweep_id).await;
+    assert_eq!(c["failed"], 2, "{c:?}");
 }

@@ -208,8 +208,14 @@ fn a_worker_cut_off_fences_itself_and_its_late_result_is_refused() {
     wait_count(&cluster, &sweep, "succeeded", 1, &[&w1, &w2]);
     let trial = only_trial(&cluster, &sweep);
     assert_eq!(trial["attempt"].as_u64(), Some(2), "{trial}");
+    // The copy into results/ follows the accepted completion (the committer retries it).
     let committed = cluster.store().join(format!("results/{key}/result.json"));
-    let committed = std::fs::read(&committed).unwrap();
+    let committed = wait_until(
+        "the result to be committed",
+        Duration::from_secs(30),
+        || std::fs::read(&committed).ok(),
+    )
+    .unwrap();
     for staged in walk_files(&cluster.store().join(format!("staging/{key}"))) {
         if staged.ends_with("result.json") {
             assert_ne!(

@@ -510,6 +510,47 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
         "{result}"
     );
 
+    // --on-failure apply-fix: the refused trial runs, fails as predicted, and its fix (the
+    // size from the tool's log and preflight's, the larger) runs as a derived trial.
+    let output = hlsfarm()
+        .args([
+            "run",
+            "--on-failure",
+            "apply-fix",
+            "--stages",
+            "convert,csynth",
+            "--input-dir",
+        ])
+        .arg(&input)
+        .arg("--output-dir")
+        .arg(dir.join("applied"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "deriving hls_model_trial_000_fixed with {\"max_array_partition_size\":11520}"
+        ),
+        "{stderr}"
+    );
+    let original: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("applied/hls_model_trial_000/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        original["failure"]["fix"]["max_array_partition_size"], 11520,
+        "{original}"
+    );
+    let applied: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("applied/hls_model_trial_000_fixed/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(applied["status"], "success", "{applied}");
+    assert_eq!(applied["derived_from"]["trial_key"], original["trial_key"]);
+    assert_eq!(applied["settings"]["max_array_partition_size"], 11520);
+    let summary = std::fs::read_to_string(dir.join("applied/synthesis_results.json")).unwrap();
+    assert!(summary.contains("hls_model_trial_000_fixed"), "{summary}");
+
     // --fix: derived before anything runs, with the size the largest partition needs (the
     // seed's hand edit of build_prj.tcl, done as a trial of its own), and synthesized.
     let output = hlsfarm()

@@ -893,7 +893,9 @@ async fn run_one(
                 .unwrap_or_else(|| "model".into())
         )),
         tarball: scratch.join("out").join("artifacts.tar.gz"),
-        derived_from: None,
+        derived_from: (!trial.derived_from_json.is_empty())
+            .then(|| serde_json::from_str(&trial.derived_from_json).ok())
+            .flatten(),
     };
     tracing::info!(model = %model.name, "trial started");
     // The memory limit: the worker's share per slot, or the lease's reservation if larger.

@@ -161,6 +161,8 @@ struct ToolFailure {
     failure: Failure,
     log_tail: String,
     peak_memory_mib: Option<u64>,
+    /// Settings that get past it, where the log says (the partition size it needs).
+    fix: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl From<(Failure, String)> for ToolFailure {
@@ -169,6 +171,7 @@ impl From<(Failure, String)> for ToolFailure {
             failure,
             log_tail,
             peak_memory_mib: None,
+            fix: None,
         }
     }
 }
@@ -294,6 +297,7 @@ async fn run_tool_stage(
         failure,
         log_tail,
         peak_memory_mib: (peak > 0).then_some(peak),
+        fix: digest.fix.clone(),
     };
     let status = match outcome.ending {
         Ending::Exited(status) => status,
@@ -582,6 +586,7 @@ pub async fn run_trial(
                 log_tail: log_tail(&spec.scratch.join(driver::LOG_FILE), 20),
                 suggestion: f.suggestion,
                 peak_memory_mib: e.peak_memory_mib,
+                fix: None,
             });
         }
     }
@@ -604,6 +609,7 @@ pub async fn run_trial(
                 failure: f,
                 log_tail,
                 peak_memory_mib,
+                fix,
             }) => {
                 failure = Some(TrialFailure {
                     class: f.class,
@@ -612,9 +618,28 @@ pub async fn run_trial(
                     log_tail,
                     suggestion: f.suggestion,
                     peak_memory_mib,
+                    fix,
                 });
             }
         }
+    }
+
+    // A deterministic failure the tools or preflight know the fix of: the fix, for a sweep
+    // that applies it (`on_failure = "apply-fix"`).
+    if let Some(f) = failure
+        .as_mut()
+        .filter(|f| matches!(f.class, FailureClass::ToolError | FailureClass::BadInput))
+    {
+        let mut fix = f.fix.take().unwrap_or_default();
+        for finding in preflight.iter().filter(|p| p.is_error()) {
+            for (k, v) in finding.fix.iter().flatten() {
+                hlsfarm_common::settings::merge_fix(
+                    fix.entry(k.clone()).or_insert(serde_json::Value::Null),
+                    v,
+                );
+            }
+        }
+        f.fix = (!fix.is_empty()).then_some(fix);
     }
 
     let mut reports = Reports::default();
@@ -708,6 +733,7 @@ pub async fn run_trial(
                     log_tail: String::new(),
                     suggestion: Some("check the output folder's disk space and permissions".into()),
                     peak_memory_mib: None,
+                    fix: None,
                 });
             }
         }

@@ -43,6 +43,10 @@ pub struct LogDigest {
     /// version ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Settings that get past the failure where the log says enough: the
+    /// `max_array_partition_size` a refused partition needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Error ids the tools print without failing.
@@ -285,6 +289,11 @@ pub fn parse(text: &str) -> LogDigest {
         run.exited,
         run.core_revision,
     );
+    digest.fix = fatal
+        .iter()
+        .find(|e| e.id == "XFORM 203-103" && e.text.contains("threshold"))
+        .and_then(|e| number_after(&e.text, "partitioned elements number"))
+        .map(|n| BTreeMap::from([("max_array_partition_size".to_owned(), n.into())]));
     if let Some(f) = &mut digest.failure
         && f.class == FailureClass::Oom
         && let Some(peak) = digest.peak_memory_mib
@@ -579,6 +588,16 @@ INFO: [Common 17-206] Exiting vitis_hls at Mon Nov 23 10:00:00 2026...
         );
         assert_eq!(class, FailureClass::ToolError);
         assert!(fix.unwrap().contains("raise it to at least 4608"));
+        let d = parse(
+            "ERROR: [XFORM 203-103] Array 'mult.V' (firmware/nnet_utils/nnet_dense_latency.h:17): partitioned elements number (4608) has exeeded the threshold (4096), which may cause long run-time.\n",
+        );
+        assert_eq!(
+            d.fix,
+            Some(BTreeMap::from([(
+                "max_array_partition_size".to_owned(),
+                4608.into()
+            )]))
+        );
 
         let (class, reason, _) = class_of(
             "INFO: Test PASSED?\nERROR: Test failed\nERROR: - csim log:      ./tb_data/csim_results.log\n",

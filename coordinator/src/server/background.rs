@@ -163,6 +163,7 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
             stage: summary.as_ref().and_then(|s| s.stage),
             log_tail: String::new(),
             peak_memory_mib: None,
+            fix: None,
             suggestion: summary.and_then(|s| s.suggestion),
         }),
         kept_files: Vec::new(),

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use hlsfarm_common::Stage;
-use hlsfarm_common::plan::{PlanModel, SweepPlan, TrialResources, WorkerCaps};
+use hlsfarm_common::plan::{DerivedPoint, PlanModel, SweepPlan, TrialResources, WorkerCaps};
 use hlsfarm_common::queue::NewTrial;
+use hlsfarm_common::results::{DerivedFrom, TrialResult};
 use hlsfarm_common::settings::Backend;
 use hlsfarm_common::store::{Submitted, SweepSubmit};
-use hlsfarm_common::sweep::SettingsGrid;
+use hlsfarm_common::sweep::{OnFailure, SettingsGrid};
 use hlsfarm_common::trial_key::{EmulationSpec, ModelDigest, ToolVersion, Toolchain, sha256_hex};
 use hlsfarm_common::validation::ValidationErrors;
 use hlsfarm_proto::stages_from_wire;
@@ -175,6 +176,14 @@ impl Coordinator {
                 "memory_mib and cores must be at least 1 (leave resources out for the default)",
             );
         }
+        let on_failure = if spec.on_failure.is_empty() {
+            OnFailure::default()
+        } else {
+            spec.on_failure.parse().unwrap_or_else(|e: String| {
+                errors.push("on_failure", e);
+                OnFailure::default()
+            })
+        };
         errors
             .into_result()
             .map_err(|e| Status::invalid_argument(format!("invalid sweep: {e}")))?;
@@ -292,6 +301,7 @@ impl Coordinator {
             emulation,
             toolchains,
             resources,
+            on_failure,
         };
         let planning = std::time::Instant::now();
         let planned = plan.trials().map_err(Status::invalid_argument)?;
@@ -336,6 +346,87 @@ impl Coordinator {
         self.work.notify_waiters();
         tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, plan_ms, redis_ms = queueing.elapsed().as_millis(), "sweep submitted");
         Ok((id, total, submitted))
+    }
+}
+
+impl Coordinator {
+    /// A sweep's `on_failure = "apply-fix"`: the failed trial's settings with its fix applied
+    /// (`failure.fix`: from the tool's log or preflight), queued in the same sweep as a
+    /// derived trial (its own key, `derived_from` naming the original). Nothing for a trial
+    /// that is itself derived, or without a fix. Returns the derived trial's key.
+    pub(super) async fn derive_fixed(
+        &self,
+        sweep: &str,
+        failed: &TrialResult,
+    ) -> Result<Option<String>, Status> {
+        let Some(failure) = failed.failure.as_ref() else {
+            return Ok(None);
+        };
+        let Some(fix) = failure.fix.as_ref().filter(|f| !f.is_empty()) else {
+            return Ok(None);
+        };
+        if failed.derived_from.is_some() {
+            return Ok(None);
+        }
+        let plan = self.plan(sweep).await?;
+        if plan.on_failure != OnFailure::ApplyFix {
+            return Ok(None);
+        }
+        let Some(m) = plan
+            .models
+            .iter()
+            .position(|m| m.digest.sha256 == failed.model.sha256)
+        else {
+            return Ok(None);
+        };
+        let g = plan
+            .points
+            .iter()
+            .position(|p| *p == failed.settings)
+            .unwrap_or(0);
+        let settings = match failed.settings.with_fix(fix) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(sweep, trial = %failed.trial_key, error = %e, "a failure's fix does not apply");
+                return Ok(None);
+            }
+        };
+        let (trial, requirement) = plan.trial_with(m, g, &settings).map_err(internal)?;
+        let point = DerivedPoint {
+            settings,
+            from: DerivedFrom {
+                trial_key: failed.trial_key.clone(),
+                settings: failed.settings.clone(),
+                fix: fix.clone(),
+                findings: vec![failure.reason.clone()],
+            },
+        };
+        let classes = BTreeMap::from([(
+            trial.needs.class.clone(),
+            serde_json::to_string(&requirement).map_err(internal)?,
+        )]);
+        self.queue.put_classes(&classes).await.map_err(internal)?;
+        self.queue
+            .submit_sweep(
+                &SweepSubmit {
+                    id: sweep.to_owned(),
+                    priority: 1,
+                    name: String::new(),
+                    force: false,
+                    plan: String::new(),
+                },
+                &[NewTrial {
+                    key: trial.key.clone(),
+                    cost: trial.cost,
+                    payload: point.payload(m, g),
+                    needs: trial.needs,
+                }],
+            )
+            .await
+            .map_err(internal)?;
+        self.work.notify_waiters();
+        tracing::info!(sweep, from = %failed.trial_key, trial = %trial.key, fix = ?fix, "derived a trial with the fix applied (on_failure = apply-fix)");
+        Ok(Some(trial.key))
     }
 }
 

@@ -9,7 +9,7 @@ use hlsfarm_common::FailureClass;
 use hlsfarm_common::blob::Blobs;
 use hlsfarm_common::failure::oom_reservation;
 use hlsfarm_common::job::{Fence, TrialState};
-use hlsfarm_common::plan::{PlanIndex, WorkerCaps};
+use hlsfarm_common::plan::{DerivedPoint, PlanIndex, WorkerCaps};
 use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
 use hlsfarm_common::results::{ResultSummary, TrialResult, TrialStatus};
 use hlsfarm_common::store::{Completion, Progress};
@@ -68,7 +68,7 @@ pub(super) fn refused(e: QueueError) -> Status {
 impl Coordinator {
     async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Status> {
         let plan = self.plan(&lease.sweep_id).await?;
-        let index: PlanIndex = serde_json::from_value(lease.payload).map_err(internal)?;
+        let index: PlanIndex = serde_json::from_value(lease.payload.clone()).map_err(internal)?;
         let (Some(model), Some(settings)) = (plan.models.get(index.m), plan.points.get(index.g))
         else {
             return Err(internal(format!(
@@ -76,7 +76,13 @@ impl Coordinator {
                 lease.key
             )));
         };
+        let derived = DerivedPoint::of(&lease.payload);
+        let settings = derived.as_ref().map_or(settings, |d| &d.settings);
         Ok(v1::LeasedTrial {
+            derived_from_json: derived
+                .as_ref()
+                .and_then(|d| serde_json::to_string(&d.from).ok())
+                .unwrap_or_default(),
             token: Some(wire_token(&lease.key, lease.fence)),
             sweep_id: lease.sweep_id.clone(),
             model: Some(v1::ModelInput {
@@ -374,6 +380,13 @@ impl Worker for WorkerApi {
             memory_mib,
             refused_feature,
         };
+        // Derived before the failure is recorded, so the sweep never looks finished between.
+        if outcome == (Outcome::Failed { retryable: false })
+            && let Some(p) = &parsed
+            && let Ok(record) = self.c.queue.trial(&key).await
+        {
+            self.c.derive_fixed(&record.sweep, p).await?;
+        }
         let state = self
             .c
             .queue
