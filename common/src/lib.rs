@@ -9,7 +9,8 @@
 //! - [`blob`]: the object store (folder or S3) with hlsfarm's layout, checked uploads, commits.
 //! - [`aggregate`]: a sweep's `synthesis_results.json` and `results.csv`.
 //! - [`queue`]: the trial queue trait, the embedded backend, and the conformance suite.
-//! - [`store`]: Redis: the key schema and the Redis queue backend.
+//! - `store` (feature `redis-queue`, the coordinator's): Redis: the key schema and the Redis
+//!   queue backend.
 //! - [`results`]: `result.json`, what one trial produced.
 //! - [`report`]: parsers for the AMD tools' reports and logs.
 //! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
@@ -31,6 +32,7 @@ pub mod report;
 pub mod results;
 pub mod settings;
 pub mod stage;
+#[cfg(feature = "redis-queue")]
 pub mod store;
 pub mod store_url;
 pub mod sweep;

@@ -74,8 +74,9 @@ pub enum Bench {
         url: String,
     },
     /// No-op trials end to end per second through the coordinator and Redis, with W real
-    /// `hlsfarm worker` processes in their no-op mode (each trial: one Redis `INCR`, an empty
-    /// `result.json` uploaded, the usual completion), in the three phases of the peer
+    /// `hlsfarm worker` processes in their no-op mode (each trial: an empty marker and an
+    /// empty `result.json` uploaded, the usual completion; completions counted from the
+    /// sweep's counter in Redis, executions from the markers), in the three phases of the peer
     /// benchmark (`shared/bench/peers`): enqueue with no workers, drain, and end to end with
     /// warm workers. Prints CPU per trial for the coordinator, the workers and Redis.
     /// `tests/bench/dispatch-vs-celery.sh` runs Celery beside it and prints the ratio.
@@ -1051,18 +1052,22 @@ impl Cpu {
     }
 }
 
-/// Polls the no-op counter every 2 ms until it reaches `n` (or nothing moves for 60 s);
-/// returns the time of the first and of the last change seen and the count then.
-async fn watch_counter(
+/// Polls a sweep's count of succeeded trials (one `HGET` on Redis) every 2 ms until it
+/// reaches `n` (or nothing moves for 60 s); returns the time of the first and of the last
+/// change seen and the count then.
+async fn watch_succeeded(
     redis: &mut redis::aio::MultiplexedConnection,
+    sweep: &str,
     n: u64,
 ) -> anyhow::Result<(Option<Instant>, Instant, u64)> {
+    let key = hlsfarm_common::store::keys::Keys::new("hlsfarm").counts(sweep);
     let mut first = None;
     let mut last = Instant::now();
     let mut seen = 0u64;
     loop {
-        let now: Option<u64> = redis::cmd("GET")
-            .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
+        let now: Option<u64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("succeeded")
             .query_async(redis)
             .await?;
         let now = now.unwrap_or(0);
@@ -1083,6 +1088,22 @@ async fn watch_counter(
     }
 }
 
+/// No-op executions so far: each leaves one marker file in the store.
+fn executions(store: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let path = e.path();
+                if path.is_dir() { walk(&path) } else { 1 }
+            })
+            .sum()
+    }
+    walk(&store.join(hlsfarm_worker::daemon::NOOP_EXECUTIONS))
+}
+
 async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
     let rig = Rig::start(&[])?;
     let mut op = rig.operator()?;
@@ -1095,10 +1116,13 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
     let m = model(&mut op, "dispatch-1").await?;
     let cpu0 = Cpu::sample(&rig, &[]).await;
     let started = Instant::now();
-    op.submit_sweep(v1::SubmitSweepRequest {
-        spec: Some(sweep(m, trials)),
-    })
-    .await?;
+    let first_sweep = op
+        .submit_sweep(v1::SubmitSweepRequest {
+            spec: Some(sweep(m, trials)),
+        })
+        .await?
+        .into_inner()
+        .sweep_id;
     let s = started.elapsed().as_secs_f64();
     let cpu1 = Cpu::sample(&rig, &[]).await;
     println!(
@@ -1113,22 +1137,18 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
     for i in 0..workers {
         procs.push(Proc(
             rig.worker_command(&format!("bench-{i}"), slots)?
-                .args(["--bench-noop-incr", &rig.redis_url])
+                .arg("--bench-noop")
                 // Every trial asks for a core: offer one per slot.
                 .env("HLSFARM_WORKER__CORES", slots.to_string())
                 .spawn()?,
         ));
     }
-    let (first, last, _) = watch_counter(&mut redis, 1).await?;
-    let at_start: Option<u64> = redis::cmd("GET")
-        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
-        .query_async(&mut redis)
-        .await?;
+    let (first, last, at_start) = watch_succeeded(&mut redis, &first_sweep, 1).await?;
     let cpu2 = Cpu::sample(&rig, &procs).await;
-    let (_, end, _) = watch_counter(&mut redis, n).await?;
+    let (_, end, _) = watch_succeeded(&mut redis, &first_sweep, n).await?;
     let cpu3 = Cpu::sample(&rig, &procs).await;
     let from = first.unwrap_or(last);
-    let drained = n - at_start.unwrap_or(0);
+    let drained = n - at_start.min(n);
     println!(
         "dispatch drain trials/s: {:.0}  [{workers} workers × {slots} slots; {drained} trials after the first in {:.3} s; {}]",
         drained as f64 / (end - from).as_secs_f64().max(1e-9),
@@ -1137,17 +1157,9 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
     );
     // Let the coordinator commit and aggregate the first sweep before the timed phase.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after: Option<u64> = redis::cmd("GET")
-        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
-        .query_async(&mut redis)
-        .await?;
+    let after = executions(&rig.store);
 
     // 3. e2e: warm, idle workers; the clock runs from the submit to the last completion.
-    let _: () = redis::cmd("SET")
-        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
-        .arg(0)
-        .query_async(&mut redis)
-        .await?;
     let m = model(&mut op, "dispatch-3").await?;
     let cpu4 = Cpu::sample(&rig, &procs).await;
     let started = Instant::now();
@@ -1157,7 +1169,7 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let (_, end, _) = watch_counter(&mut redis, n).await?;
+    let (_, end, succeeded) = watch_succeeded(&mut redis, &response.sweep_id, n).await?;
     let cpu5 = Cpu::sample(&rig, &procs).await;
     let e2e = (end - started).as_secs_f64();
     println!(
@@ -1165,36 +1177,11 @@ async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::Result<()> {
         f64::from(trials) / e2e,
         cpu4.per_trial(&cpu5, trials)
     );
-    // Exactly once: the counter a second later, and the sweep's final counts.
+    // Exactly once: the executions a second later (each leaves one marker).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let later: Option<u64> = redis::cmd("GET")
-        .arg(hlsfarm_worker::daemon::NOOP_COUNTER)
-        .query_async(&mut redis)
-        .await?;
-    let mut succeeded = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let status = op
-            .get_status(v1::GetStatusRequest {
-                include_finished: true,
-            })
-            .await?
-            .into_inner();
-        succeeded = status
-            .sweeps
-            .iter()
-            .find(|s| s.sweep_id == response.sweep_id)
-            .and_then(|s| s.counts.get("succeeded").copied())
-            .unwrap_or(0);
-        if succeeded >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let later = executions(&rig.store) - after;
     println!(
-        "dispatch exactly once: drain phase ran {} for {trials} trials, e2e phase ran {} for {trials}; {succeeded} recorded as succeeded",
-        after.unwrap_or(0),
-        later.unwrap_or(0)
+        "dispatch exactly once: drain phase ran {after} for {trials} trials, e2e phase ran {later} for {trials}; {succeeded} recorded as succeeded",
     );
     Ok(())
 }

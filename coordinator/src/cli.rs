@@ -180,10 +180,10 @@ pub struct WorkerArgs {
     /// This worker's id; default `<host>-<pid>`.
     #[arg(long)]
     pub worker_id: Option<String>,
-    /// Benchmarks only (`hlsfarm bench dispatch`): every trial is a no-op that increments a
-    /// counter on this Redis.
-    #[arg(long, hide = true, value_name = "REDIS_URL")]
-    pub bench_noop_incr: Option<String>,
+    /// Benchmarks and fault tests only (`hlsfarm bench dispatch`): every trial is a no-op
+    /// that uploads an empty result.json and completes.
+    #[arg(long, hide = true)]
+    pub bench_noop: bool,
     /// Benchmarks and fault tests only: how long each no-op trial takes, ms.
     #[arg(long, hide = true, default_value_t = 0)]
     pub bench_noop_ms: u64,
@@ -298,7 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     store: config.store.clone(),
                     exit_when_idle: w.exit_when_idle,
                     worker_id: w.worker_id.clone(),
-                    noop_incr: w.bench_noop_incr.clone(),
+                    noop: w.bench_noop,
                     noop_ms: w.bench_noop_ms,
                     noop_fail_percent: w.bench_noop_fail_percent,
                 })

@@ -6,8 +6,9 @@
 # Celery runs through the peer benchmark beside this repository
 # (../shared/bench/peers/run.sh: its own Redis on 127.0.0.1:6390, 2 prefork children, each job
 # one Redis INCR); hlsfarm runs `hlsfarm bench dispatch` (its own Redis and coordinator, 2
-# `hlsfarm worker` processes in their no-op mode, each trial one Redis INCR plus its usual
-# result.json upload, completion and commit). Both with N=20000 per phase (PEERBENCH_N).
+# `hlsfarm worker` processes in their no-op mode, each trial one marker object in the store
+# (its side effect, as the INCR is Celery's job's) plus its usual result.json upload,
+# completion and commit; workers hold no Redis credentials). Both with N=20000 per phase (PEERBENCH_N).
 # RUNS (default 3) pairs are run back to back; the medians and their ratio are printed.
 set -euo pipefail
 

@@ -56,20 +56,17 @@ pub struct Options {
     pub exit_when_idle: bool,
     /// This worker's id; default `<host>-<pid>`.
     pub worker_id: Option<String>,
-    /// Benchmarks only (`hlsfarm bench dispatch`): run every trial as a no-op that does one
-    /// `INCR` of [`NOOP_COUNTER`] on this Redis, then uploads an empty `result.json` and
-    /// completes as usual. Workers never hold Redis credentials otherwise.
-    pub noop_incr: Option<String>,
-    /// With `noop_incr`: how long each no-op trial takes, ms (tests with faults need trials
-    /// that are running when a fault lands).
+    /// Benchmarks and fault tests only (`hlsfarm bench dispatch`): run every trial as a
+    /// no-op that leaves an empty marker under [`NOOP_EXECUTIONS`] in the store (so
+    /// executions can be counted), uploads an empty `result.json` and completes as usual.
+    pub noop: bool,
+    /// With `noop`: how long each no-op trial takes, ms (tests with faults need trials that
+    /// are running when a fault lands).
     pub noop_ms: u64,
-    /// With `noop_incr`: the share of no-op attempts, in percent, that fail as `tool_error`
-    /// (chosen from the trial key and attempt, so a run can be repeated).
+    /// With `noop`: the share of no-op attempts, in percent, that fail (half as `tool_error`,
+    /// half as `oom`), chosen from the trial key and attempt, so a run can be repeated.
     pub noop_fail_percent: u32,
 }
-
-/// The counter a no-op trial increments (the same key the peer benchmarks use).
-pub const NOOP_COUNTER: &str = "peerbench:done";
 
 type Client = WorkerClient<InterceptedService<Channel, Bearer>>;
 
@@ -204,7 +201,7 @@ struct Shared {
     freed: Notify,
     /// Stop leasing (SIGTERM or an operator's drain).
     draining: CancellationToken,
-    /// The no-op mode ([`Options::noop_incr`]).
+    /// The no-op mode ([`Options::noop`]).
     noop: Option<Noop>,
 }
 
@@ -218,9 +215,11 @@ impl Shared {
     }
 }
 
-/// The no-op mode: its Redis connection and knobs ([`Options::noop_incr`]).
+/// Where each no-op execution leaves an empty object (`<prefix>/<trial>/<attempt>-<epoch>`).
+pub const NOOP_EXECUTIONS: &str = "noop-executions";
+
+/// The no-op mode's knobs ([`Options::noop`]).
 struct Noop {
-    redis: redis::aio::MultiplexedConnection,
     ms: u64,
     fail_percent: u32,
 }
@@ -443,23 +442,10 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         make_tarball: true,
         tool_env: Vec::new(),
     });
-    let noop = match &options.noop_incr {
-        Some(url) => {
-            let setup = |e: redis::RedisError| {
-                Error::Setup(format!("no-op mode: cannot use the Redis at {url}: {e}"))
-            };
-            let client = redis::Client::open(url.as_str()).map_err(setup)?;
-            Some(Noop {
-                redis: client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(setup)?,
-                ms: options.noop_ms,
-                fail_percent: options.noop_fail_percent,
-            })
-        }
-        None => None,
-    };
+    let noop = options.noop.then_some(Noop {
+        ms: options.noop_ms,
+        fail_percent: options.noop_fail_percent,
+    });
     let shared = Arc::new(Shared {
         id,
         caps: caps.clone(),
@@ -1000,8 +986,8 @@ async fn run_one(
     log_result(&result);
 }
 
-/// A no-op trial ([`Options::noop_incr`]): one `INCR`, an empty `result.json` uploaded to
-/// the staging prefix, and the usual completion.
+/// A no-op trial ([`Options::noop`]): an empty marker under [`NOOP_EXECUTIONS`], an empty
+/// `result.json` uploaded to the staging prefix, and the usual completion.
 async fn noop_trial(
     shared: &Arc<Shared>,
     noop: &Noop,
@@ -1017,7 +1003,6 @@ async fn noop_trial(
             String::new(),
         ))
     };
-    let mut redis = noop.redis.clone();
     tokio::time::sleep(Duration::from_millis(noop.ms)).await;
     let draw = hlsfarm_common::trial_key::sha256_hex(
         format!("{}/{}", token.trial_key, token.attempt).as_bytes(),
@@ -1040,21 +1025,6 @@ async fn noop_trial(
         complete(shared, token, None, Some(failed), false).await;
         return;
     }
-    if let Err(e) = redis::cmd("INCR")
-        .arg(NOOP_COUNTER)
-        .query_async::<i64>(&mut redis)
-        .await
-    {
-        complete(
-            shared,
-            token,
-            None,
-            failure(format!("no-op INCR: {e}")),
-            false,
-        )
-        .await;
-        return;
-    }
     let settings = trial
         .settings
         .clone()
@@ -1062,18 +1032,26 @@ async fn noop_trial(
         .unwrap_or_default();
     let result_json = serde_json::to_string(&TrialResult::noop(&token.trial_key, model, settings))
         .unwrap_or_default();
+    // The no-op's one side effect, as the peer benchmarks' tasks have theirs: an empty
+    // object per execution, so executions can be counted (exactly once, or re-runs after
+    // faults) apart from the results committed.
+    let marker = format!(
+        "{NOOP_EXECUTIONS}/{}/{}-{}",
+        token.trial_key, token.attempt, token.epoch
+    );
     let path = format!("{}/result.json", trial.staging_prefix);
-    if let Err(e) = shared
-        .blobs
-        .put_checked(
-            &path,
-            result_json.clone().into_bytes(),
-            shared.upload_budget(),
-        )
-        .await
-    {
-        complete(shared, token, None, failure(e.to_string()), false).await;
-        return;
+    for (path, bytes) in [
+        (marker, Vec::new()),
+        (path, result_json.clone().into_bytes()),
+    ] {
+        if let Err(e) = shared
+            .blobs
+            .put_checked(&path, bytes, shared.upload_budget())
+            .await
+        {
+            complete(shared, token, None, failure(e.to_string()), false).await;
+            return;
+        }
     }
     let result = v1::TrialResult {
         result_json,
