@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hlsfarm_common::trial_key::sha256_hex;
+use hlsfarm_proto::client::{Bearer, channel};
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
-use hlsfarm_worker::daemon::{Bearer, channel};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 

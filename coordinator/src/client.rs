@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hlsfarm_common::trial_key::sha256_hex;
+use hlsfarm_proto::client::{Bearer, Unreachable, channel};
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
-use hlsfarm_worker::daemon::{Bearer, Unreachable, channel};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 

@@ -2,7 +2,8 @@
 //! and the conversions between wire and domain types.
 //!
 //! Conversions from the wire reject what the domain cannot hold (an unspecified enum, a
-//! missing message) with a [`WireError`] naming the field; nothing here does I/O.
+//! missing message) with a [`WireError`] naming the field. [`client`] is the one way to
+//! connect to the coordinator (channel, TLS, bearer token).
 
 #![deny(clippy::unwrap_used)]
 
@@ -12,6 +13,7 @@ pub mod v1 {
     tonic::include_proto!("hlsfarm.v1");
 }
 
+pub mod client;
 mod convert;
 
 pub use convert::{FromWire, WireError, stages_from_wire};

@@ -861,7 +861,7 @@ fn bad_input_gets_a_clear_error_no_retry_and_disturbs_nothing_else() {
     // A model name that climbs out of its folder, straight at the API.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(async {
-        let (c, b) = hlsfarm_worker::daemon::channel(
+        let (c, b) = hlsfarm_proto::client::channel(
             &cluster.url(0),
             hlsfarm_tests::cluster::OPERATOR_TOKEN,
             None,
@@ -1024,7 +1024,7 @@ fn access_over_tls_tokens_and_no_secrets_where_they_do_not_belong() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let codes = rt.block_on(async {
         let ch =
-            |token: &str| hlsfarm_worker::daemon::channel(&url, token, Some(&ca.ca_cert)).unwrap();
+            |token: &str| hlsfarm_proto::client::channel(&url, token, Some(&ca.ca_cert)).unwrap();
         let (c, b) = ch("");
         let anonymous = OperatorClient::with_interceptor(c, b)
             .get_status(v1::GetStatusRequest::default())
