@@ -1,0 +1,295 @@
+//! The benchmarks' rig: a `redis-server` and a coordinator of their own on free ports, and
+//! what every benchmark needs of them (an operator client, a model, a sweep, Redis facts).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hlsfarm_common::trial_key::sha256_hex;
+use hlsfarm_proto::client::{Bearer, channel};
+use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::{OPERATOR, WORKER};
+
+pub(super) struct Proc(pub(super) Child);
+
+/// Where a child's log goes: the terminal with `HLSFARM_BENCH_LOG` set, else nowhere.
+pub(super) fn child_log() -> Stdio {
+    if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not listen on port {port} within 30 s")
+}
+
+/// A Redis and a coordinator of our own.
+pub(crate) struct Rig {
+    _dir: tempfile::TempDir,
+    _redis: Proc,
+    pub(super) coordinator: Proc,
+    /// The Redis URL.
+    pub redis_url: String,
+    /// The coordinator's URL.
+    pub url: String,
+    /// The store folder.
+    pub store: PathBuf,
+}
+
+impl Rig {
+    pub(crate) fn start(extra_env: &[(&str, &str)]) -> anyhow::Result<Rig> {
+        let dir = tempfile::tempdir()?;
+        let redis_port = free_port()?;
+        let redis_bin = std::env::var_os("REDIS_SERVER")
+            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
+        let redis = Proc(
+            Command::new(&redis_bin)
+                .args([
+                    "--port",
+                    &redis_port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start {} (install redis-server, or `make setup`)",
+                        redis_bin.display()
+                    )
+                })?,
+        );
+        wait_port(redis_port, "redis-server")?;
+        let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+        let port = free_port()?;
+        let store = dir.path().join("store");
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis-url",
+                &redis_url,
+            ])
+            .arg("--store")
+            .arg(&store)
+            .env("HLSFARM_COORDINATOR__OPERATOR_TOKEN", OPERATOR)
+            .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(child_log());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let coordinator = Proc(command.spawn()?);
+        wait_port(port, "the coordinator")?;
+        Ok(Rig {
+            _dir: dir,
+            _redis: redis,
+            coordinator,
+            redis_url,
+            url: format!("http://127.0.0.1:{port}"),
+            store,
+        })
+    }
+
+    pub(crate) fn operator(
+        &self,
+    ) -> anyhow::Result<OperatorClient<InterceptedService<Channel, Bearer>>> {
+        let (c, b) = channel(&self.url, OPERATOR, None).map_err(anyhow::Error::msg)?;
+        Ok(OperatorClient::with_interceptor(c, b))
+    }
+
+    pub(crate) async fn worker(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<WorkerClient<InterceptedService<Channel, Bearer>>> {
+        let (c, b) = channel(&self.url, WORKER, None).map_err(anyhow::Error::msg)?;
+        let mut w = WorkerClient::with_interceptor(c, b);
+        w.register(v1::RegisterRequest {
+            worker_id: id.into(),
+            hostname: "bench".into(),
+            capabilities: Some(v1::Capabilities {
+                backends: vec![v1::Backend::Vitis as i32],
+                tools: [("vitis_hls".to_owned(), "2023.2".to_owned())]
+                    .into_iter()
+                    .collect(),
+                hls4ml_version: "1.3.0".into(),
+                slots: 64,
+                memory_mib: 1 << 30,
+                cores: 1 << 16,
+                formats: vec!["keras_h5".into()],
+                ..Default::default()
+            }),
+            version: "bench".into(),
+        })
+        .await?;
+        Ok(w)
+    }
+
+    /// `hlsfarm worker` against this rig: id, slots, scratch beside the store, no disk floor,
+    /// the worker token, log level warn.
+    pub(super) fn worker_command(&self, id: &str, slots: u32) -> anyhow::Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--slots",
+                &slots.to_string(),
+                "--worker-id",
+                id,
+                "--min-free-disk-gib",
+                "0",
+            ])
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--scratch")
+            .arg(self.store.with_file_name(format!("scratch-{id}")))
+            .env("HLSFARM_WORKER__TOKEN", WORKER)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(child_log());
+        Ok(command)
+    }
+
+    pub(super) fn coordinator_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.coordinator.0.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+/// Uploads one small model (distinct per `tag`) and returns it.
+pub(crate) async fn model(
+    op: &mut OperatorClient<InterceptedService<Channel, Bearer>>,
+    tag: &str,
+) -> anyhow::Result<v1::ModelInput> {
+    let bytes: Vec<u8> = format!("bench model {tag}")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(20_000)
+        .collect();
+    let sha = sha256_hex(&bytes);
+    let name = format!("bench_{tag}.h5");
+    op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
+        name: name.clone(),
+        sha256: sha.clone(),
+        data: bytes.clone(),
+    }]))
+    .await?;
+    Ok(v1::ModelInput {
+        name,
+        sha256: sha,
+        size_bytes: bytes.len() as u64,
+        companions: Default::default(),
+    })
+}
+
+/// A convert-only sweep of `trials` points (reuse factors × clock periods) of one model.
+pub(crate) fn sweep(model: v1::ModelInput, trials: u32) -> v1::SweepSpec {
+    let clocks = trials.div_ceil(1000).max(1);
+    let per_clock = trials / clocks;
+    v1::SweepSpec {
+        name: "bench".into(),
+        models: vec![model],
+        grid: Some(v1::SettingsGrid {
+            reuse_factor: (1..=per_clock).collect(),
+            clock_period_ns: (0..clocks).map(|c| 2.0 + f64::from(c) / 100.0).collect(),
+            ..Default::default()
+        }),
+        stages: vec![v1::Stage::Convert as i32],
+        priority: 1,
+        toolchain: Some(v1::ToolchainSpec {
+            hls4ml_version: "1.3.0".into(),
+            tool: String::new(),
+            tool_version: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub(super) async fn redis_info(url: &str, section: &str) -> anyhow::Result<String> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    Ok(redis::cmd("INFO").arg(section).query_async(&mut c).await?)
+}
+
+pub(super) async fn redis_cmd(url: &str, args: &[&str]) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query_async(&mut c).await?;
+    Ok(())
+}
+
+/// `cmdstat_<name>:calls=N,...` lines → (name, calls).
+pub(super) fn command_calls(info: &str) -> Vec<(String, u64)> {
+    info.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+pub(super) fn info_field(info: &str, field: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+}
