@@ -1,0 +1,251 @@
+//! The flags of `hlsfarm run` (and the sweep flags `check` and `submit` share), and the sweep
+//! they describe: the flags alone, or a sweep file with the selection flags over it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hlsfarm_common::settings::{Backend, IoType, Strategy};
+use hlsfarm_common::stage::Stage;
+use hlsfarm_common::sweep::{ModelSelection, OneOrMany, SettingsGrid, SweepSpec};
+use hlsfarm_common::trial_key::{EmulationSpec, sha256_hex};
+use hlsfarm_worker::driver::ModelFiles;
+
+/// The flags that describe a sweep, shared by `hlsfarm run` and `hlsfarm submit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// Folder with the model files (required unless --sweep names one).
+    #[arg(long = "input-dir", alias = "input_dir", value_name = "DIR")]
+    pub input_dir: Option<PathBuf>,
+    /// Glob over file names in the input folder [default: model_trial_*.h5].
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// FPGA part(s), comma-separated [default: xc7z020clg400-1].
+    #[arg(long = "fpga-part", aliases = ["fpga_part", "part"], value_delimiter = ',')]
+    pub fpga_part: Vec<String>,
+    /// At most this many models (in name order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// io_parallel and/or io_stream, comma-separated [default: io_parallel].
+    #[arg(long = "io-type", value_delimiter = ',')]
+    pub io_type: Vec<IoType>,
+    /// latency, resource, distributed_arithmetic [default: latency].
+    #[arg(long, value_delimiter = ',')]
+    pub strategy: Vec<Strategy>,
+    /// Reuse factor(s), comma-separated [default: 1].
+    #[arg(long = "reuse-factor", value_delimiter = ',')]
+    pub reuse_factor: Vec<u32>,
+    /// Default precision(s), e.g. 'ap_fixed<16,6>' [default: ap_fixed<16,6>]; separate
+    /// several with `;`.
+    #[arg(long, value_delimiter = ';')]
+    pub precision: Vec<String>,
+    /// Clock period(s) in ns [default: 5].
+    #[arg(long = "clock-period", value_delimiter = ',')]
+    pub clock_period: Vec<f64>,
+    /// vitis and/or vivado [default: vitis].
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<Backend>,
+    /// hls4ml MaximumSize value(s) [default: hls4ml's 4096].
+    #[arg(long = "max-array-partition-size", value_delimiter = ',')]
+    pub max_array_partition_size: Vec<u32>,
+    /// Stages, comma-separated: convert, emulate, csynth, cosim, export, vsynth
+    /// [default: all when the tools are found, else convert,emulate].
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<Stage>,
+    /// A sweep file (TOML or JSON) with models, grid and stages, instead of the flags above.
+    #[arg(long, value_name = "FILE")]
+    pub sweep: Option<PathBuf>,
+    /// Run every trial even where a finished result with the same key is there.
+    #[arg(long)]
+    pub force: bool,
+    /// Samples for emulation.
+    #[arg(long = "emulation-samples", default_value_t = 100)]
+    pub emulation_samples: u32,
+    /// Sample inputs for the emulation of every model: an .npz with one array per input name
+    /// (or an .npy for one-input models), each of shape (samples, ...) [default: each model's
+    /// `<stem>_inputs.npz` / `<stem>_inputs.npy` beside it, else generated from each input's
+    /// shape, uniform in (-1, 1)].
+    #[arg(long = "emulation-inputs", value_name = "FILE")]
+    pub emulation_inputs: Option<PathBuf>,
+    /// Seed for the generated emulation samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What a trial the tools refused with a known fix leads to: `report` (it is reported
+    /// with the fix) or `apply-fix` (a derived trial with the fix applied runs too: its own
+    /// key, its folder ending in `_fixed`) [default: report, or the sweep file's on_failure].
+    #[arg(long = "on-failure", value_name = "POLICY")]
+    pub on_failure: Option<hlsfarm_common::sweep::OnFailure>,
+}
+
+/// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
+/// ...) are accepted too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Which models, settings and stages.
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// Where results go [default: INPUT_DIR/hls_outputs].
+    #[arg(long = "output-dir", alias = "output_dir", value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Trials run at once.
+    #[arg(long = "num-workers", alias = "num_workers", default_value_t = 4)]
+    pub num_workers: usize,
+    /// Do not write a tarball per trial.
+    #[arg(long = "no-tarball", alias = "no_tarball")]
+    pub no_tarball: bool,
+    /// Python of the hls4ml venv [default: $HLSFARM_PYTHON, else the venv `make setup` made].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Time limit of convert + emulate, seconds.
+    #[arg(long = "convert-timeout", default_value_t = 3600)]
+    pub convert_timeout: u64,
+    /// Time limit of each tool stage, seconds.
+    #[arg(long = "stage-timeout", default_value_t = 24 * 3600)]
+    pub stage_timeout: u64,
+    /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
+    #[arg(long = "keep-scratch")]
+    pub keep_scratch: bool,
+    /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools), MiB:
+    /// past it they are killed and the trial fails as `oom` with its peak [default: the
+    /// machine's memory / --num-workers].
+    #[arg(long = "trial-memory-mib", value_name = "MIB")]
+    pub trial_memory_mib: Option<u64>,
+    /// Emulation: the largest difference on an output, as a share of its scale (1 for
+    /// probabilities, the float values' range otherwise), before a trial gets a fidelity
+    /// warning and the layer where it departs is traced.
+    #[arg(long = "fidelity-max-error", default_value_t = 0.1)]
+    pub fidelity_max_error: f64,
+    /// Emulation: the smallest agreement of a binary (same side of 0.5) or multiclass (same
+    /// argmax) output before a fidelity warning.
+    #[arg(long = "fidelity-min-agreement", default_value_t = 0.9)]
+    pub fidelity_min_agreement: f64,
+    /// Refuse a trial (as `bad_input`, before any tool stage) when preflight predicts that the
+    /// tools will refuse it, e.g. an array partitioned above max_array_partition_size; without
+    /// it the finding is reported and the tools run.
+    #[arg(long)]
+    pub strict: bool,
+    /// Before anything runs, preflight every trial; one the tools would refuse with a known
+    /// fix (an array partitioned above max_array_partition_size: the size it needs; for
+    /// Vivado HLS, a layer unrolling more than 4,096 multiplications: its reuse factor) runs
+    /// as a derived
+    /// trial with the fix applied: its own key, its folder ending in `_fixed`, the original
+    /// named in result.json `derived_from`.
+    #[arg(long)]
+    pub fix: bool,
+}
+
+pub(super) fn grid_from_flags(args: &SweepArgs) -> SettingsGrid {
+    fn list<T: Clone>(v: &[T]) -> Option<OneOrMany<T>> {
+        (!v.is_empty()).then(|| OneOrMany::Many(v.to_vec()))
+    }
+    SettingsGrid {
+        io_type: list(&args.io_type),
+        strategy: list(&args.strategy),
+        reuse_factor: list(&args.reuse_factor),
+        precision: list(&args.precision),
+        part: list(&args.fpga_part),
+        clock_period_ns: list(&args.clock_period),
+        backend: list(&args.backend),
+        max_array_partition_size: list(&args.max_array_partition_size),
+        layers: Default::default(),
+    }
+}
+
+/// The sweep the flags (or the sweep file) describe, and the folder relative paths start from.
+pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
+    let grid_flags = grid_from_flags(args) != SettingsGrid::default();
+    let (mut spec, base) = match &args.sweep {
+        Some(file) => {
+            if grid_flags || !args.stages.is_empty() {
+                bail!(
+                    "give the settings and stages either in --sweep {} or as flags, not both",
+                    file.display()
+                );
+            }
+            let spec = SweepSpec::load(file)?;
+            let base = file
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (spec, base)
+        }
+        None => {
+            let Some(dir) = &args.input_dir else {
+                bail!("--input-dir is required (or --sweep FILE naming the models)");
+            };
+            let spec = SweepSpec {
+                name: String::new(),
+                models: ModelSelection {
+                    dir: Some(dir.clone()),
+                    ..ModelSelection::default()
+                },
+                grid: grid_from_flags(args),
+                stages: args.stages.clone(),
+                priority: 1,
+                force: args.force,
+                emulation: EmulationSpec {
+                    samples: args.emulation_samples,
+                    seed: args.seed,
+                },
+                toolchain: None,
+                resources: None,
+                on_failure: args.on_failure.unwrap_or_default(),
+            };
+            (spec, PathBuf::from("."))
+        }
+    };
+    if args.sweep.is_some() && args.input_dir.is_some() {
+        spec.models.dir = args.input_dir.clone();
+        spec.models.paths.clear();
+    }
+    if args.pattern.is_some() {
+        spec.models.pattern = args.pattern.clone();
+    }
+    if args.limit.is_some() {
+        spec.models.limit = args.limit;
+    }
+    spec.force |= args.force;
+    if let Some(policy) = args.on_failure {
+        spec.on_failure = policy;
+    }
+    if let Err(errors) = spec.validate() {
+        bail!("{errors}");
+    }
+    Ok((spec, base))
+}
+
+/// A model's companions: those found beside it (see `driver::companions`), the sample
+/// inputs replaced by `--emulation-inputs` when given.
+pub(crate) fn model_companions(
+    path: &Path,
+    args: &SweepArgs,
+) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut companions = hlsfarm_worker::driver::companions(path);
+    if let Some(inputs) = &args.emulation_inputs {
+        let inputs = inputs.canonicalize().with_context(|| {
+            format!(
+                "--emulation-inputs {}: no such file (give an .npz with one array per input name, or an .npy)",
+                inputs.display()
+            )
+        })?;
+        companions.insert("inputs".to_owned(), inputs);
+    }
+    Ok(companions)
+}
+
+/// A model's files: the model and its companions (a Keras JSON's `<stem>_weights.h5`, a
+/// PyTorch file's `<stem>.py`, sample inputs).
+pub(crate) fn model_files(
+    path: &Path,
+    args: &SweepArgs,
+) -> anyhow::Result<(ModelFiles, std::collections::BTreeMap<String, PathBuf>)> {
+    let mut files = ModelFiles::auto(path);
+    let companions = model_companions(path, args)?;
+    files.weights = companions.get("weights").cloned();
+    files.class_file = companions.get("class").cloned();
+    Ok((files, companions))
+}
+
+pub(super) fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(sha256_hex(&bytes))
+}

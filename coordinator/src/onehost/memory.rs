@@ -1,0 +1,112 @@
+//! The host's memory shared among a one-host run's trials, and the retry of a trial that ran
+//! out of it with a larger reservation.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::queue::Outcome;
+use hlsfarm_common::results::{TrialFailure, TrialResult};
+use tokio_util::sync::CancellationToken;
+
+/// The host's memory as the one-host run shares it among trials: each trial reserves its
+/// memory limit before it runs (the default per-slot share, or more after it ran out of
+/// memory), so a trial retried with twice its peak runs with fewer beside it.
+pub(super) struct MemoryBudget {
+    pub(super) total_mib: u64,
+    pub(super) permits: tokio::sync::Semaphore,
+    pub(super) raised: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl MemoryBudget {
+    pub(super) fn new(total_mib: u64) -> MemoryBudget {
+        MemoryBudget {
+            total_mib,
+            permits: tokio::sync::Semaphore::new(total_mib.min(u64::from(u32::MAX)) as usize),
+            raised: Default::default(),
+        }
+    }
+
+    /// The memory limit of the trial's next run.
+    pub(super) fn reservation(&self, key: &str, default: u64) -> u64 {
+        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        raised
+            .get(key)
+            .copied()
+            .unwrap_or(default)
+            .min(self.total_mib)
+    }
+
+    /// The reservation an out-of-memory failure raised the trial to, if any.
+    pub(super) fn raised_to(&self, key: &str) -> Option<u64> {
+        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        raised.get(key).copied()
+    }
+
+    /// Waits until `mib` is free (None when cancelled first).
+    pub(super) async fn reserve(
+        &self,
+        mib: u64,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let n = mib.min(u64::from(u32::MAX)) as u32;
+        tokio::select! {
+            permit = self.permits.acquire_many(n) => permit.ok(),
+            () = cancel.cancelled() => None,
+        }
+    }
+
+    /// How a failed trial is reported to the queue. `oom` with a measured peak is retried
+    /// with twice the peak reserved when the host has that much, else ends with the peak
+    /// named (its `result.json` says so); `licence` is a refusal, not the trial's fault.
+    pub(super) fn outcome(
+        &self,
+        key: &str,
+        failure: &mut TrialFailure,
+        output_dir: &Path,
+    ) -> Outcome {
+        match (failure.class, failure.peak_memory_mib) {
+            (FailureClass::Licence, _) => Outcome::Refused,
+            (FailureClass::Oom, Some(peak)) if peak > 0 => {
+                match hlsfarm_common::failure::oom_reservation(peak, self.total_mib) {
+                    Some(reserve) => {
+                        self.raised
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key.to_owned(), reserve);
+                        Outcome::Failed { retryable: true }
+                    }
+                    None => {
+                        failure.reason.push_str(&format!(
+                            "; not retried: it peaked at {peak} MiB and this host has {} MiB",
+                            self.total_mib
+                        ));
+                        failure.suggestion = Some(
+                            "run it on a host with more memory, or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy".into(),
+                        );
+                        rewrite_failure(output_dir, failure);
+                        Outcome::Failed { retryable: false }
+                    }
+                }
+            }
+            (class, _) => Outcome::Failed {
+                retryable: class.is_retryable(),
+            },
+        }
+    }
+}
+
+/// Writes `failure` into the trial's `result.json` (after the run wrote it).
+pub(super) fn rewrite_failure(output_dir: &Path, failure: &TrialFailure) {
+    let path = output_dir.join("result.json");
+    let Some(mut result) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
+    else {
+        return;
+    };
+    result.failure = Some(failure.clone());
+    if let Ok(bytes) = serde_json::to_vec_pretty(&result) {
+        let _ = std::fs::write(&path, bytes);
+    }
+}
