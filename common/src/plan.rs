@@ -48,38 +48,7 @@ pub fn model_format(name: &str) -> Result<&'static str, String> {
     }
 }
 
-/// Memory and cores one trial holds on its worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrialResources {
-    /// Memory, MiB.
-    pub memory_mib: u64,
-    /// Cores.
-    pub cores: u32,
-}
-
-impl TrialResources {
-    /// The default for a trial running `stages`: 2 GiB for hls4ml alone, 4 GiB with HLS,
-    /// 8 GiB and 2 cores with Vivado synthesis.
-    pub fn default_for(stages: &[Stage]) -> TrialResources {
-        if stages.contains(&Stage::Vsynth) {
-            TrialResources {
-                memory_mib: 8192,
-                cores: 2,
-            }
-        } else if stages.iter().any(|s| s.needs_xilinx_tools()) {
-            TrialResources {
-                memory_mib: 4096,
-                cores: 1,
-            }
-        } else {
-            TrialResources {
-                memory_mib: 2048,
-                cores: 1,
-            }
-        }
-    }
-}
+pub use crate::sweep::TrialResources;
 
 /// What a worker offers, as it registers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

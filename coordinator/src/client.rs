@@ -10,7 +10,7 @@ use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::onehost::{SweepArgs, sweep_spec};
+use crate::sweep_args::{SweepArgs, sweep_spec};
 use crate::view::{StatusJson, humantime_secs};
 
 /// How to reach the coordinator.
@@ -149,7 +149,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             .await
             .map_err(|e| e.context(format!("coordinator {}", args.client.coordinator)))?;
         let mut roles = std::collections::HashMap::new();
-        for (role, path) in crate::onehost::model_companions(model, &args.sweep)? {
+        for (role, path) in crate::sweep_args::model_companions(model, &args.sweep)? {
             roles.insert(role, upload(&mut client, &path).await?.0);
         }
         inputs.push(v1::ModelInput {

@@ -2,12 +2,15 @@
 //!
 //! - [`bench`]: `hlsfarm bench`, figures (submit time, Redis cost, cache) on a Redis and coordinator of its own.
 //! - [`cli`]: the command line: global flags, config loading, subcommands.
+//! - [`check_cmd`]: `hlsfarm check`, preflight without synthesis.
 //! - [`client`]: `hlsfarm submit`, `status`, `cancel`, `retry`: the operator side of the API.
 //! - [`onehost`]: `hlsfarm run`, a sweep on this host through the embedded queue.
 //! - [`pareto`]: the sweep's Pareto plot (SVG and PNG).
 //! - [`progress`]: bars on a terminal, lines elsewhere, for `hlsfarm run`.
 //! - [`report_cmd`]: `hlsfarm report`, the figures of a project folder or report file.
 //! - [`results_cmd`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
+//! - [`sweep_args`]: the sweep a command's flags (or sweep file) describe, shared by `run`,
+//!   `check` and `submit`.
 //! - [`server`]: `hlsfarm serve`, the cluster coordinator (gRPC on Redis and the store).
 //! - [`telemetry`]: tracing set-up from the log config.
 //! - [`watch`]: `hlsfarm watch`, the cluster live in the terminal.
@@ -25,6 +28,7 @@ pub mod progress;
 pub mod report_cmd;
 pub mod results_cmd;
 pub mod server;
+pub mod sweep_args;
 pub mod telemetry;
 pub mod view;
 pub mod watch;

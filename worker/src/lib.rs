@@ -7,11 +7,13 @@
 //!   versions from their banners.
 //! - [`venv`]: the hls4ml venv: where it is, its version, the formats it converts.
 //! - [`daemon`]: `hlsfarm worker`: register, lease, run, upload, report, drain.
+//! - [`host`]: free disk, memory, the host's name.
 
 #![deny(clippy::unwrap_used)]
 
 pub mod daemon;
 pub mod driver;
+pub mod host;
 pub mod process;
 pub mod tools;
 pub mod trial;

@@ -363,6 +363,39 @@ impl SettingsGrid {
     }
 }
 
+/// Memory and cores one trial holds on its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialResources {
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Cores.
+    pub cores: u32,
+}
+
+impl TrialResources {
+    /// The default for a trial running `stages`: 2 GiB for hls4ml alone, 4 GiB with HLS,
+    /// 8 GiB and 2 cores with Vivado synthesis.
+    pub fn default_for(stages: &[Stage]) -> TrialResources {
+        if stages.contains(&Stage::Vsynth) {
+            TrialResources {
+                memory_mib: 8192,
+                cores: 2,
+            }
+        } else if stages.iter().any(|s| s.needs_xilinx_tools()) {
+            TrialResources {
+                memory_mib: 4096,
+                cores: 1,
+            }
+        } else {
+            TrialResources {
+                memory_mib: 2048,
+                cores: 1,
+            }
+        }
+    }
+}
+
 /// What a user submits: which models, which settings, which stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,7 +427,7 @@ pub struct SweepSpec {
     /// Memory and cores each trial holds on its worker (cluster): default by stages (2 GiB
     /// for hls4ml alone, 4 GiB with HLS, 8 GiB and 2 cores with Vivado).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<crate::plan::TrialResources>,
+    pub resources: Option<TrialResources>,
     /// What a trial's deterministic failure with a known fix leads to: `report` (the
     /// default: it is reported with the fix) or `apply-fix` (a derived trial with the fix
     /// applied runs too, keyed as a new trial and linked to the failed one).

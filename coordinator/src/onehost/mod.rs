@@ -28,15 +28,69 @@ use hlsfarm_worker::tools::detect_tools;
 use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial, tool_command};
 use tokio_util::sync::CancellationToken;
 
-mod args;
 mod memory;
 mod planned;
 
-use args::file_sha256;
-pub use args::{RunArgs, SweepArgs};
-pub(crate) use args::{model_companions, model_files, sweep_spec};
+use crate::sweep_args::{SweepArgs, file_sha256, model_files, sweep_spec};
 use memory::MemoryBudget;
 use planned::{Planned, finished_result, line_for, suffix};
+
+/// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
+/// ...) are accepted too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Which models, settings and stages.
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// Where results go [default: INPUT_DIR/hls_outputs].
+    #[arg(long = "output-dir", alias = "output_dir", value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Trials run at once.
+    #[arg(long = "num-workers", alias = "num_workers", default_value_t = 4)]
+    pub num_workers: usize,
+    /// Do not write a tarball per trial.
+    #[arg(long = "no-tarball", alias = "no_tarball")]
+    pub no_tarball: bool,
+    /// Python of the hls4ml venv [default: $HLSFARM_PYTHON, else the venv `make setup` made].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Time limit of convert + emulate, seconds.
+    #[arg(long = "convert-timeout", default_value_t = 3600)]
+    pub convert_timeout: u64,
+    /// Time limit of each tool stage, seconds.
+    #[arg(long = "stage-timeout", default_value_t = 24 * 3600)]
+    pub stage_timeout: u64,
+    /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
+    #[arg(long = "keep-scratch")]
+    pub keep_scratch: bool,
+    /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools), MiB:
+    /// past it they are killed and the trial fails as `oom` with its peak [default: the
+    /// machine's memory / --num-workers].
+    #[arg(long = "trial-memory-mib", value_name = "MIB")]
+    pub trial_memory_mib: Option<u64>,
+    /// Emulation: the largest difference on an output, as a share of its scale (1 for
+    /// probabilities, the float values' range otherwise), before a trial gets a fidelity
+    /// warning and the layer where it departs is traced.
+    #[arg(long = "fidelity-max-error", default_value_t = 0.1)]
+    pub fidelity_max_error: f64,
+    /// Emulation: the smallest agreement of a binary (same side of 0.5) or multiclass (same
+    /// argmax) output before a fidelity warning.
+    #[arg(long = "fidelity-min-agreement", default_value_t = 0.9)]
+    pub fidelity_min_agreement: f64,
+    /// Refuse a trial (as `bad_input`, before any tool stage) when preflight predicts that the
+    /// tools will refuse it, e.g. an array partitioned above max_array_partition_size; without
+    /// it the finding is reported and the tools run.
+    #[arg(long)]
+    pub strict: bool,
+    /// Before anything runs, preflight every trial; one the tools would refuse with a known
+    /// fix (an array partitioned above max_array_partition_size: the size it needs; for
+    /// Vivado HLS, a layer unrolling more than 4,096 multiplications: its reuse factor) runs
+    /// as a derived
+    /// trial with the fix applied: its own key, its folder ending in `_fixed`, the original
+    /// named in result.json `derived_from`.
+    #[arg(long)]
+    pub fix: bool,
+}
 
 /// Runs the sweep on this host; returns the exit code (0: all succeeded, 1: some failed,
 /// 130: interrupted).
@@ -268,7 +322,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     // Memory: each trial reserves its limit from the host's; a trial that ran out of memory
     // is retried with a reservation above its peak, so fewer run beside it.
-    let host_mib = hlsfarm_worker::daemon::meminfo_mib("MemTotal:").unwrap_or(8192);
+    let host_mib = hlsfarm_worker::host::meminfo_mib("MemTotal:").unwrap_or(8192);
     let slots_n = args.num_workers.max(1) as u64;
     let trial_limit = args
         .trial_memory_mib

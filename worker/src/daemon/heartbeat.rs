@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use hlsfarm_proto::v1;
 
-use super::host::{free_disk_bytes, meminfo_mib};
 use super::{Ending, Shared, lock};
+use crate::host::{free_disk_bytes, meminfo_mib};
 
 /// What a heartbeat reports of a running tool stage, from its log: the phase (the latest
 /// marker in the last 64 KiB), how long the log has been quiet, the tool's own peak memory

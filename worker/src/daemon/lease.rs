@@ -20,9 +20,9 @@ use tonic::Code;
 
 use crate::driver::ModelFiles;
 
-use super::host::{free_disk_bytes, meminfo_mib};
 use super::run_one::run_one;
 use super::{Client, Ending, Error, Running, Shared, lock, trial_work_dir};
+use crate::host::{free_disk_bytes, meminfo_mib};
 
 pub(super) async fn register(
     client: &mut Client,

@@ -10,8 +10,8 @@
 //!
 //! By concern: `lease` (the lease loop and starting a trial), `run_one` (one trial: inputs,
 //! run, upload, report), `heartbeat` (leases kept, stages and phases reported), `report`
-//! (completions and hand-backs that outlive a coordinator restart), `host` (free disk,
-//! memory, name); this file holds the daemon's state and its start-up.
+//! (completions and hand-backs that outlive a coordinator restart); this file holds the
+//! daemon's state and its start-up. Host facts are in [`crate::host`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,17 +36,15 @@ use crate::tools::detect_tools;
 use crate::trial::TrialEnv;
 
 mod heartbeat;
-mod host;
 mod lease;
 mod report;
 mod run_one;
 
+use crate::host::{hostname, meminfo_mib};
 use heartbeat::heartbeat_loop;
-use host::hostname;
 use lease::{lease_loop, register};
 use run_one::Noop;
 
-pub use host::{free_disk_bytes, meminfo_mib};
 pub use run_one::NOOP_EXECUTIONS;
 
 /// Why the daemon could not run.

@@ -52,7 +52,7 @@ pub(super) fn disk_full(failure: &mut TrialFailure, scratch: &Path) {
         return;
     }
     let dir = scratch.ancestors().find(|d| d.exists()).unwrap_or(scratch);
-    let free = crate::daemon::free_disk_bytes(dir).unwrap_or(u64::MAX);
+    let free = crate::host::free_disk_bytes(dir).unwrap_or(u64::MAX);
     let says_so = failure.reason.contains("No space left on device")
         || failure.log_tail.contains("No space left on device");
     if free >= DISK_FULL_BYTES && !says_so {

@@ -1,4 +1,5 @@
-//! Facts about the host a worker reports and checks: free disk, memory, its name.
+//! Facts about the host: free disk, memory, its name (the worker reports them; a trial checks
+//! its disk; the one-host run sizes trials by memory).
 
 use std::path::Path;
 
@@ -18,7 +19,8 @@ pub fn meminfo_mib(field: &str) -> Option<u64> {
         .map(|kb| kb / 1024)
 }
 
-pub(super) fn hostname() -> String {
+/// The host's name (`worker` when it has none).
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
