@@ -245,9 +245,10 @@ pub fn transition(
                 requeue_or_dead()
             }
         }),
+        // A cancel already ordered is not ordered again: the repeat changes nothing.
         Event::Cancel => match status.state {
             Queued => Ok(to(Cancelled)),
-            Leased => Ok(TrialStatus {
+            Leased if !status.cancel_requested => Ok(TrialStatus {
                 cancel_requested: true,
                 ..status
             }),

@@ -316,10 +316,14 @@ impl Queue for EmbeddedQueue {
             .filter(|(_, e)| e.sweep_id == sweep_id && !e.status.state.is_terminal())
             .map(|(k, _)| k.clone())
             .collect();
+        // Trials whose cancel is already ordered are not touched again.
+        let mut touched = 0;
         for key in &keys {
-            inner.apply(key, Event::Cancel, policy)?;
+            if inner.apply(key, Event::Cancel, policy).is_ok() {
+                touched += 1;
+            }
         }
-        Ok(keys.len() as u64)
+        Ok(touched)
     }
 
     async fn retry_sweep(&self, sweep_id: &str) -> Result<u64, Error> {
