@@ -64,6 +64,7 @@ async fn queued_and_leased_trials_survive_a_redis_restart_with_aof() {
         SweepMeta {
             id: "s".into(),
             priority: 1,
+            force: false,
         },
         trials,
     )

@@ -2,7 +2,8 @@
 //! transition function (`common/src/job/state.rs`), to the embedded queue, and to the Redis
 //! queue's Lua scripts on a real `redis-server`, and after every event the three must agree:
 //! the state, the fence a lease hands out, which events are refused and why (a stale fence
-//! or an illegal move), and what a heartbeat answers. A change to one Lua branch (or to the
+//! or an illegal move), what a heartbeat answers and what an operator's call touched
+//! (`Rerun` stands for a forced resubmit of the trial). A change to one Lua branch (or to the
 //! Rust table) that the others do not share fails this test with the sequence that shows it.
 //!
 //! `HLSFARM_DIFF_SEED=N` replays one run; `HLSFARM_DIFF_CASES` sets how many sequences.
@@ -30,6 +31,16 @@ fn config() -> QueueConfig {
         max_refusals: 2,
         refusal_backoff: Duration::ZERO,
         ..QueueConfig::default()
+    }
+}
+
+/// The one trial every sequence is about.
+fn trial() -> NewTrial {
+    NewTrial {
+        key: KEY.to_owned(),
+        cost: 1.0,
+        payload: serde_json::Value::Null,
+        needs: Default::default(),
     }
 }
 
@@ -74,6 +85,21 @@ fn model(status: &mut TrialStatus, event: Event, policy: Policy) -> Answer {
             Ok(_) => Answer::Beat("extended"),
             Err(_) => Answer::Beat("stale"),
         },
+        // A forced resubmit: a succeeded trial runs again, a failed, dead or cancelled one
+        // is retried, a queued or running one is left alone.
+        Event::Rerun => {
+            let event = match status.state {
+                TrialState::Succeeded => Event::Rerun,
+                _ => Event::Retry,
+            };
+            match hlsfarm_common::job::transition(*status, event, policy) {
+                Ok(next) => {
+                    *status = next;
+                    Answer::Touched(1)
+                }
+                Err(_) => Answer::Touched(0),
+            }
+        }
         Event::Cancel | Event::Retry => match result {
             Ok(next) => {
                 *status = next;
@@ -133,6 +159,18 @@ async fn apply<Q: Queue>(q: &Q, event: Event) -> Answer {
         },
         Event::Cancel => Answer::Touched(q.cancel_sweep(SWEEP).await.unwrap()),
         Event::Retry => Answer::Touched(q.retry_sweep(SWEEP).await.unwrap()),
+        Event::Rerun => Answer::Touched(
+            q.submit(
+                SweepMeta {
+                    id: SWEEP.to_owned(),
+                    priority: 1,
+                    force: true,
+                },
+                vec![trial()],
+            )
+            .await
+            .unwrap(),
+        ),
         // Every lease is over as soon as granted: a reap ends it (if the trial is leased).
         Event::LeaseExpired(_) => Answer::Touched(q.reap_expired().await.unwrap()),
     }
@@ -178,7 +216,13 @@ fn event(rng: &mut fastrand::Rng, now: TrialStatus) -> Event {
             4 => Event::LeaseExpired(current),
             _ => any(rng),
         },
-        s if s.is_terminal() && rng.u8(..10) < 5 => Event::Retry,
+        s if s.is_terminal() && rng.u8(..10) < 5 => {
+            if rng.bool() {
+                Event::Retry
+            } else {
+                Event::Rerun
+            }
+        }
         _ => any(rng),
     }
 }
@@ -203,20 +247,13 @@ async fn random_event_sequences_agree_across_the_table_the_embedded_queue_and_th
         let lua = RedisQueue::connect(&redis.url(), &format!("diff{case}"), config())
             .await
             .unwrap();
-        let trial = || {
-            vec![NewTrial {
-                key: KEY.to_owned(),
-                cost: 1.0,
-                payload: serde_json::Value::Null,
-                needs: Default::default(),
-            }]
-        };
         let sweep = || SweepMeta {
             id: SWEEP.to_owned(),
             priority: 1,
+            force: false,
         };
-        embedded.submit(sweep(), trial()).await.unwrap();
-        lua.submit(sweep(), trial()).await.unwrap();
+        embedded.submit(sweep(), vec![trial()]).await.unwrap();
+        lua.submit(sweep(), vec![trial()]).await.unwrap();
         let mut status = TrialStatus::NEW;
         let mut history: Vec<String> = Vec::new();
         for _ in 0..rng.usize(10..50) {

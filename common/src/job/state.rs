@@ -8,13 +8,14 @@
 //!     │  └──────────────┘ fail (retryable) / expire / hand back / licence refused
 //!     │                 │ cancel → cancel_requested; worker confirms ─► cancelled
 //!     └─ retry ◄── failed | dead | cancelled        queued ── cancel ──► cancelled
+//!     └─ rerun ◄── succeeded (a forced resubmit)
 //! ```
 //!
 //! Every event about a leased trial carries the lease's [`Fence`] (attempt, epoch); a fence
 //! that is not the current one is rejected and changes nothing, so a worker that lost its lease
-//! can neither extend it nor record a result. `succeeded` never changes. The other terminal
-//! states change only through an operator's `Retry`, which bumps the epoch so that no token
-//! from before stays valid. Every queue backend applies exactly this function (the embedded
+//! can neither extend it nor record a result. `succeeded` changes only by a forced resubmit
+//! (`Rerun`); the other terminal states only through `Retry`; both bump the epoch so that no
+//! token from before stays valid. Every queue backend applies exactly this function (the embedded
 //! one calls it; a backend that cannot must mirror it), and the conformance suite in
 //! `crate::queue::conformance` runs every backend over the same scenarios.
 
@@ -129,8 +130,12 @@ pub enum Event {
     Cancel,
     /// The holder confirms it stopped a cancelled trial.
     CancelConfirmed(Fence),
-    /// An operator queues a failed, dead or cancelled trial again, with fresh attempts.
+    /// An operator queues a failed, dead or cancelled trial again, with fresh attempts (also
+    /// what a resubmit of such a trial does).
     Retry,
+    /// A forced resubmit (`force`) runs a succeeded trial again, with fresh attempts; its new
+    /// result replaces the old when it succeeds. Without `force` a resubmit shares the result.
+    Rerun,
 }
 
 /// Why an event was refused. Refusals change nothing.
@@ -261,14 +266,16 @@ pub fn transition(
                 illegal
             }
         }),
-        Event::Retry => match status.state {
-            Failed | Dead | Cancelled => Ok(TrialStatus {
-                state: Queued,
-                attempt: 0,
-                epoch: status.epoch + 1,
-                cancel_requested: false,
-                refusals: 0,
-            }),
+        Event::Retry | Event::Rerun => match (status.state, event) {
+            (Failed | Dead | Cancelled, Event::Retry) | (Succeeded, Event::Rerun) => {
+                Ok(TrialStatus {
+                    state: Queued,
+                    attempt: 0,
+                    epoch: status.epoch + 1,
+                    cancel_requested: false,
+                    refusals: 0,
+                })
+            }
             _ => illegal,
         },
     }
@@ -432,6 +439,7 @@ mod tests {
             Just(Event::Cancel),
             any_fence().prop_map(Event::CancelConfirmed),
             Just(Event::Retry),
+            Just(Event::Rerun),
         ];
         (event, proptest::bool::weighted(0.7))
     }
@@ -458,7 +466,7 @@ mod tests {
             | Event::Refused(f)
             | Event::CancelConfirmed(f)
             | Event::Fail { fence: f, .. } => Some(f),
-            Event::Lease | Event::Cancel | Event::Retry => None,
+            Event::Lease | Event::Cancel | Event::Retry | Event::Rerun => None,
         }
     }
 
@@ -466,7 +474,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         /// Random event sequences never reach an illegal state, stale fences never change
-        /// anything, succeeded is forever, and other terminal states move only by Retry.
+        /// anything, succeeded moves only by Rerun, and other terminal states only by Retry.
         #[test]
         fn random_event_sequences_keep_the_invariants(
             events in proptest::collection::vec(any_event(), 0..60),
@@ -479,9 +487,12 @@ mod tests {
                 let event = if use_current { with_fence(event, status.fence()) } else { event };
                 match transition(status, event, policy) {
                     Ok(next) => {
-                        prop_assert_ne!(status.state, TrialState::Succeeded, "succeeded changed by {:?}", event);
-                        if status.state.is_terminal() {
+                        if status.state == TrialState::Succeeded {
+                            prop_assert_eq!(event, Event::Rerun, "succeeded changed by {:?}", event);
+                        } else if status.state.is_terminal() {
                             prop_assert_eq!(event, Event::Retry);
+                        }
+                        if status.state.is_terminal() {
                             prop_assert_eq!(next.state, TrialState::Queued);
                             prop_assert!(next.epoch > status.epoch);
                         }

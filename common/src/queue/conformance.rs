@@ -33,6 +33,7 @@ fn sweep(id: &str, priority: u32) -> SweepMeta {
     SweepMeta {
         id: id.to_owned(),
         priority,
+        force: false,
     }
 }
 

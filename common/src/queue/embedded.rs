@@ -202,13 +202,32 @@ impl Queue for EmbeddedQueue {
             });
         let mut added = 0;
         for trial in trials {
-            match inner.trials.get_mut(&trial.key) {
-                Some(existing) if !existing.status.state.is_terminal() => continue,
-                Some(existing) => {
-                    existing.sweep_id = sweep.id.clone();
-                    existing.payload = trial.payload;
-                    existing.cost = trial.cost;
-                    inner.apply(&trial.key, Event::Retry, policy)?;
+            match inner.trials.get(&trial.key).map(|e| e.status.state) {
+                Some(state) if !state.is_terminal() => continue,
+                Some(TrialState::Succeeded) if !sweep.force => continue,
+                Some(state) => {
+                    // Moved into this sweep first, so it is queued in this sweep's heap.
+                    let event = if state == TrialState::Succeeded {
+                        Event::Rerun
+                    } else {
+                        Event::Retry
+                    };
+                    let entry = inner
+                        .trials
+                        .get_mut(&trial.key)
+                        .ok_or_else(|| Error::UnknownTrial(trial.key.clone()))?;
+                    let before = (
+                        std::mem::replace(&mut entry.sweep_id, sweep.id.clone()),
+                        std::mem::replace(&mut entry.payload, trial.payload),
+                        std::mem::replace(&mut entry.cost, trial.cost),
+                    );
+                    if let Err(e) = inner.apply(&trial.key, event, policy) {
+                        // Refused: the entry keeps its sweep, payload and cost.
+                        if let Some(entry) = inner.trials.get_mut(&trial.key) {
+                            (entry.sweep_id, entry.payload, entry.cost) = before;
+                        }
+                        return Err(e);
+                    }
                 }
                 None => {
                     inner.trials.insert(

@@ -25,6 +25,10 @@ pub struct SweepMeta {
     pub id: String,
     /// Its share of workers against other sweeps (≥ 1).
     pub priority: u32,
+    /// Run again trials that already succeeded (a forced resubmit); without it they are
+    /// shared, not added.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A trial to queue.
@@ -251,8 +255,10 @@ impl Default for QueueConfig {
 
 /// A trial queue with leases (see the module docs).
 pub trait Queue: Send + Sync {
-    /// Adds a sweep's trials; trials whose key is already queued or running are not added
-    /// twice. Returns how many were added.
+    /// Adds a sweep's trials; trials whose key is already queued or running, or succeeded
+    /// (unless `force`), are not added; failed, dead and cancelled ones are queued again in
+    /// this sweep (`Retry`), succeeded ones with `force` too (`Rerun`). Returns how many
+    /// were added.
     fn submit(
         &self,
         sweep: SweepMeta,

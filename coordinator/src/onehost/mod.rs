@@ -300,6 +300,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             SweepMeta {
                 id: sweep_id.clone(),
                 priority: 1,
+                force: false,
             },
             new,
         )
@@ -455,6 +456,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                                     SweepMeta {
                                         id: sweep_id.clone(),
                                         priority: 1,
+                                        force: false,
                                     },
                                     vec![NewTrial {
                                         key: fixed.key.clone(),

@@ -415,6 +415,7 @@ impl Queue for RedisQueue {
                 &SweepSubmit {
                     id: sweep.id,
                     priority: sweep.priority,
+                    force: sweep.force,
                     ..SweepSubmit::default()
                 },
                 &trials,
