@@ -94,13 +94,6 @@ impl SeedSummary {
         }
     }
 
-    /// Writes `synthesis_results.json` and `results.csv` into `dir`.
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_atomically(&dir.join("synthesis_results.json"), &json)?;
-        write_atomically(&dir.join("results.csv"), &self.csv()?)
-    }
-
     /// `results.csv`: one row per trial, flat columns.
     pub fn csv(&self) -> std::io::Result<Vec<u8>> {
         let mut writer = csv::Writer::from_writer(Vec::new());
@@ -116,12 +109,6 @@ impl SeedSummary {
             .into_inner()
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
 }
 
 /// The columns of `results.csv`.

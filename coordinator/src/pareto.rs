@@ -193,6 +193,34 @@ pub fn write(summary: &SeedSummary, dir: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// A finished sweep's files, the same for one host (written into the output folder) and for
+/// the cluster (uploaded under `sweeps/<id>/`): `synthesis_results.json`, `results.csv`, and
+/// `pareto.svg` and `pareto.png` where trials have both figures. A plot that cannot be drawn
+/// is left out with the reason (second value); the tables are always there.
+pub fn sweep_outputs(
+    summary: &SeedSummary,
+) -> std::io::Result<(Vec<(&'static str, Vec<u8>)>, Option<String>)> {
+    let mut files = vec![
+        (
+            "synthesis_results.json",
+            serde_json::to_vec_pretty(summary).map_err(std::io::Error::other)?,
+        ),
+        ("results.csv", summary.csv()?),
+    ];
+    let dir = tempfile::Builder::new().prefix("hlsfarm-plot-").tempdir()?;
+    let warning = match write(summary, dir.path()) {
+        Ok(true) => {
+            for name in ["pareto.svg", "pareto.png"] {
+                files.push((name, std::fs::read(dir.path().join(name))?));
+            }
+            None
+        }
+        Ok(false) => None,
+        Err(e) => Some(format!("cannot draw the Pareto plot: {e}")),
+    };
+    Ok((files, warning))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

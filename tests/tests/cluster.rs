@@ -78,6 +78,14 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
         (summary["total"].as_u64(), summary["successful"].as_u64()),
         (Some(2), Some(2))
     );
+    // The same outputs as one host writes: the table and the Pareto plot too.
+    for name in ["results.csv", "pareto.svg", "pareto.png"] {
+        let path = cluster.store().join(format!("sweeps/{sweep}/{name}"));
+        wait_until(name, Duration::from_secs(10), || {
+            path.is_file().then_some(())
+        })
+        .unwrap();
+    }
 
     // status --json agrees with the coordinator, and names the worker and its tools.
     let status = cluster.status().unwrap();

@@ -274,7 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         output_dir.display()
     );
 
-    // Queue the trials to run: longest first by a simple cost (model size over reuse factor).
+    // Queue the trials to run: longest first, by the cluster's cost estimate.
     let queue = Arc::new(EmbeddedQueue::new(QueueConfig {
         // One process holds every lease: nothing can lose one but the process itself.
         lease: Duration::from_secs(30 * 24 * 3600),
@@ -287,10 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|p| NewTrial {
             key: p.key.clone(),
-            cost: std::fs::metadata(&p.model_path)
-                .map(|m| m.len() as f64)
-                .unwrap_or(1.0)
-                / f64::from(p.spec.settings.reuse_factor.max(1)),
+            cost: p.cost(),
             payload: serde_json::Value::Null,
             needs: Default::default(),
         })
@@ -460,7 +457,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                                     },
                                     vec![NewTrial {
                                         key: fixed.key.clone(),
-                                        cost: 1.0,
+                                        cost: fixed.cost(),
                                         payload: serde_json::Value::Null,
                                         needs: Default::default(),
                                     }],
@@ -548,11 +545,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     let summary = SeedSummary::new(entries);
-    summary
-        .write(&output_dir)
-        .with_context(|| format!("cannot write the results into {}", output_dir.display()))?;
-    if let Err(e) = crate::pareto::write(&summary, &output_dir) {
-        eprintln!("hlsfarm: warning: cannot draw the Pareto plot: {e}");
+    let (files, plot_warning) =
+        crate::pareto::sweep_outputs(&summary).context("cannot make the sweep's results")?;
+    for (name, bytes) in files {
+        let path = output_dir.join(name);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(warning) = plot_warning {
+        eprintln!("hlsfarm: warning: {warning}");
     }
     let failed_classes: Vec<String> = summary
         .results

@@ -21,6 +21,16 @@ pub(super) struct Planned {
 }
 
 impl Planned {
+    /// Its expected cost, as the cluster estimates it (model size, reuse factor, stages), so
+    /// both modes put a sweep's longest trials first alike.
+    pub(super) fn cost(&self) -> f64 {
+        hlsfarm_common::plan::cost_estimate(
+            std::fs::metadata(&self.model_path).map_or(1, |m| m.len()),
+            &self.spec.settings,
+            &self.spec.stages,
+        )
+    }
+
     /// `on_failure = "apply-fix"`: this failed trial's settings with `fix` applied, as a
     /// derived trial (its own key, its folder ending in `_fixed`, `derived_from` naming this
     /// one), or why the fix does not apply.

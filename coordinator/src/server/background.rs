@@ -290,22 +290,20 @@ impl Coordinator {
             entries.push(entry);
         }
         let summary = SeedSummary::new(entries);
-        let json = serde_json::to_vec_pretty(&summary)?;
-        let csv = summary.csv()?;
-        self.blobs
-            .put_checked(
-                &format!("sweeps/{sweep}/synthesis_results.json"),
-                json,
-                RetryBudget::default(),
-            )
-            .await?;
-        self.blobs
-            .put_checked(
-                &format!("sweeps/{sweep}/results.csv"),
-                csv,
-                RetryBudget::default(),
-            )
-            .await?;
+        // The same files as one host writes, the Pareto plot included.
+        let (files, plot_warning) = crate::pareto::sweep_outputs(&summary)?;
+        if let Some(warning) = plot_warning {
+            tracing::warn!(sweep, %warning, "sweep aggregated without its plot");
+        }
+        for (name, bytes) in files {
+            self.blobs
+                .put_checked(
+                    &format!("sweeps/{sweep}/{name}"),
+                    bytes,
+                    RetryBudget::default(),
+                )
+                .await?;
+        }
         self.queue
             .note(
                 "aggregated",
