@@ -193,13 +193,14 @@ pub fn write(summary: &SeedSummary, dir: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// A file of a sweep's outputs: its name and bytes.
+pub type SweepFile = (&'static str, Vec<u8>);
+
 /// A finished sweep's files, the same for one host (written into the output folder) and for
 /// the cluster (uploaded under `sweeps/<id>/`): `synthesis_results.json`, `results.csv`, and
 /// `pareto.svg` and `pareto.png` where trials have both figures. A plot that cannot be drawn
 /// is left out with the reason (second value); the tables are always there.
-pub fn sweep_outputs(
-    summary: &SeedSummary,
-) -> std::io::Result<(Vec<(&'static str, Vec<u8>)>, Option<String>)> {
+pub fn sweep_outputs(summary: &SeedSummary) -> std::io::Result<(Vec<SweepFile>, Option<String>)> {
     let mut files = vec![
         (
             "synthesis_results.json",

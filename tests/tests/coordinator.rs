@@ -898,22 +898,30 @@ async fn watch_streams_events_and_resumes_from_its_cursor_across_a_restart() {
     );
 }
 
-/// Completes `t` with a failure of `class` in `stage`, with a result.json that records the
-/// stage's peak memory, as a worker does.
-async fn fail_with(
+/// Completes `t` with a failure of `class` in `stage`, with a result.json as a worker writes
+/// it: the trial's own settings, `failure_extra` merged into its `failure` (a peak, a fix),
+/// and `derived_from` where given.
+async fn fail_with_result(
     w: &mut Wk,
-    id: &str,
     t: &v1::LeasedTrial,
     class: hlsfarm_common::FailureClass,
     stage: Stage,
-    peak_mib: u64,
+    failure_extra: serde_json::Value,
+    derived_from: Option<serde_json::Value>,
 ) -> i32 {
-    let key = key(t);
+    let settings: Settings = t.settings.clone().unwrap().try_into().unwrap();
+    let mut failure = serde_json::json!({
+        "class": class, "reason": format!("{class} in {stage}"),
+        "stage": stage, "log_tail": "", "suggestion": null,
+    });
+    for (k, v) in failure_extra.as_object().unwrap() {
+        failure[k] = v.clone();
+    }
     let result = serde_json::json!({
         "schema": hlsfarm_common::results::RESULT_SCHEMA,
-        "trial_key": key,
+        "trial_key": key(t),
         "model": { "name": t.model.as_ref().unwrap().name, "sha256": t.model.as_ref().unwrap().sha256 },
-        "settings": Settings::default(),
+        "settings": settings,
         "stages": [stage],
         "status": "failed",
         "start_time": "2026-12-02T00:00:00Z",
@@ -923,15 +931,13 @@ async fn fail_with(
         "warnings": [],
         "effective_reuse_factor": {},
         "reports": {},
-        "failure": {
-            "class": class, "reason": format!("{class} in {stage} (peak {peak_mib} MiB)"),
-            "stage": stage, "log_tail": "", "suggestion": null, "peak_memory_mib": peak_mib,
-        },
+        "derived_from": derived_from,
+        "failure": failure,
         "kept_files": [],
         "kept_bytes": 0,
     });
     w.complete(v1::CompleteRequest {
-        worker_id: id.into(),
+        worker_id: "w".into(),
         token: t.token.clone(),
         result: Some(v1::TrialResult {
             result_json: result.to_string(),
@@ -949,6 +955,21 @@ async fn fail_with(
     .unwrap()
     .into_inner()
     .state
+}
+
+/// [`fail_with_result`] with the stage's peak memory recorded.
+async fn fail_with(
+    w: &mut Wk,
+    t: &v1::LeasedTrial,
+    class: hlsfarm_common::FailureClass,
+    stage: Stage,
+    peak_mib: u64,
+) -> i32 {
+    let extra = serde_json::json!({
+        "reason": format!("{class} in {stage} (peak {peak_mib} MiB)"),
+        "peak_memory_mib": peak_mib,
+    });
+    fail_with_result(w, t, class, stage, extra, None).await
 }
 
 async fn lease_with_memory(w: &mut Wk, id: &str, free_mib: u64) -> Vec<v1::LeasedTrial> {
@@ -989,7 +1010,7 @@ async fn an_out_of_memory_trial_is_retried_with_twice_its_peak_on_a_worker_that_
     let mut w = register(&url, "w", full_caps()).await; // offers 65536 MiB
     let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
     let first = t.resources.unwrap().memory_mib;
-    let state = fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 10_000).await;
+    let state = fail_with(&mut w, &t, FailureClass::Oom, Stage::Cosim, 10_000).await;
     assert_eq!(state, v1::TrialState::Queued as i32);
     // Not on a worker with less than twice the peak free...
     assert!(lease_with_memory(&mut w, "w", 16_000).await.is_empty());
@@ -998,11 +1019,11 @@ async fn an_out_of_memory_trial_is_retried_with_twice_its_peak_on_a_worker_that_
     assert_eq!(t.token.as_ref().unwrap().attempt, 2);
     assert_eq!(t.resources.unwrap().memory_mib, 20_000, "was {first}");
     // Twice 40 GB is more than any worker offers: the most there is.
-    fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 40_000).await;
+    fail_with(&mut w, &t, FailureClass::Oom, Stage::Cosim, 40_000).await;
     let t = lease_with_memory(&mut w, "w", 65_536).await.pop().unwrap();
     assert_eq!(t.resources.unwrap().memory_mib, 65_536);
     // It died with the most there is: retrying cannot help, and the result says why.
-    let state = fail_with(&mut w, "w", &t, FailureClass::Oom, Stage::Cosim, 64_000).await;
+    let state = fail_with(&mut w, &t, FailureClass::Oom, Stage::Cosim, 64_000).await;
     assert_eq!(state, v1::TrialState::Failed as i32);
     let results = op
         .get_results(v1::GetResultsRequest {
@@ -1051,15 +1072,7 @@ async fn a_licence_refusal_costs_no_attempt_backs_off_and_holds_the_seats_down()
     let both = lease(&mut w, "w", 2, 1000).await;
     assert_eq!(both.len(), 2);
     let (refused, running) = (&both[0], &both[1]);
-    let state = fail_with(
-        &mut w,
-        "w",
-        refused,
-        FailureClass::Licence,
-        Stage::Vsynth,
-        0,
-    )
-    .await;
+    let state = fail_with(&mut w, refused, FailureClass::Licence, Stage::Vsynth, 0).await;
     assert_eq!(state, v1::TrialState::Queued as i32);
     // Past its backoff, still not leased: vsynth seats are held at the one in use when the
     // licence server refused (no limit is configured, so nothing else would stop it).
@@ -1093,51 +1106,9 @@ async fn apply_fix_derives_a_trial_with_the_fix_once() {
     assert!(original.derived_from_json.is_empty());
 
     // C synthesis refused a partition; the log named the size it needs.
-    let complete = |w: &mut Wk, t: &v1::LeasedTrial, derived_from: Option<serde_json::Value>| {
-        let key = key(t);
-        let settings: Settings = t.settings.clone().unwrap().try_into().unwrap();
-        let result = serde_json::json!({
-            "schema": hlsfarm_common::results::RESULT_SCHEMA,
-            "trial_key": key,
-            "model": { "name": t.model.as_ref().unwrap().name, "sha256": t.model.as_ref().unwrap().sha256 },
-            "settings": settings,
-            "stages": ["convert", "csynth"],
-            "status": "failed",
-            "start_time": "2026-12-02T00:00:00Z",
-            "end_time": "2026-12-02T00:00:01Z",
-            "timings": [],
-            "toolchain": { "hls4ml_version": "1.3.0" },
-            "warnings": [],
-            "effective_reuse_factor": {},
-            "reports": {},
-            "derived_from": derived_from,
-            "failure": {
-                "class": FailureClass::ToolError, "reason": "array partition above the limit",
-                "stage": "csynth", "log_tail": "", "suggestion": null,
-                "fix": { "max_array_partition_size": 8192 },
-            },
-            "kept_files": [],
-            "kept_bytes": 0,
-        });
-        let request = v1::CompleteRequest {
-            worker_id: "w".into(),
-            token: t.token.clone(),
-            result: Some(v1::TrialResult {
-                result_json: result.to_string(),
-                ..Default::default()
-            }),
-            failure: Some(v1::Failure {
-                class: v1::FailureClass::ToolError as i32,
-                reason: "array partition above the limit".into(),
-                stage: v1::Stage::Csynth as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut w = w.clone();
-        async move { w.complete(request).await.unwrap().into_inner().state }
-    };
-    let state = complete(&mut w, &original, None).await;
+    let fix = serde_json::json!({ "fix": { "max_array_partition_size": 8192 } });
+    let (class, stage) = (FailureClass::ToolError, Stage::Csynth);
+    let state = fail_with_result(&mut w, &original, class, stage, fix.clone(), None).await;
     assert_eq!(state, v1::TrialState::Failed as i32);
 
     // The derived trial: its own key, the fix applied, the original named.
@@ -1151,7 +1122,7 @@ async fn apply_fix_derives_a_trial_with_the_fix_once() {
     assert_eq!(from["trial_key"], key(&original));
     assert_eq!(from["fix"]["max_array_partition_size"], 8192);
     // Its own failure is reported, not derived again.
-    complete(&mut w, &fixed, Some(from)).await;
+    fail_with_result(&mut w, &fixed, class, stage, fix, Some(from)).await;
     assert!(lease(&mut w, "w", 1, 500).await.is_empty());
     let c = counts(&mut op, &sweep.sweep_id).await;
     assert_eq!(c["failed"], 2, "{c:?}");

@@ -389,38 +389,28 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
         "{stdout}"
     );
     assert!(stdout.contains("at least 4608"), "{stdout}");
-    let output = hlsfarm()
-        .args([
-            "check",
-            "--max-array-partition-size",
-            "16384",
-            "--input-dir",
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    // `hlsfarm check FLAGS --input-dir input`: (exit code, stdout).
+    let check = |flags: &[&str]| {
+        let output = hlsfarm()
+            .arg("check")
+            .args(flags)
+            .arg("--input-dir")
+            .arg(&input)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), stdout)
+    };
+    let (code, stdout) = check(&["--max-array-partition-size", "16384"]);
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("0 finding(s) the tools would refuse"),
         "{stdout}"
     );
     // For Vivado HLS the Dense layer's 11,520 multiplications at reuse factor 1 are past
     // the 4,096 it unrolls (XFORM 203-504): an error, fixed by that layer's reuse factor.
-    let output = hlsfarm()
-        .args([
-            "check",
-            "--backend",
-            "vivado",
-            "--max-array-partition-size",
-            "16384",
-            "--input-dir",
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let (code, stdout) = check(&["--backend", "vivado", "--max-array-partition-size", "16384"]);
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("error unroll_limit: layer `classes` (Dense) unrolls 11520 multiplications per cycle at reuse factor 1"),
         "{stdout}"

@@ -92,6 +92,18 @@ pub struct RunArgs {
     pub fix: bool,
 }
 
+/// The one sweep of a one-host run, as the embedded queue knows it.
+fn one_host_sweep() -> SweepMeta {
+    SweepMeta {
+        id: ONE_HOST_SWEEP.to_owned(),
+        priority: 1,
+        force: false,
+    }
+}
+
+/// Its id.
+const ONE_HOST_SWEEP: &str = "one-host";
+
 /// Runs the sweep on this host; returns the exit code (0: all succeeded, 1: some failed,
 /// 130: interrupted).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -282,26 +294,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         retry_backoff: Duration::ZERO,
         ..QueueConfig::default()
     }));
-    let sweep_id = "one-host".to_owned();
-    let new: Vec<NewTrial> = to_run
-        .iter()
-        .map(|p| NewTrial {
-            key: p.key.clone(),
-            cost: p.cost(),
-            payload: serde_json::Value::Null,
-            needs: Default::default(),
-        })
-        .collect();
-    queue
-        .submit(
-            SweepMeta {
-                id: sweep_id.clone(),
-                priority: 1,
-                force: false,
-            },
-            new,
-        )
-        .await?;
+    let sweep_id = ONE_HOST_SWEEP.to_owned();
+    let new: Vec<NewTrial> = to_run.iter().map(|p| p.queued()).collect();
+    queue.submit(one_host_sweep(), new).await?;
 
     let cancel = CancellationToken::new();
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -448,21 +443,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                                     .to_string_lossy(),
                                 serde_json::to_string(fix).unwrap_or_default()
                             ));
-                            queue
-                                .submit(
-                                    SweepMeta {
-                                        id: sweep_id.clone(),
-                                        priority: 1,
-                                        force: false,
-                                    },
-                                    vec![NewTrial {
-                                        key: fixed.key.clone(),
-                                        cost: fixed.cost(),
-                                        payload: serde_json::Value::Null,
-                                        needs: Default::default(),
-                                    }],
-                                )
-                                .await?;
+                            queue.submit(one_host_sweep(), vec![fixed.queued()]).await?;
                             by_key
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::{TrialResult, TrialStatus};
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::trial_key::{ModelDigest, Toolchain, TrialKeyInput};
@@ -21,6 +22,16 @@ pub(super) struct Planned {
 }
 
 impl Planned {
+    /// It as the embedded queue takes it: key and cost.
+    pub(super) fn queued(&self) -> NewTrial {
+        NewTrial {
+            key: self.key.clone(),
+            cost: self.cost(),
+            payload: serde_json::Value::Null,
+            needs: Default::default(),
+        }
+    }
+
     /// Its expected cost, as the cluster estimates it (model size, reuse factor, stages), so
     /// both modes put a sweep's longest trials first alike.
     pub(super) fn cost(&self) -> f64 {
