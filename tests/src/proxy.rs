@@ -23,8 +23,11 @@ struct Link {
     cut: Mutex<bool>,
     healed: Condvar,
     down: AtomicBool,
-    /// Open connections (both ends), to close when going down.
-    open: Mutex<Vec<TcpStream>>,
+    /// Open connections (both ends) by number, to close when going down; a connection leaves
+    /// when it ends, so its sockets are closed then (a kept clone would hold them open).
+    open: Mutex<std::collections::HashMap<u64, [TcpStream; 2]>>,
+    /// Numbers the connections.
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -90,14 +93,19 @@ impl TcpProxy {
                     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
                         return;
                     };
+                    let id = link.next.fetch_add(1, Ordering::SeqCst);
                     if let (Ok(c3), Ok(s3)) = (client.try_clone(), server.try_clone()) {
                         let mut open = link.open.lock().unwrap_or_else(|p| p.into_inner());
-                        open.push(c3);
-                        open.push(s3);
+                        open.insert(id, [c3, s3]);
                     }
                     let back = link.clone();
-                    std::thread::spawn(move || pump(s2, c2, back));
-                    pump(client, server, link);
+                    let backwards = std::thread::spawn(move || pump(s2, c2, back));
+                    pump(client, server, link.clone());
+                    let _ = backwards.join();
+                    link.open
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                 });
             }
         });
@@ -123,7 +131,7 @@ impl TcpProxy {
     pub fn down(&self) {
         self.link.down.store(true, Ordering::SeqCst);
         let open = std::mem::take(&mut *self.link.open.lock().unwrap_or_else(|p| p.into_inner()));
-        for stream in open {
+        for stream in open.into_values().flatten() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
