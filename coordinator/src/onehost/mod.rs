@@ -287,13 +287,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     );
 
     // Queue the trials to run: longest first, by the cluster's cost estimate.
-    let queue = Arc::new(EmbeddedQueue::new(QueueConfig {
+    let queue_config = QueueConfig {
         // One process holds every lease: nothing can lose one but the process itself.
         lease: Duration::from_secs(30 * 24 * 3600),
         max_attempts: 3,
         retry_backoff: Duration::ZERO,
+        // A licence seat refused is waited for, but a user at the terminal should not wait
+        // an hour for a licence that is not there: 20, 40, 80 s, then it counts.
+        max_refusals: 3,
+        refusal_backoff: Duration::from_secs(20),
         ..QueueConfig::default()
-    }));
+    };
+    let queue = Arc::new(EmbeddedQueue::new(queue_config));
     let sweep_id = ONE_HOST_SWEEP.to_owned();
     let new: Vec<NewTrial> = to_run.iter().map(|p| p.queued()).collect();
     queue.submit(one_host_sweep(), new).await?;
@@ -461,17 +466,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 }
                 let state = queue.complete(&lease.key, lease.fence, outcome).await?;
                 if state == TrialState::Queued {
-                    progress.finish(
-                        line,
-                        &match memory.raised_to(&lease.key).filter(|r| *r > limit) {
-                            Some(r) => format!(
-                                "hlsfarm: retry {name} with {r} MiB reserved: {}",
-                                line_for(&result)
-                            ),
-                            None => format!("hlsfarm: retry {name}: {}", line_for(&result)),
-                        },
-                        "",
-                    );
+                    let raised = memory.raised_to(&lease.key).filter(|r| *r > limit);
+                    let text = match (outcome, raised) {
+                        (Outcome::Refused, _) => format!(
+                            "hlsfarm: {name}: the licence server refused a seat; queued again without spending an attempt (waits at most {} s): {}",
+                            queue_config.refusal_wait(queue_config.max_refusals).as_secs(),
+                            line_for(&result)
+                        ),
+                        (_, Some(r)) => format!(
+                            "hlsfarm: retry {name} with {r} MiB reserved: {}",
+                            line_for(&result)
+                        ),
+                        _ => format!("hlsfarm: retry {name}: {}", line_for(&result)),
+                    };
+                    progress.finish(line, &text, "");
                     continue;
                 }
                 if result.status == TrialStatus::Success && !keep_scratch {
