@@ -433,3 +433,56 @@ fn a_worker_forgotten_by_a_flushed_redis_registers_again() {
     worker.signal(Signal::SIGTERM).unwrap();
     worker.wait(Duration::from_secs(30)).unwrap();
 }
+
+#[test]
+fn a_worker_runs_an_out_of_memory_retry_under_the_larger_reservation() {
+    let dir = TestDir::new("cluster-oom").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    // The worker offers 8000 MiB; co-simulation dies of memory with the tool saying its peak
+    // was 3000 MB, every time.
+    let mut worker = cluster
+        .start_worker(
+            "w1",
+            &["--slots", "1"],
+            &[
+                ("HLSFARM_WORKER__MEMORY_MIB", "8000"),
+                // A trial's limit: its reservation, when above this.
+                ("HLSFARM_WORKER__TRIAL_MEMORY_MIB", "2000"),
+                ("STANDIN_FAIL", "cosim_oom"),
+                ("STANDIN_AT", "cosim"),
+                ("STANDIN_PEAK_MB", "3000"),
+            ],
+        )
+        .unwrap();
+    wait_registered(&worker);
+    let models = copy_examples(dir.path(), 1);
+    let (sweep, _) = cluster
+        .submit(&models, &["--stages", "convert,csynth,cosim"])
+        .unwrap();
+    let trial = wait_until(
+        "the trial to run out of attempts",
+        Duration::from_secs(300),
+        || {
+            let trial = cluster.trials(&sweep).ok()?.pop()?;
+            (trial["state"] == "dead").then_some(trial)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    assert_eq!(trial["attempt"], 3, "{trial}");
+    // Attempt 1 under the sweep's 4096 MiB; attempts 2 and 3 under twice the peak.
+    let key = trial["key"].as_str().unwrap().to_owned();
+    let committed = cluster.store().join(format!("results/{key}/result.json"));
+    wait_until("the last attempt's result", Duration::from_secs(30), || {
+        committed.is_file().then_some(())
+    })
+    .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cluster.store().join(format!("results/{key}/result.json"))).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.stderr()));
+    assert_eq!(result["failure"]["class"], "oom", "{result}");
+    assert_eq!(result["failure"]["peak_memory_mib"], 3000, "{result}");
+    assert_eq!(result["memory_limit_mib"], 6000, "{result}");
+    worker.signal(Signal::SIGTERM).unwrap();
+    worker.wait(Duration::from_secs(30)).unwrap();
+}

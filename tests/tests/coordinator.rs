@@ -1127,3 +1127,38 @@ async fn apply_fix_derives_a_trial_with_the_fix_once() {
     let c = counts(&mut op, &sweep.sweep_id).await;
     assert_eq!(c["failed"], 2, "{c:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_infrastructure_failure_goes_to_another_worker() {
+    let dir = TestDir::new("coord-infra").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "infra").await;
+    submit(&mut op, spec(models, vec![], &[Stage::Convert])).await;
+    let mut w1 = register(&url, "w1", full_caps()).await;
+    let mut w2 = register(&url, "w2", full_caps()).await;
+    let t = lease(&mut w1, "w1", 1, 1000).await.pop().unwrap();
+    // w1's disk was full: not the trial's fault, and not a reason to give it back to w1.
+    let state = w1
+        .complete(v1::CompleteRequest {
+            worker_id: "w1".into(),
+            token: t.token.clone(),
+            failure: Some(v1::Failure {
+                class: v1::FailureClass::Infrastructure as i32,
+                reason: "no space left on the scratch disk".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(state, v1::TrialState::Queued as i32);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the retry backoff
+    assert!(lease(&mut w1, "w1", 1, 300).await.is_empty());
+    let again = lease(&mut w2, "w2", 1, 1000).await.pop().unwrap();
+    assert_eq!(key(&again), key(&t));
+    assert_eq!(again.token.unwrap().attempt, 2);
+}

@@ -54,6 +54,10 @@ fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
 }
 
 /// A queue refusal as the status workers act on.
+/// How long a worker whose infrastructure failed a trial does not get it back: long enough
+/// for another worker to take it, short enough that a lone worker tries again.
+const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(300);
+
 pub(super) fn refused(e: QueueError) -> Status {
     match e {
         QueueError::Transition(t) => Status::failed_precondition(format!(
@@ -277,6 +281,7 @@ impl Worker for WorkerApi {
         }
         let mut memory_mib = 0;
         let mut refused_feature = String::new();
+        let mut avoid_worker_for = Duration::ZERO;
         let mut hopeless = None;
         let outcome = if r.cancelled {
             Outcome::Cancelled
@@ -312,6 +317,11 @@ impl Worker for WorkerApi {
                             Outcome::Failed { retryable: false }
                         }
                     }
+                }
+                // The worker's own trouble (disk, network, store): another worker tries.
+                FailureClass::Infrastructure => {
+                    avoid_worker_for = AVOID_WORKER_AFTER_INFRASTRUCTURE;
+                    Outcome::Failed { retryable: true }
                 }
                 _ => Outcome::Failed {
                     retryable: class.is_retryable(),
@@ -379,6 +389,7 @@ impl Worker for WorkerApi {
             seconds,
             memory_mib,
             refused_feature,
+            avoid_worker_for,
         };
         // Derived before the failure is recorded, so the sweep never looks finished between.
         if outcome == (Outcome::Failed { retryable: false })

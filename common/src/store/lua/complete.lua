@@ -2,7 +2,9 @@
 -- refused), max_attempts, retry backoff ms, result summary (JSON or ''), result prefix in the
 -- store (or ''), seconds the attempt ran, memory to reserve from now on (MiB; 0 keeps it; it
 -- only grows), max licence refusals, licence backoff ms, seat hold ms, the refused feature
--- ('' for every seat feature of the trial). Returns the new state, or an error status
+-- ('' for every seat feature of the trial), and ms during which the reporting worker is not
+-- to lease the trial again (0: none; an infrastructure failure: its disk, network or store,
+-- so another worker should try). Returns the new state, or an error status
 -- ("unknown", "illegal:<state>", "stale:<attempt>:<epoch>"): a refused report changes nothing.
 --
 -- refused (the licence server had no seat): the attempt is refunded under a new epoch after a
@@ -24,6 +26,8 @@ if outcome ~= 'cancelled' then
   redis.call('HINCRBYFLOAT', P .. ':sw:' .. sweep, 'dsum', seconds)
   redis.call('HINCRBY', P .. ':sw:' .. sweep, 'dn', 1)
 end
+local avoid_ms = tonumber(ARGV[16] or '0')
+if avoid_ms > 0 and worker then redis.call('HSET', t, 'xw', worker, 'xu', now_ms() + avoid_ms) end
 local memory = tonumber(ARGV[11] or '0')
 if memory > tonumber(redis.call('HGET', t, 'mem') or '0') then redis.call('HSET', t, 'mem', memory) end
 local state

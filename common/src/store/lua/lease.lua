@@ -3,7 +3,8 @@
 -- memory MiB reserved} per lease: the active sweep with the least virtual time first; within
 -- it the costliest queued trial of a class the worker serves that fits its free memory,
 -- cores and the seats (a feature held down after a licence refusal counts as limited to the
--- seats in use then, until the hold ends).
+-- seats in use then, until the hold ends), and that this worker is not to avoid (it failed
+-- the trial for reasons of its own, an infrastructure failure, a short while ago).
 local worker, max, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local mem, cpu = tonumber(ARGV[5]), tonumber(ARGV[6])
 local any = ARGV[7] == '*'
@@ -46,11 +47,12 @@ while #out < max do
         local cost = tonumber(top[i + 1])
         if pick and cost <= pick.cost then break end
         local k = string.sub(top[i], 14)
-        local f = redis.call('HMGET', tkey(k), 'st', 's', 'mem', 'cpu', 'seat', 'nb')
+        local f = redis.call('HMGET', tkey(k), 'st', 's', 'mem', 'cpu', 'seat', 'nb', 'xw', 'xu')
         if f[1] ~= 'queued' or f[2] ~= sweep then
           redis.call('ZREM', ready, top[i])
         elseif tonumber(f[3] or '0') <= mem and tonumber(f[4] or '0') <= cpu
-            and tonumber(f[6] or '0') <= now and seats_free(f[5]) then
+            and tonumber(f[6] or '0') <= now and seats_free(f[5])
+            and not (f[7] == worker and tonumber(f[8] or '0') > now) then
           pick = {k = k, sweep = sweep, cost = cost, ready = ready, member = top[i],
             mem = tonumber(f[3] or '0'), cpu = tonumber(f[4] or '0'), seat = f[5]}
           break

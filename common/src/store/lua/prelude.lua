@@ -9,7 +9,7 @@
 --                      e epoch, c cancel requested (0/1),
 --                      cost, p payload (JSON), cls class, mem MiB, cpu cores, seat features
 --                      (comma list), hs seats held (0/1), nb not-before (ms), lr licence
---                      refusals refunded, w worker,
+--                      refusals refunded, xw/xu worker to avoid and until when (ms), w worker,
 --                      d lease deadline (ms), t0 lease start (ms), stg stage, ph phase,
 --                      r result summary (JSON), res committed result prefix, rm its
 --                      member in the ready zset while queued

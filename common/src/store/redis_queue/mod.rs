@@ -349,7 +349,8 @@ impl RedisQueue {
             .arg(self.config.max_refusals)
             .arg(self.config.refusal_backoff.as_millis() as u64)
             .arg(self.config.seat_hold.as_millis() as u64)
-            .arg(&completion.refused_feature);
+            .arg(&completion.refused_feature)
+            .arg(completion.avoid_worker_for.as_millis() as u64);
         let state: String = invocation
             .invoke_async(&mut connection)
             .await

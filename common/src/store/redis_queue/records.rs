@@ -49,6 +49,9 @@ pub struct Completion {
     /// For a licence refusal, the feature refused (its seats are held down); empty for every
     /// seat feature of the trial.
     pub refused_feature: String,
+    /// How long the reporting worker is not to lease the trial again (an infrastructure
+    /// failure of its own: another worker should try); zero for none.
+    pub avoid_worker_for: std::time::Duration,
 }
 
 /// One trial's progress in a heartbeat.
