@@ -179,8 +179,38 @@ fn tls_config(
     ))
 }
 
-/// Runs the coordinator until SIGTERM or Ctrl-C.
+/// Runs the coordinator until SIGTERM or Ctrl-C, on `coordinator.listen`.
 pub async fn serve(config: Config) -> anyhow::Result<i32> {
+    let listen: std::net::SocketAddr = config
+        .coordinator
+        .listen
+        .parse()
+        .context("coordinator.listen")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (coordinator.listen)"))?;
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    serve_on(config, listener, shutdown).await
+}
+
+/// Runs the coordinator on `listener` until `shutdown` completes (then new calls are refused,
+/// running calls finish, the background loops stop): what `serve` runs, and what a test runs
+/// in its own process.
+pub async fn serve_on(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<i32> {
     let c = &config.coordinator;
     if c.operator_token.is_empty() || c.worker_token.is_empty() {
         bail!(
@@ -189,7 +219,6 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
              call must carry one"
         );
     }
-    let listen: std::net::SocketAddr = c.listen.parse().context("coordinator.listen")?;
     let tokens = auth::Tokens::new(c.operator_token.expose(), c.worker_token.expose());
     let coordinator = Coordinator::connect(config.clone()).await?;
     let stop = coordinator.stop.clone();
@@ -207,9 +236,6 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
         workers::WorkerApi::new(coordinator.clone()),
         tokens.interceptor(auth::Role::Worker),
     );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (coordinator.listen)"))?;
     let local = listener.local_addr()?;
     let tls = tls_config(c)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -220,15 +246,7 @@ pub async fn serve(config: Config) -> anyhow::Result<i32> {
     let shutdown = {
         let stop = stop.clone();
         async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            shutdown.await;
             tracing::info!("stopping: new calls refused, running calls finish");
             stop.cancel();
         }
