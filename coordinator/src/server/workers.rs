@@ -54,9 +54,9 @@ fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
 }
 
 /// A queue refusal as the status workers act on.
-/// How long a worker whose infrastructure failed a trial does not get it back: long enough
-/// for another worker to take it, short enough that a lone worker tries again.
-const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(300);
+/// How long a worker whose infrastructure failed a trial does not get it back while another
+/// worker is about (a lone worker takes it back at once): long enough for another to take it.
+const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(120);
 
 pub(super) fn refused(e: QueueError) -> Status {
     match e {

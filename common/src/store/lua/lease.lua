@@ -4,7 +4,8 @@
 -- it the costliest queued trial of a class the worker serves that fits its free memory,
 -- cores and the seats (a feature held down after a licence refusal counts as limited to the
 -- seats in use then, until the hold ends), and that this worker is not to avoid (it failed
--- the trial for reasons of its own, an infrastructure failure, a short while ago).
+-- the trial for reasons of its own, an infrastructure failure, a short while ago, and
+-- another worker is about).
 local worker, max, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local mem, cpu = tonumber(ARGV[5]), tonumber(ARGV[6])
 local any = ARGV[7] == '*'
@@ -16,6 +17,11 @@ for _, pair in ipairs(split(ARGV[8])) do
 end
 local now = now_ms()
 local deadline = now + lease_ms
+-- Another worker seen in the last 10 s: only then does a worker that failed a trial for
+-- reasons of its own leave it to others (a lone worker takes it back at once).
+local others = redis.call('ZCOUNT', P .. ':wseen', now - 10000, '+inf')
+local seen = tonumber(redis.call('ZSCORE', P .. ':wseen', worker) or '0')
+if seen >= now - 10000 then others = others - 1 end
 local holds = redis.call('HGETALL', P .. ':hold')
 for i = 1, #holds, 2 do
   local cap, until_ms = string.match(holds[i + 1], '(%d+):(%d+)')
@@ -52,7 +58,7 @@ while #out < max do
           redis.call('ZREM', ready, top[i])
         elseif tonumber(f[3] or '0') <= mem and tonumber(f[4] or '0') <= cpu
             and tonumber(f[6] or '0') <= now and seats_free(f[5])
-            and not (f[7] == worker and tonumber(f[8] or '0') > now) then
+            and not (others > 0 and f[7] == worker and tonumber(f[8] or '0') > now) then
           pick = {k = k, sweep = sweep, cost = cost, ready = ready, member = top[i],
             mem = tonumber(f[3] or '0'), cpu = tonumber(f[4] or '0'), seat = f[5]}
           break
