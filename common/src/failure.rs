@@ -54,6 +54,46 @@ pub fn oom_reservation(peak_mib: u64, largest_mib: u64) -> Option<u64> {
     (reserve >= peak_mib + (peak_mib / 10).max(256)).then_some(reserve)
 }
 
+/// How a stage that ran out of memory is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OomRetry {
+    /// As any retryable failure: no peak was measured.
+    Again,
+    /// With this much memory reserved (MiB).
+    Reserve(u64),
+    /// Not at all: nothing offers clearly more than the peak. The reason's tail and the fix.
+    GiveUp {
+        /// Appended to the failure's reason.
+        note: String,
+        /// The failure's new suggestion.
+        fix: String,
+    },
+}
+
+/// How to retry a stage that ran out of memory at `peak_mib` where the most on offer is
+/// `largest_mib` ([`oom_reservation`]); `offers` says what offers it (e.g. "this host has
+/// 24000 MiB") and `get_more` where more would come from, for the reason and the fix when
+/// retrying cannot help.
+pub fn oom_retry(
+    peak_mib: Option<u64>,
+    largest_mib: u64,
+    offers: &str,
+    get_more: &str,
+) -> OomRetry {
+    let Some(peak) = peak_mib.filter(|&p| p > 0) else {
+        return OomRetry::Again;
+    };
+    match oom_reservation(peak, largest_mib) {
+        Some(reserve) => OomRetry::Reserve(reserve),
+        None => OomRetry::GiveUp {
+            note: format!("; not retried: it peaked at {peak} MiB and {offers}"),
+            fix: format!(
+                "{get_more}, or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy"
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,17 @@ pub fn merge_fix(into: &mut serde_json::Value, fix: &serde_json::Value) {
     }
 }
 
+/// Merges the settings changes `fix` into `into`, key by key ([`merge_fix`]): several
+/// findings' fixes held together.
+pub fn merge_fixes(
+    into: &mut BTreeMap<String, serde_json::Value>,
+    fix: &BTreeMap<String, serde_json::Value>,
+) {
+    for (k, v) in fix {
+        merge_fix(into.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+    }
+}
+
 impl Settings {
     /// These settings with `fix` merged in ([`merge_fix`] per key), or why it does not apply.
     pub fn with_fix(&self, fix: &BTreeMap<String, serde_json::Value>) -> Result<Settings, String> {
@@ -390,6 +401,36 @@ pub fn part_family(part: &str) -> Result<&'static str, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn fixes_merge_per_layer_and_keep_the_larger_number() {
+        let mut settings = serde_json::json!({
+            "reuse_factor": 1,
+            "max_array_partition_size": 4096,
+            "layers": { "fc1": { "precision": "ap_fixed<8,3>" } },
+        });
+        for fix in [
+            serde_json::json!({ "max_array_partition_size": 11520 }),
+            serde_json::json!({ "max_array_partition_size": 8192 }),
+            serde_json::json!({ "layers": { "fc1": { "reuse_factor": 3 } } }),
+            serde_json::json!({ "layers": { "conv3": { "reuse_factor": 4 } } }),
+        ] {
+            for (k, v) in fix.as_object().unwrap() {
+                merge_fix(&mut settings[k.as_str()], v);
+            }
+        }
+        assert_eq!(
+            settings,
+            serde_json::json!({
+                "reuse_factor": 1,
+                "max_array_partition_size": 11520,
+                "layers": {
+                    "fc1": { "precision": "ap_fixed<8,3>", "reuse_factor": 3 },
+                    "conv3": { "reuse_factor": 4 },
+                },
+            })
+        );
+    }
 
     #[test]
     fn enums_parse_hls4ml_spellings_and_list_allowed_values() {

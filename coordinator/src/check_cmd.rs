@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hlsfarm_common::settings::{Settings, merge_fix};
+use hlsfarm_common::settings::{Settings, merge_fixes};
 
 use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
@@ -206,9 +206,7 @@ pub(crate) async fn preflight_fixes(
             let mut answered = Vec::new();
             for f in findings.iter().filter(|f| f.is_error()) {
                 let Some(changes) = &f.fix else { continue };
-                for (k, v) in changes {
-                    merge_fix(fix.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-                }
+                merge_fixes(&mut fix, changes);
                 answered.push(f.message.clone());
             }
             if fix.is_empty() {
@@ -221,40 +219,4 @@ pub(crate) async fn preflight_fixes(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn fixes_merge_per_layer_and_keep_the_larger_number() {
-        let mut settings = serde_json::json!({
-            "reuse_factor": 1,
-            "max_array_partition_size": 4096,
-            "layers": { "fc1": { "precision": "ap_fixed<8,3>" } },
-        });
-        for fix in [
-            serde_json::json!({ "max_array_partition_size": 11520 }),
-            serde_json::json!({ "max_array_partition_size": 8192 }),
-            serde_json::json!({ "layers": { "fc1": { "reuse_factor": 3 } } }),
-            serde_json::json!({ "layers": { "conv3": { "reuse_factor": 4 } } }),
-        ] {
-            for (k, v) in fix.as_object().unwrap() {
-                merge_fix(&mut settings[k.as_str()], v);
-            }
-        }
-        assert_eq!(
-            settings,
-            serde_json::json!({
-                "reuse_factor": 1,
-                "max_array_partition_size": 11520,
-                "layers": {
-                    "fc1": { "precision": "ap_fixed<8,3>", "reuse_factor": 3 },
-                    "conv3": { "reuse_factor": 4 },
-                },
-            })
-        );
-    }
 }

@@ -85,10 +85,6 @@ impl EmbeddedQueue {
         // assignment after the transition succeeded), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn policy(&self) -> &QueueConfig {
-        &self.config
-    }
 }
 
 impl Inner {
@@ -182,7 +178,7 @@ impl Inner {
 
 impl Queue for EmbeddedQueue {
     async fn submit(&self, sweep: SweepMeta, trials: Vec<NewTrial>) -> Result<u64, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let mut inner = self.lock();
         // A new sweep starts level with the busiest active one, not with a backlog of credit.
         let start = inner
@@ -216,18 +212,12 @@ impl Queue for EmbeddedQueue {
                         .trials
                         .get_mut(&trial.key)
                         .ok_or_else(|| Error::UnknownTrial(trial.key.clone()))?;
-                    let before = (
-                        std::mem::replace(&mut entry.sweep_id, sweep.id.clone()),
-                        std::mem::replace(&mut entry.payload, trial.payload),
-                        std::mem::replace(&mut entry.cost, trial.cost),
-                    );
-                    if let Err(e) = inner.apply(&trial.key, event, policy) {
-                        // Refused: the entry keeps its sweep, payload and cost.
-                        if let Some(entry) = inner.trials.get_mut(&trial.key) {
-                            (entry.sweep_id, entry.payload, entry.cost) = before;
-                        }
-                        return Err(e);
-                    }
+                    // A refused event leaves the entry as it was.
+                    transition(entry.status, event, config.policy())?;
+                    entry.sweep_id = sweep.id.clone();
+                    entry.payload = trial.payload;
+                    entry.cost = trial.cost;
+                    inner.apply(&trial.key, event, config)?;
                 }
                 None => {
                     inner.trials.insert(
@@ -251,13 +241,13 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn lease(&self, worker: &str, max: usize) -> Result<Vec<Lease>, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let deadline = Instant::now() + self.config.lease;
         let mut inner = self.lock();
         let mut leases = Vec::new();
         while leases.len() < max {
             let Some(key) = inner.next_key() else { break };
-            let status = inner.apply(&key, Event::Lease, policy)?;
+            let status = inner.apply(&key, Event::Lease, config)?;
             let entry = inner
                 .trials
                 .get_mut(&key)
@@ -280,7 +270,7 @@ impl Queue for EmbeddedQueue {
         worker: &str,
         leases: &[(String, Fence)],
     ) -> Result<HeartbeatReply, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let deadline = Instant::now() + self.config.lease;
         let mut inner = self.lock();
         let mut reply = HeartbeatReply::default();
@@ -289,7 +279,7 @@ impl Queue for EmbeddedQueue {
                 .trials
                 .get(key)
                 .is_some_and(|e| e.worker.as_deref() == Some(worker));
-            match inner.apply(key, Event::Heartbeat(*fence), policy) {
+            match inner.apply(key, Event::Heartbeat(*fence), config) {
                 Ok(status) if holder_ok => {
                     if let Some(entry) = inner.trials.get_mut(key) {
                         entry.deadline = Some(deadline);
@@ -314,17 +304,17 @@ impl Queue for EmbeddedQueue {
     ) -> Result<TrialState, Error> {
         let event = outcome.event(fence);
         let mut inner = self.lock();
-        Ok(inner.apply(key, event, self.policy())?.state)
+        Ok(inner.apply(key, event, &self.config)?.state)
     }
 
     async fn hand_back(&self, key: &str, fence: Fence) -> Result<(), Error> {
         let mut inner = self.lock();
-        inner.apply(key, Event::HandBack(fence), self.policy())?;
+        inner.apply(key, Event::HandBack(fence), &self.config)?;
         Ok(())
     }
 
     async fn cancel_sweep(&self, sweep_id: &str) -> Result<u64, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let mut inner = self.lock();
         if !inner.sweeps.contains_key(sweep_id) {
             return Err(Error::UnknownSweep(sweep_id.to_owned()));
@@ -338,7 +328,7 @@ impl Queue for EmbeddedQueue {
         // Trials whose cancel is already ordered are not touched again.
         let mut touched = 0;
         for key in &keys {
-            if inner.apply(key, Event::Cancel, policy).is_ok() {
+            if inner.apply(key, Event::Cancel, config).is_ok() {
                 touched += 1;
             }
         }
@@ -346,7 +336,7 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn retry_sweep(&self, sweep_id: &str) -> Result<u64, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let mut inner = self.lock();
         let keys: Vec<String> = inner
             .trials
@@ -361,13 +351,13 @@ impl Queue for EmbeddedQueue {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &keys {
-            inner.apply(key, Event::Retry, policy)?;
+            inner.apply(key, Event::Retry, config)?;
         }
         Ok(keys.len() as u64)
     }
 
     async fn reap_expired(&self) -> Result<u64, Error> {
-        let policy = self.policy();
+        let config = &self.config;
         let now = Instant::now();
         let mut inner = self.lock();
         let expired: Vec<(String, Fence)> = inner
@@ -379,7 +369,7 @@ impl Queue for EmbeddedQueue {
             .map(|(k, e)| (k.clone(), e.status.fence()))
             .collect();
         for (key, fence) in &expired {
-            inner.apply(key, Event::LeaseExpired(*fence), policy)?;
+            inner.apply(key, Event::LeaseExpired(*fence), config)?;
         }
         Ok(expired.len() as u64)
     }

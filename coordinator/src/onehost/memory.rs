@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hlsfarm_common::failure::FailureClass;
+use hlsfarm_common::failure::{FailureClass, OomRetry, oom_retry};
 use hlsfarm_common::queue::Outcome;
-use hlsfarm_common::results::{TrialFailure, TrialResult};
+use hlsfarm_common::results::TrialResult;
+use hlsfarm_worker::trial::write_result;
 use tokio_util::sync::CancellationToken;
 
 /// The host's memory as the one-host run shares it among trials: each trial reserves its
@@ -58,55 +59,43 @@ impl MemoryBudget {
 
     /// How a failed trial is reported to the queue. `oom` with a measured peak is retried
     /// with twice the peak reserved when the host has that much, else ends with the peak
-    /// named (its `result.json` says so); `licence` is a refusal, not the trial's fault.
+    /// named (its `result.json` is written again to say so); `licence` is a refusal, not the
+    /// trial's fault.
     pub(super) fn outcome(
         &self,
         key: &str,
-        failure: &mut TrialFailure,
+        result: &mut TrialResult,
         output_dir: &Path,
     ) -> Outcome {
-        match (failure.class, failure.peak_memory_mib) {
-            (FailureClass::Licence, _) => Outcome::Refused,
-            (FailureClass::Oom, Some(peak)) if peak > 0 => {
-                match hlsfarm_common::failure::oom_reservation(peak, self.total_mib) {
-                    Some(reserve) => {
-                        self.raised
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(key.to_owned(), reserve);
-                        Outcome::Failed { retryable: true }
-                    }
-                    None => {
-                        failure.reason.push_str(&format!(
-                            "; not retried: it peaked at {peak} MiB and this host has {} MiB",
-                            self.total_mib
-                        ));
-                        failure.suggestion = Some(
-                            "run it on a host with more memory, or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy".into(),
-                        );
-                        rewrite_failure(output_dir, failure);
-                        Outcome::Failed { retryable: false }
-                    }
+        let Some(failure) = result.failure.as_mut() else {
+            return Outcome::Failed { retryable: false };
+        };
+        match failure.class {
+            FailureClass::Licence => Outcome::Refused,
+            FailureClass::Oom => match oom_retry(
+                failure.peak_memory_mib,
+                self.total_mib,
+                &format!("this host has {} MiB", self.total_mib),
+                "run it on a host with more memory",
+            ) {
+                OomRetry::Again => Outcome::Failed { retryable: true },
+                OomRetry::Reserve(reserve) => {
+                    self.raised
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.to_owned(), reserve);
+                    Outcome::Failed { retryable: true }
                 }
-            }
-            (class, _) => Outcome::Failed {
+                OomRetry::GiveUp { note, fix } => {
+                    failure.reason.push_str(&note);
+                    failure.suggestion = Some(fix);
+                    write_result(result, output_dir);
+                    Outcome::Failed { retryable: false }
+                }
+            },
+            class => Outcome::Failed {
                 retryable: class.is_retryable(),
             },
         }
-    }
-}
-
-/// Writes `failure` into the trial's `result.json` (after the run wrote it).
-pub(super) fn rewrite_failure(output_dir: &Path, failure: &TrialFailure) {
-    let path = output_dir.join("result.json");
-    let Some(mut result) = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
-    else {
-        return;
-    };
-    result.failure = Some(failure.clone());
-    if let Ok(bytes) = serde_json::to_vec_pretty(&result) {
-        let _ = std::fs::write(&path, bytes);
     }
 }

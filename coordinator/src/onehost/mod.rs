@@ -415,13 +415,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     progress.stage(&line, stage)
                 })
                 .await;
-                let outcome = match (&result.status, &mut result.failure) {
-                    (TrialStatus::Success, _) => Outcome::Succeeded,
-                    (TrialStatus::Cancelled, _) => Outcome::Cancelled,
-                    (TrialStatus::Failed, Some(f)) => {
-                        memory.outcome(&lease.key, f, &plan.spec.output_dir)
+                let outcome = match result.status {
+                    TrialStatus::Success => Outcome::Succeeded,
+                    TrialStatus::Cancelled => Outcome::Cancelled,
+                    TrialStatus::Failed => {
+                        memory.outcome(&lease.key, &mut result, &plan.spec.output_dir)
                     }
-                    (TrialStatus::Failed, None) => Outcome::Failed { retryable: false },
                 };
                 if outcome == Outcome::Cancelled {
                     // Nothing to record: the trial runs again next time.

@@ -356,7 +356,6 @@ impl Coordinator {
     /// that is itself derived, or without a fix. Returns the derived trial's key.
     pub(super) async fn derive_fixed(
         &self,
-        sweep: &str,
         failed: &TrialResult,
     ) -> Result<Option<String>, Status> {
         let Some(failure) = failed.failure.as_ref() else {
@@ -368,6 +367,11 @@ impl Coordinator {
         if failed.derived_from.is_some() {
             return Ok(None);
         }
+        // Only now the queue is asked: most failures carry no fix.
+        let Ok(record) = self.queue.trial(&failed.trial_key).await else {
+            return Ok(None);
+        };
+        let sweep = record.sweep.as_str();
         let plan = self.plan(sweep).await?;
         if plan.on_failure != OnFailure::ApplyFix {
             return Ok(None);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hlsfarm_common::FailureClass;
 use hlsfarm_common::blob::Blobs;
-use hlsfarm_common::failure::oom_reservation;
+use hlsfarm_common::failure::{OomRetry, oom_retry};
 use hlsfarm_common::job::{Fence, TrialState};
 use hlsfarm_common::plan::{DerivedPoint, PlanIndex, WorkerCaps};
 use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
@@ -53,11 +53,11 @@ fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
     }
 }
 
-/// A queue refusal as the status workers act on.
 /// How long a worker whose infrastructure failed a trial does not get it back while another
 /// worker is about (a lone worker takes it back at once): long enough for another to take it.
 const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(120);
 
+/// A queue refusal as the status workers act on.
 pub(super) fn refused(e: QueueError) -> Status {
     match e {
         QueueError::Transition(t) => Status::failed_precondition(format!(
@@ -301,19 +301,23 @@ impl Worker for WorkerApi {
                     let peak = parsed
                         .as_ref()
                         .and_then(|p| p.failure.as_ref())
-                        .and_then(|f| f.peak_memory_mib)
-                        .unwrap_or(0);
+                        .and_then(|f| f.peak_memory_mib);
                     let largest = self.c.largest_worker_memory(&r.worker_id).await;
-                    match (peak, oom_reservation(peak, largest)) {
-                        (0, _) => Outcome::Failed { retryable: true },
-                        (_, Some(reserve)) => {
+                    match oom_retry(
+                        peak,
+                        largest,
+                        &format!(
+                            "no worker offers clearly more (the largest offers {largest} MiB)"
+                        ),
+                        "give a worker more memory (worker.memory_mib)",
+                    ) {
+                        OomRetry::Again => Outcome::Failed { retryable: true },
+                        OomRetry::Reserve(reserve) => {
                             memory_mib = reserve;
                             Outcome::Failed { retryable: true }
                         }
-                        (_, None) => {
-                            hopeless = Some(format!(
-                                "; not retried: it peaked at {peak} MiB and no worker offers clearly more (the largest offers {largest} MiB)"
-                            ));
+                        give_up @ OomRetry::GiveUp { .. } => {
+                            hopeless = Some(give_up);
                             Outcome::Failed { retryable: false }
                         }
                     }
@@ -368,12 +372,9 @@ impl Worker for WorkerApi {
                 ..ResultSummary::default()
             });
         }
-        if let (Some(s), Some(note)) = (summary.as_mut(), hopeless) {
+        if let (Some(s), Some(OomRetry::GiveUp { note, fix })) = (summary.as_mut(), hopeless) {
             s.reason = Some(format!("{}{note}", s.reason.as_deref().unwrap_or_default()));
-            s.suggestion = Some(
-                "give a worker more memory (worker.memory_mib), or shrink the design: a larger reuse_factor, io_stream, or a Resource strategy"
-                    .into(),
-            );
+            s.suggestion = Some(fix);
         }
         let seconds = summary.as_ref().map_or(0.0, |s| s.seconds);
         let completion = Completion {
@@ -394,9 +395,8 @@ impl Worker for WorkerApi {
         // Derived before the failure is recorded, so the sweep never looks finished between.
         if outcome == (Outcome::Failed { retryable: false })
             && let Some(p) = &parsed
-            && let Ok(record) = self.c.queue.trial(&key).await
         {
-            self.c.derive_fixed(&record.sweep, p).await?;
+            self.c.derive_fixed(p).await?;
         }
         let state = self
             .c

@@ -5,7 +5,7 @@
 //! Both the worker daemon and the one-host run call [`run_trial`]. It never returns an error:
 //! whatever happens ends in a [`TrialResult`], failed ones with a classified failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hlsfarm_common::failure::FailureClass;
@@ -221,11 +221,8 @@ pub async fn run_trial(
     {
         let mut fix = f.fix.take().unwrap_or_default();
         for finding in preflight.iter().filter(|p| p.is_error()) {
-            for (k, v) in finding.fix.iter().flatten() {
-                hlsfarm_common::settings::merge_fix(
-                    fix.entry(k.clone()).or_insert(serde_json::Value::Null),
-                    v,
-                );
+            if let Some(changes) = &finding.fix {
+                hlsfarm_common::settings::merge_fixes(&mut fix, changes);
             }
         }
         f.fix = (!fix.is_empty()).then_some(fix);
@@ -331,11 +328,16 @@ pub async fn run_trial(
         disk_full(f, &spec.scratch);
     }
     result.end_time = now_rfc3339();
-    if let Ok(bytes) = serde_json::to_vec_pretty(&result) {
-        let _ = std::fs::create_dir_all(&spec.output_dir);
-        let _ = std::fs::write(spec.output_dir.join("result.json"), bytes);
-    }
+    write_result(&result, &spec.output_dir);
     result
+}
+
+/// Writes `result` as `output_dir/result.json` (best effort: the caller has it in memory).
+pub fn write_result(result: &TrialResult, output_dir: &Path) {
+    if let Ok(bytes) = serde_json::to_vec_pretty(result) {
+        let _ = std::fs::create_dir_all(output_dir);
+        let _ = std::fs::write(output_dir.join("result.json"), bytes);
+    }
 }
 
 #[cfg(test)]
