@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::results::{Fidelity, TrialResult, TrialStatus};
+use crate::select::Decision;
 
 /// One trial in `synthesis_results.json`: the seed's keys first, then the figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,6 +35,9 @@ pub struct SeedEntry {
     pub reused: bool,
     /// The whole result: settings, timings, reports, fidelity, failure.
     pub result: TrialResult,
+    /// What each selection gate decided for it (a funnel's sweep).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub selection: Vec<Decision>,
 }
 
 /// `synthesis_results.json`.
@@ -78,6 +82,7 @@ impl SeedEntry {
             trial_key: result.trial_key.clone(),
             reused,
             result,
+            selection: Vec::new(),
         }
     }
 }
@@ -94,16 +99,50 @@ impl SeedSummary {
         }
     }
 
-    /// `results.csv`: one row per trial, flat columns.
+    /// `results.csv`: one row per trial, flat columns: [`CSV_COLUMNS`], then the search's
+    /// metrics (by name; `search_<name>` where a fixed column has it) and hyperparameters
+    /// (`hp_<name>`) that any trial has.
     pub fn csv(&self) -> std::io::Result<Vec<u8>> {
+        let mut metrics = std::collections::BTreeSet::new();
+        let mut hyperparameters = std::collections::BTreeSet::new();
+        for s in self.results.iter().filter_map(|e| e.result.search.as_ref()) {
+            metrics.extend(s.metrics.keys().cloned());
+            hyperparameters.extend(s.hyperparameters.keys().cloned());
+        }
+        let mut header: Vec<String> = CSV_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+        header.push("search_trial_id".to_owned());
+        header.extend(metrics.iter().map(|m| {
+            if CSV_COLUMNS.contains(&m.as_str()) || m == "search_trial_id" {
+                format!("search_{m}")
+            } else {
+                m.clone()
+            }
+        }));
+        header.extend(hyperparameters.iter().map(|h| format!("hp_{h}")));
         let mut writer = csv::Writer::from_writer(Vec::new());
         writer
-            .write_record(CSV_COLUMNS)
+            .write_record(&header)
             .map_err(std::io::Error::other)?;
+        let text = |v: Option<&serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
         for entry in &self.results {
-            writer
-                .write_record(csv_row(entry))
-                .map_err(std::io::Error::other)?;
+            let mut row = csv_row(entry);
+            let search = entry.result.search.as_ref();
+            row.push(search.and_then(|s| s.trial_id.clone()).unwrap_or_default());
+            row.extend(
+                metrics
+                    .iter()
+                    .map(|m| text(search.and_then(|s| s.metrics.get(m)))),
+            );
+            row.extend(
+                hyperparameters
+                    .iter()
+                    .map(|h| text(search.and_then(|s| s.hyperparameters.get(h)))),
+            );
+            writer.write_record(row).map_err(std::io::Error::other)?;
         }
         writer
             .into_inner()
@@ -148,6 +187,13 @@ pub const CSV_COLUMNS: &[&str] = &[
     "fidelity",
     "fidelity_warning",
     "rewrites",
+    "parameters",
+    "float_accuracy",
+    "hls_accuracy",
+    "accuracy_drop",
+    "float_auc",
+    "hls_auc",
+    "selection",
     "seconds",
     "failure_class",
     "failure_reason",
@@ -163,6 +209,7 @@ fn csv_row(entry: &SeedEntry) -> Vec<String> {
     let vivado = r.reports.vivado_synth.as_ref();
     let fidelity = r.fidelity.as_ref();
     let seconds = r.timings.iter().fold(0.0, |sum, t| sum + t.seconds);
+    let acc = r.accuracy.as_ref().map(|a| &a.first);
     vec![
         r.model.name.clone(),
         r.trial_key.clone(),
@@ -207,6 +254,24 @@ fn csv_row(entry: &SeedEntry) -> Vec<String> {
         r.rewrites
             .iter()
             .map(|w| format!("{}: {} -> {}", w.layer, w.from, w.to))
+            .collect::<Vec<_>>()
+            .join("; "),
+        int(r.parameters),
+        num(acc.map(|a| a.float)),
+        num(acc.and_then(|a| a.hls)),
+        num(acc.and_then(|a| a.drop)),
+        num(acc.and_then(|a| a.float_auc)),
+        num(acc.and_then(|a| a.hls_auc)),
+        entry
+            .selection
+            .iter()
+            .map(|d| {
+                let role = match (d.role, &d.promoted_for) {
+                    (crate::select::Role::Primary, Some(_)) => "promoted".to_owned(),
+                    (role, _) => format!("{role:?}").to_lowercase(),
+                };
+                format!("gate {}: {role} ({})", d.gate + 1, d.reason)
+            })
             .collect::<Vec<_>>()
             .join("; "),
         format!("{seconds:.3}"),

@@ -30,6 +30,8 @@ pub mod plan;
 pub mod queue;
 pub mod report;
 pub mod results;
+pub mod search;
+pub mod select;
 pub mod settings;
 pub mod stage;
 #[cfg(feature = "redis-queue")]

@@ -290,6 +290,63 @@ pub struct TrialFailure {
     pub fix: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+/// Accuracy of one output on a labelled validation set: Keras's own figure (binary: the
+/// prediction above 0.5 against 0/1 labels; multiclass: top-1 against integer or one-hot
+/// labels) for the float model and for the compiled fixed-point emulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputAccuracy {
+    /// The output.
+    pub output: String,
+    /// `binary` or `multiclass`.
+    pub kind: OutputKind,
+    /// The float model's accuracy.
+    pub float: f64,
+    /// The emulated (fixed-point) model's accuracy, when the emulation compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<f64>,
+    /// `float - hls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<f64>,
+    /// Binary: the float model's ROC AUC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_auc: Option<f64>,
+    /// Binary: the emulated model's ROC AUC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls_auc: Option<f64>,
+}
+
+/// A trial's accuracy on the validation set: its first labelled output's figures, and every
+/// labelled output's when several have labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// The first labelled output's figures.
+    #[serde(flatten)]
+    pub first: OutputAccuracy,
+    /// Samples in the validation set.
+    pub samples: u64,
+    /// The validation file's name.
+    pub source: String,
+    /// Each labelled output, when several have labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputAccuracy>,
+}
+
+/// What a hyperparameter search recorded of a model (Keras Tuner's files or a metrics table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchInfo {
+    /// The file(s) it came from.
+    pub source: String,
+    /// The search's trial id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_id: Option<String>,
+    /// The hyperparameters the search chose.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    /// Its metrics (`val_accuracy`, `rank`, parameter counts, any column of a table).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, serde_json::Value>,
+}
+
 /// The model a trial ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRef {
@@ -361,6 +418,15 @@ pub struct TrialResult {
     /// larger reservation an out-of-memory retry got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<u64>,
+    /// The model's weights, as its framework counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
+    /// Accuracy of the float and the fixed-point model on the user's validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Accuracy>,
+    /// What the hyperparameter search that made the model recorded of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchInfo>,
     /// The reuse factor each layer got.
     pub effective_reuse_factor: BTreeMap<String, u32>,
     /// What the tools reported.
@@ -406,6 +472,9 @@ impl TrialResult {
             preflight: Vec::new(),
             derived_from: None,
             memory_limit_mib: None,
+            parameters: None,
+            accuracy: None,
+            search: None,
             effective_reuse_factor: BTreeMap::new(),
             reports: Reports::default(),
             failure: None,

@@ -132,6 +132,13 @@ pub enum Command {
         /// table, json or csv.
         #[arg(long, value_enum, default_value = "table")]
         format: crate::results_cmd::Format,
+        /// Rank the successful trials by Pareto tier over these objectives, then by the
+        /// first, e.g. `accuracy:max,lut:min,latency_ns:min` (metrics: accuracy,
+        /// float_accuracy, accuracy_drop, auc, parameters, lut, ff, dsp, bram, latency_ns,
+        /// latency_cycles, fmax_mhz, max_abs_diff, and the search's own metrics and
+        /// hyperparameters); without a value: accuracy, LUT and latency where known.
+        #[arg(long, value_name = "OBJECTIVES", num_args = 0..=1, default_missing_value = "")]
+        rank: Option<String>,
     },
     /// Print the figures of an hls4ml project folder, or of one report or log file:
     /// C synthesis (`<top>_csynth.xml`/`.rpt`), Vivado synthesis (`vivado_synth.rpt`),
@@ -305,7 +312,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await?,
             )
         }
-        Some(Command::Results { path, format }) => crate::results_cmd::run(&path, format),
+        Some(Command::Results { path, format, rank }) => {
+            crate::results_cmd::run(&path, format, rank.as_deref())
+        }
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -127,6 +127,28 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(p) = args.priority {
         spec.priority = p.max(1);
     }
+    if !spec.select.is_empty() {
+        bail!(
+            "selection gates (--select, [[select]]) run in `hlsfarm run` on one host; a cluster sweep runs every trial through its stages: submit it without them, or run the funnel with `hlsfarm run`"
+        );
+    }
+    if spec.metrics.is_some() {
+        eprintln!(
+            "hlsfarm: warning: --metrics is joined by `hlsfarm run` only; the cluster's results do not carry it yet"
+        );
+    }
+    let validation = spec
+        .validation
+        .as_ref()
+        .map(|v| {
+            base.join(v).canonicalize().with_context(|| {
+                format!(
+                    "--validation {}: no such file (give an .npz with one array per model input name, or `x`, plus `y`)",
+                    v.display()
+                )
+            })
+        })
+        .transpose()?;
     let models = spec.models.resolve(&base)?;
     if args.preflight {
         let checked =
@@ -151,6 +173,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         let mut roles = std::collections::HashMap::new();
         for (role, path) in crate::sweep_args::model_companions(model, &args.sweep)? {
             roles.insert(role, upload(&mut client, &path).await?.0);
+        }
+        if let Some(v) = &validation {
+            roles.insert("validation".to_owned(), upload(&mut client, v).await?.0);
         }
         inputs.push(v1::ModelInput {
             name: model

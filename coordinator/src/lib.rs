@@ -25,6 +25,7 @@ pub mod client;
 pub mod onehost;
 pub mod pareto;
 pub mod progress;
+pub mod ranking;
 pub mod report_cmd;
 pub mod results_cmd;
 pub mod server;

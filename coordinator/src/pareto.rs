@@ -7,6 +7,7 @@ use std::path::Path;
 
 use hlsfarm_common::aggregate::SeedSummary;
 use hlsfarm_common::results::TrialStatus;
+use hlsfarm_common::select::Objective;
 use plotters::prelude::*;
 
 /// One trial on the plot.
@@ -82,7 +83,7 @@ fn colour(diff: Option<f64>, worst: f64) -> RGBColor {
 }
 
 fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
     points: &[Point],
     label: &str,
     with_text: bool,
@@ -91,14 +92,13 @@ where
     DB::ErrorType: 'static,
 {
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
     let x_max = points.iter().map(|p| p.resources).fold(1.0, f64::max) * 1.1;
     let y_max = points.iter().map(|p| p.latency).fold(1.0, f64::max) * 1.1;
     let worst = points
         .iter()
         .filter_map(|p| p.max_abs_diff)
         .fold(0.0, f64::max);
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder.margin(20);
     if with_text {
         builder
@@ -143,7 +143,76 @@ where
                 .map_err(|e| err(&e))?;
         }
     }
+    Ok(())
+}
+
+/// Every panel of `pareto.svg` on one drawing: the resources-latency plot, then the quality
+/// metric against each resource, two to a row.
+fn draw_all<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    figure: &Figure,
+    with_text: bool,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (rows, cols) = figure.grid();
+    let areas = root.split_evenly((rows, cols));
+    let mut next = areas.iter();
+    if !figure.points.is_empty()
+        && let Some(area) = next.next()
+    {
+        draw(area, &figure.points, figure.label, with_text)?;
+    }
+    if let Some(y) = figure.quality {
+        for (panel, area) in figure.panels.iter().zip(next) {
+            crate::ranking::draw_panel(area, panel, y, with_text)?;
+        }
+    }
     root.present().map_err(|e| err(&e))
+}
+
+/// What `pareto.svg` shows.
+struct Figure {
+    points: Vec<Point>,
+    label: &'static str,
+    quality: Option<&'static str>,
+    panels: Vec<crate::ranking::Panel>,
+}
+
+impl Figure {
+    fn new(summary: &SeedSummary) -> Figure {
+        let (points, label) = points(summary);
+        let quality = crate::ranking::quality_metric(summary);
+        let panels = quality
+            .map(|y| crate::ranking::panels(summary, y))
+            .unwrap_or_default();
+        Figure {
+            points,
+            label,
+            quality,
+            panels,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.panels.len() + usize::from(!self.points.is_empty())
+    }
+
+    fn grid(&self) -> (usize, usize) {
+        let n = self.count().max(1);
+        let cols = n.min(2);
+        (n.div_ceil(cols), cols)
+    }
+
+    fn size(&self) -> (u32, u32) {
+        match self.grid() {
+            (1, 1) => (900, 600),
+            (rows, cols) => (cols as u32 * 700, rows as u32 * 480),
+        }
+    }
 }
 
 /// Fonts tried for the PNG's text (the SVG names a font family and needs none).
@@ -166,28 +235,29 @@ fn register_font() -> bool {
     })
 }
 
-/// Writes `pareto.svg` and `pareto.png` into `dir`; returns false (writing nothing) when no
-/// trial has both figures. The plots have no text when no DejaVu font is installed
-/// (Debian's `fonts-dejavu-core`, which `.ci/setup` installs).
+/// Writes `pareto.svg` and `pareto.png` into `dir`: resources against latency where trials
+/// have both, and the quality metric (accuracy, else the search's `val_accuracy`) against
+/// LUT, DSP, latency and parameters, each with its Pareto tiers; returns false (writing
+/// nothing) when there is nothing to plot. The plots have no text when no DejaVu font is
+/// installed (Debian's `fonts-dejavu-core`, which `.ci/setup` installs).
 pub fn write(summary: &SeedSummary, dir: &Path) -> Result<bool, String> {
-    let (points, label) = points(summary);
-    if points.is_empty() {
+    let figure = Figure::new(summary);
+    if figure.count() == 0 {
         return Ok(false);
     }
     // Text needs a font for its layout, in both backends.
     let with_text = register_font();
+    let size = figure.size();
     let svg = dir.join("pareto.svg");
-    draw(
-        SVGBackend::new(&svg, (900, 600)).into_drawing_area(),
-        &points,
-        label,
+    draw_all(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        &figure,
         with_text,
     )?;
     let png = dir.join("pareto.png");
-    draw(
-        BitMapBackend::new(&png, (900, 600)).into_drawing_area(),
-        &points,
-        label,
+    draw_all(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        &figure,
         with_text,
     )?;
     Ok(true)
@@ -197,10 +267,14 @@ pub fn write(summary: &SeedSummary, dir: &Path) -> Result<bool, String> {
 pub type SweepFile = (&'static str, Vec<u8>);
 
 /// A finished sweep's files, the same for one host (written into the output folder) and for
-/// the cluster (uploaded under `sweeps/<id>/`): `synthesis_results.json`, `results.csv`, and
-/// `pareto.svg` and `pareto.png` where trials have both figures. A plot that cannot be drawn
-/// is left out with the reason (second value); the tables are always there.
-pub fn sweep_outputs(summary: &SeedSummary) -> std::io::Result<(Vec<SweepFile>, Option<String>)> {
+/// the cluster (uploaded under `sweeps/<id>/`): `synthesis_results.json`, `results.csv`,
+/// `ranking.csv` (by `objectives`, else the default for the sweep's figures) where any trial
+/// ranks, and `pareto.svg` and `pareto.png` where there is something to plot. A plot that
+/// cannot be drawn is left out with the reason (second value); the tables are always there.
+pub fn sweep_outputs(
+    summary: &SeedSummary,
+    objectives: Option<Vec<Objective>>,
+) -> std::io::Result<(Vec<SweepFile>, Option<String>)> {
     let mut files = vec![
         (
             "synthesis_results.json",
@@ -208,6 +282,13 @@ pub fn sweep_outputs(summary: &SeedSummary) -> std::io::Result<(Vec<SweepFile>, 
         ),
         ("results.csv", summary.csv()?),
     ];
+    let objectives = crate::ranking::objectives_for(summary, objectives);
+    if !objectives.is_empty() {
+        files.push((
+            "ranking.csv",
+            crate::ranking::ranking_csv(summary, &objectives)?,
+        ));
+    }
     let dir = tempfile::Builder::new().prefix("hlsfarm-plot-").tempdir()?;
     let warning = match write(summary, dir.path()) {
         Ok(true) => {

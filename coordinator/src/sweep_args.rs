@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
+use hlsfarm_common::select::{Gate, parse_objectives};
 use hlsfarm_common::settings::{Backend, IoType, Strategy};
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::sweep::{ModelSelection, OneOrMany, SettingsGrid, SweepSpec};
@@ -74,6 +77,84 @@ pub struct SweepArgs {
     /// key, its folder ending in `_fixed`) [default: report, or the sweep file's on_failure].
     #[arg(long = "on-failure", value_name = "POLICY")]
     pub on_failure: Option<hlsfarm_common::sweep::OnFailure>,
+    /// A labelled validation set: an .npz with one array per model input name (or `x` for a
+    /// one-input model) plus `y` (labels of the first output; `y_<output>` for others): each
+    /// trial's float and fixed-point accuracy on it, in result.json `accuracy`.
+    #[arg(long, value_name = "FILE.npz")]
+    pub validation: Option<PathBuf>,
+    /// What the search recorded of each model: a CSV or JSON table keyed by model file name
+    /// (column `model`), or a Keras Tuner directory; joined as result.json `search` and as
+    /// columns of results.csv [default: what the search left beside the models:
+    /// trials_summary.json, hyperparams_trial_<id>.json, <project>/trial_<id>/trial.json].
+    #[arg(long, value_name = "FILE|DIR")]
+    pub metrics: Option<PathBuf>,
+    /// A funnel: every trial runs up to --select-after, then only the Pareto front over these
+    /// objectives goes on to the later stages (the next tier waits as backups, promoted when a
+    /// primary fails), e.g. `val_accuracy:max,parameters:min`; metrics: accuracy,
+    /// float_accuracy, accuracy_drop, auc, parameters, lut, ff, dsp, bram, latency_ns,
+    /// latency_cycles, fmax_mhz, max_abs_diff, and any metric or hyperparameter the search
+    /// recorded.
+    #[arg(long, value_name = "OBJECTIVES")]
+    pub select: Option<String>,
+    /// A funnel bound: only trials with METRIC >= VALUE go on (comma-separated).
+    #[arg(
+        long = "select-min",
+        value_name = "METRIC=VALUE",
+        value_delimiter = ','
+    )]
+    pub select_min: Vec<String>,
+    /// A funnel bound: only trials with METRIC <= VALUE go on (comma-separated).
+    #[arg(
+        long = "select-max",
+        value_name = "METRIC=VALUE",
+        value_delimiter = ','
+    )]
+    pub select_max: Vec<String>,
+    /// Pareto tiers the funnel keeps: the first goes on, later ones are backups.
+    #[arg(long = "select-tiers", value_name = "N", default_value_t = 2)]
+    pub select_tiers: u32,
+    /// At most this many primaries go on (the rest of the front become backups).
+    #[arg(long = "select-top", value_name = "K")]
+    pub select_top: Option<usize>,
+    /// The stage every trial runs before the funnel decides.
+    #[arg(long = "select-after", value_name = "STAGE", default_value = "emulate")]
+    pub select_after: Stage,
+}
+
+/// The gate the `--select*` flags describe, if any.
+fn gate_from_flags(args: &SweepArgs) -> anyhow::Result<Option<Gate>> {
+    if args.select.is_none() && args.select_min.is_empty() && args.select_max.is_empty() {
+        return Ok(None);
+    }
+    let bounds = |flag: &str, items: &[String]| -> anyhow::Result<BTreeMap<String, f64>> {
+        items
+            .iter()
+            .map(|item| {
+                let (k, v) = item.split_once('=').with_context(|| {
+                    format!("--{flag} {item}: write METRIC=VALUE, e.g. val_accuracy=0.85")
+                })?;
+                let v: f64 = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--{flag} {item}: `{v}` is not a number"))?;
+                Ok((k.trim().to_owned(), v))
+            })
+            .collect()
+    };
+    let gate = Gate {
+        after: args.select_after,
+        objectives: match &args.select {
+            Some(text) => parse_objectives(text).map_err(|e| anyhow::anyhow!("--select: {e}"))?,
+            None => Vec::new(),
+        },
+        min: bounds("select-min", &args.select_min)?,
+        max: bounds("select-max", &args.select_max)?,
+        tiers: args.select_tiers,
+        top: args.select_top,
+    };
+    gate.validate()
+        .map_err(|e| anyhow::anyhow!("--select: {e}"))?;
+    Ok(Some(gate))
 }
 
 fn grid_from_flags(args: &SweepArgs) -> SettingsGrid {
@@ -132,6 +213,9 @@ pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf
                 toolchain: None,
                 resources: None,
                 on_failure: args.on_failure.unwrap_or_default(),
+                validation: None,
+                metrics: None,
+                select: Vec::new(),
             };
             (spec, PathBuf::from("."))
         }
@@ -149,6 +233,26 @@ pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf
     spec.force |= args.force;
     if let Some(policy) = args.on_failure {
         spec.on_failure = policy;
+    }
+    // Paths given as flags are taken from the working folder, a sweep file's from its folder.
+    let here = |p: &PathBuf| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or(p.clone())
+    };
+    if let Some(v) = &args.validation {
+        spec.validation = Some(here(v));
+    }
+    if let Some(m) = &args.metrics {
+        spec.metrics = Some(here(m));
+    }
+    if let Some(gate) = gate_from_flags(args)? {
+        if !spec.select.is_empty() {
+            bail!(
+                "give the selection either in the sweep file's [[select]] or as --select flags, not both"
+            );
+        }
+        spec.select = vec![gate];
     }
     if let Err(errors) = spec.validate() {
         bail!("{errors}");

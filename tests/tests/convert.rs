@@ -49,6 +49,7 @@ async fn run(
         emulate,
         emulation: &emulation,
         inputs: None,
+        validation: None,
         work_dir: dir,
         project_name: "myproject",
     };
@@ -273,6 +274,7 @@ async fn a_conversion_past_its_time_limit_is_a_timeout() {
         emulate: true,
         emulation: &emulation,
         inputs: None,
+        validation: None,
         work_dir: dir.path(),
         project_name: "myproject",
     };

@@ -64,6 +64,7 @@ async fn emulate_with(
         emulate: true,
         emulation: &emulation,
         inputs,
+        validation: None,
         work_dir: work,
         project_name: "myproject",
     };

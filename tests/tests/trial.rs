@@ -63,6 +63,8 @@ fn spec(dir: &TestDir, stages: &[Stage], backend: Backend) -> TrialSpec {
             seed: 0,
         },
         inputs: None,
+        validation: None,
+        search: None,
         scratch: dir.join("scratch"),
         output_dir: dir.join("out/hls_qkeras_3layer"),
         tarball: dir.join("out/hls_qkeras_3layer.tar.gz"),

@@ -16,7 +16,8 @@ Request:
      "output_dir": ..., "project_name": "myproject",
      "emulate": bool, "strict": bool (refuse the trial when preflight finds an error),
      "emulation": {"samples": 100, "seed": 0, "inputs": path (.npz by input name, or .npy)?,
-                   "max_error": 0.1?, "min_agreement": 0.9?, "compile_budget": units?}}
+                   "max_error": 0.1?, "min_agreement": 0.9?, "compile_budget": units?,
+                   "validation": path (.npz: inputs by name, or `x`, plus `y` / `y_<output>`)?}}
 
 A request {"preflight_batch": [{"id", "model", "settings"}]} converts each point without
 writing or compiling and returns {"ok": true, "batch": {id: {"findings": [...]} or
@@ -28,12 +29,17 @@ Result:
      "layers": [{"name", "class", "reuse_factor"}], "rewrites": [{"layer", "from", "to", "why"}],
      "inputs": [{"name", "shape"}], "outputs": [{"name", "shape"}],
      "emulation_note": str?, "preflight": [{"rule", "layer", "severity", "message", "fix",
-     "suggestion"}], "fidelity": {...} | null}
+     "suggestion"}], "parameters": int?, "fidelity": {...} | null, "accuracy": {...}?}
 or  {"ok": false, "failure": {"class", "reason", "stage", "suggestion"}, ...}
 
 Fidelity: top-level figures over all outputs (mean_abs_diff, max_abs_diff, argmax_agreement for
 one output), `outputs[]` one per model output by kind (binary, multiclass, regression), and
 `divergence` naming the first layer whose float values leave its fixed-point range.
+
+Accuracy (with a validation set): {"output", "kind", "float", "float_auc"?, "hls"?, "hls_auc"?,
+"drop"?, "samples", "source", "outputs": [...] when several outputs have labels}: Keras's own
+accuracy (binary: prediction > 0.5 against 0/1 labels; multiclass: top-1 against integer or
+one-hot labels) of the float model and of the compiled emulation on the same data.
 """
 
 import contextlib
@@ -829,52 +835,195 @@ def unsupported(error, p, version):
 # ---------------------------------------------------------------------------------------------
 # Emulation
 
+def load_input_arrays(path, inputs, what, stage, labels=()):
+    """One array per model input from an .npz (by input name; `x` or a lone array for a
+    one-input model) or an .npy (one-input models), checked against the model's shapes;
+    arrays named in `labels` are not inputs. Returns the arrays in the model's input order
+    and the whole archive (for labels)."""
+    listing = ", ".join(f"{n} {list(s)}" for n, s in inputs)
+    check_not_lfs_pointer(path, what)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy raises many kinds
+        raise Failure("bad_input", f"cannot read the {what} {os.path.basename(path)}: {first_line(e)}",
+                      stage, "give an .npz with one array per input name, or an .npy for a one-input model")
+    if isinstance(loaded, np.ndarray):
+        if len(inputs) != 1:
+            raise Failure("bad_input", f"the {what} is one array but the model has {len(inputs)} inputs: "
+                          f"{listing}", stage, "give an .npz with one array per input name")
+        archive = {inputs[0][0]: loaded}
+    else:
+        archive = {k: loaded[k] for k in loaded.files}
+    input_names = {n for n, _ in inputs}
+    arrays = {k: v for k, v in archive.items() if k in input_names or k not in labels}
+    if len(inputs) == 1 and inputs[0][0] not in arrays:
+        if "x" in arrays:
+            arrays = {inputs[0][0]: arrays["x"]}
+        elif len(arrays) == 1:
+            arrays = {inputs[0][0]: next(iter(arrays.values()))}
+    missing = [n for n, _ in inputs if n not in arrays]
+    if missing:
+        raise Failure("bad_input", f"the {what} {os.path.basename(path)} has no array for {', '.join(missing)} "
+                      f"(it has {', '.join(sorted(archive)) or 'none'}); the model's inputs are {listing}", stage,
+                      "name each array in the .npz after its input (or `x` for a one-input model)")
+    xs = []
+    for name, shape in inputs:
+        x = np.asarray(arrays[name], dtype=np.float32)
+        if x.ndim == len(shape):
+            x = x[None]
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise Failure("bad_input", f"the {what}'s input `{name}` has shape {list(x.shape)}, the model expects "
+                          f"[N, {', '.join(map(str, shape))}]; the model's inputs are {listing}", stage,
+                          "give arrays of shape (samples, ...) matching each input")
+        xs.append(np.ascontiguousarray(x))
+    if len({len(x) for x in xs}) > 1:
+        raise Failure("bad_input", f"the {what}'s inputs have different numbers of samples: "
+                      + ", ".join(f"{n} {len(x)}" for (n, _), x in zip(inputs, xs)), stage, None)
+    return xs, archive
+
+
 def sample_inputs(request, inputs):
     """One array per input: the user's (an .npz by input name, or an .npy for one input) or
     generated from each input's shape."""
     emulation = request.get("emulation") or {}
     path = emulation.get("inputs")
-    listing = ", ".join(f"{n} {list(s)}" for n, s in inputs)
     if path:
-        check_not_lfs_pointer(path, "sample inputs file")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - numpy raises many kinds
-            raise Failure("bad_input", f"cannot read the sample inputs {os.path.basename(path)}: {first_line(e)}",
-                          "emulate", "give an .npz with one array per input name, or an .npy for a one-input model")
-        if isinstance(loaded, np.ndarray):
-            if len(inputs) != 1:
-                raise Failure("bad_input", f"the sample inputs are one array but the model has {len(inputs)} inputs: "
-                              f"{listing}", "emulate", "give an .npz with one array per input name")
-            arrays = {inputs[0][0]: loaded}
-        else:
-            arrays = {k: loaded[k] for k in loaded.files}
-            if len(inputs) == 1 and len(arrays) == 1 and inputs[0][0] not in arrays:
-                arrays = {inputs[0][0]: next(iter(arrays.values()))}
-        missing = [n for n, _ in inputs if n not in arrays]
-        if missing:
-            raise Failure("bad_input", f"the sample inputs have no array for {', '.join(missing)} (they have "
-                          f"{', '.join(sorted(arrays))}); the model's inputs are {listing}", "emulate",
-                          "name each array in the .npz after its input")
-        xs = []
-        for name, shape in inputs:
-            x = np.asarray(arrays[name], dtype=np.float32)
-            if x.ndim == len(shape):
-                x = x[None]
-            if tuple(x.shape[1:]) != tuple(shape):
-                raise Failure("bad_input", f"the sample input `{name}` has shape {list(x.shape)}, the model expects "
-                              f"[N, {', '.join(map(str, shape))}]; the model's inputs are {listing}", "emulate",
-                              "give arrays of shape (samples, ...) matching each input")
-            xs.append(x)
-        if len({len(x) for x in xs}) > 1:
-            raise Failure("bad_input", "the sample inputs have different numbers of samples: "
-                          + ", ".join(f"{n} {len(x)}" for (n, _), x in zip(inputs, xs)), "emulate", None)
-        return [np.ascontiguousarray(x) for x in xs], os.path.basename(path)
+        xs, _ = load_input_arrays(path, inputs, "sample inputs", "emulate")
+        return xs, os.path.basename(path)
     rng = np.random.default_rng(int(emulation.get("seed", 0)))
     n = int(emulation.get("samples", 100))
     xs = [np.ascontiguousarray(rng.uniform(-1.0, 1.0, size=(n,) + tuple(shape)).astype(np.float32))
           for _, shape in inputs]
     return xs, "generated uniform(-1, 1)"
+
+
+def count_parameters(p):
+    """The model's trainable and fixed weights, as its framework counts them."""
+    try:
+        if p.fmt in ("keras_h5", "keras_json"):
+            return int(p.net.count_params())
+        if p.fmt == "pytorch":
+            return int(sum(t.numel() for t in p.net.parameters()))
+        if p.fmt == "onnx":
+            graph = p.net.graph
+            quant_params = {name for node in graph.node if node.op_type in ("Quant", "BipolarQuant", "Trunc")
+                            for name in node.input[1:]}
+            weights = {name for node in graph.node for i, name in enumerate(node.input)
+                       if not (node.op_type in ("Quant", "BipolarQuant", "Trunc") and i > 0)}
+            return int(sum(int(np.prod(init.dims)) for init in graph.initializer
+                           if init.name in weights or init.name not in quant_params))
+    except Exception:  # noqa: BLE001 - a count is a convenience, never a failure
+        return None
+    return None
+
+
+def roc_auc(scores, labels):
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged; None
+    when the labels hold one class only."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def labels_for(archive, name, index, n_outputs):
+    """The labels of output `name`: `y_<name>`, or `y` for the first output."""
+    if f"y_{name}" in archive:
+        return np.asarray(archive[f"y_{name}"])
+    if "y" in archive and (index == 0 or n_outputs == 1):
+        return np.asarray(archive["y"])
+    return None
+
+
+def output_accuracy(name, kind, y, pred):
+    """Keras's accuracy of one output: binary_accuracy (prediction > 0.5 against 0/1 labels)
+    with the ROC AUC, or top-1 (argmax against integer or one-hot labels)."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    if kind == "binary":
+        truth = y.reshape(len(y), -1)[:, 0].astype(np.float64)
+        hit = (pred[:, 0] > 0.5).astype(np.float64) == truth
+        return {"accuracy": float(hit.mean()), "auc": roc_auc(pred[:, 0], truth > 0.5)}
+    truth = y.reshape(len(y), -1)
+    truth = truth.argmax(axis=1) if truth.shape[1] > 1 else truth[:, 0].astype(np.int64)
+    return {"accuracy": float((pred.argmax(axis=1) == truth).mean())}
+
+
+def validation_accuracy(request, hm, p, emulated_ok):
+    """Accuracy of the float model and, when the emulation compiled, of the fixed-point one
+    on the user's labelled validation set (`validation`: inputs by name plus `y`)."""
+    path = (request.get("emulation") or {}).get("validation")
+    if not path:
+        return None
+    labels = {"y"} | {f"y_{n}" for n, _ in p.outputs}
+    xs, archive = load_input_arrays(path, p.inputs, "validation set", "emulate", labels)
+    n = len(xs[0])
+    float_out = [np.asarray(o) for o in p.reference(xs)]
+    hls_out = None
+    if emulated_ok:
+        hls_out, _ = hls_predict(hm, p, xs, len(float_out))
+    input_shapes = {tuple(s) for _, s in p.inputs}
+    outputs = []
+    for i, ((name, activation), ref) in enumerate(zip(p.outputs, float_out)):
+        y = labels_for(archive, name, i, len(float_out))
+        if y is None:
+            continue
+        if len(y) != n:
+            raise Failure("bad_input", f"the validation set has {len(y)} labels for `{name}` but {n} samples",
+                          "emulate", "give one label per sample")
+        kind = output_kind(name, activation, ref, input_shapes)
+        if kind == "regression":
+            continue
+        out = {"output": name, "kind": kind}
+        fl = output_accuracy(name, kind, y, ref)
+        out["float"] = fl["accuracy"]
+        if "auc" in fl:
+            out["float_auc"] = fl["auc"]
+        if hls_out is not None:
+            hl = output_accuracy(name, kind, y, np.asarray(hls_out[i]).reshape(ref.shape))
+            out["hls"] = hl["accuracy"]
+            out["drop"] = out["float"] - out["hls"]
+            if "auc" in hl:
+                out["hls_auc"] = hl["auc"]
+        outputs.append(out)
+    if not outputs:
+        raise Failure("bad_input", f"the validation set {os.path.basename(path)} has no labels for a binary or "
+                      f"multiclass output (it has {', '.join(sorted(archive))}; outputs: "
+                      f"{', '.join(n for n, _ in p.outputs)})", "emulate",
+                      "add `y` (labels of the first output) or `y_<output name>`")
+    acc = dict(outputs[0])
+    acc["samples"] = n
+    acc["source"] = os.path.basename(path)
+    if len(outputs) > 1:
+        acc["outputs"] = outputs
+    return acc
+
+
+def hls_predict(hm, p, xs, n_references):
+    """The compiled emulation's outputs for the framework-ordered inputs `xs`, in the
+    framework's output order."""
+    names = [n for n, _ in p.inputs]
+    order = names
+    if len(names) > 1 and sorted(hm.inputs) == sorted(names):
+        order = list(hm.inputs)
+    hls_xs = [np.ascontiguousarray(xs[names.index(n)]) for n in order]
+    emulated = hm.predict(hls_xs if len(hls_xs) > 1 else hls_xs[0])
+    emulated = [np.asarray(e) for e in emulated] if isinstance(emulated, list) else [np.asarray(emulated)]
+    out_names = [n for n, _ in p.outputs]
+    if len(emulated) == n_references and sorted(hm.outputs) == sorted(out_names) and len(out_names) > 1:
+        emulated = [emulated[list(hm.outputs).index(n)] for n in out_names]
+    return emulated, hls_xs
 
 
 def emulation_cost(hm):
@@ -1128,18 +1277,9 @@ def emulate(request, hm, p, timings, result):
     timings["compile"] = time.monotonic() - t
     references = p.reference(xs)
     # hls4ml's own input order; the framework's names map onto it where they agree.
-    names = [n for n, _ in p.inputs]
-    order = names
-    if len(names) > 1 and sorted(hm.inputs) == sorted(names):
-        order = list(hm.inputs)
-    hls_xs = [np.ascontiguousarray(xs[names.index(n)]) for n in order]
     t = time.monotonic()
-    emulated = hm.predict(hls_xs if len(hls_xs) > 1 else hls_xs[0])
+    emulated, hls_xs = hls_predict(hm, p, xs, len(references))
     timings["predict"] = time.monotonic() - t
-    emulated = [np.asarray(e) for e in emulated] if isinstance(emulated, list) else [np.asarray(emulated)]
-    out_names = [n for n, _ in p.outputs]
-    if len(emulated) == len(references) and sorted(hm.outputs) == sorted(out_names) and len(out_names) > 1:
-        emulated = [emulated[list(hm.outputs).index(n)] for n in out_names]
     if len(emulated) != len(references):
         raise Failure("tool_error", f"the emulation gave {len(emulated)} outputs, the float model {len(references)}",
                       "emulate", None)
@@ -1231,10 +1371,16 @@ def main():
             if request.get("strict") and refused:
                 raise Failure("bad_input", "preflight (--strict): " + "; ".join(f["message"] for f in refused),
                               "convert", "; ".join(f["suggestion"] for f in refused))
+            result["parameters"] = count_parameters(p)
             result["fidelity"] = None
             if request.get("emulate"):
                 stage = "emulate"
                 result["fidelity"] = emulate(request, hm, p, result["timings"], result)
+            if (request.get("emulation") or {}).get("validation"):
+                stage = "emulate"
+                t = time.monotonic()
+                result["accuracy"] = validation_accuracy(request, hm, p, result["fidelity"] is not None)
+                result["timings"]["validate"] = time.monotonic() - t
         result["ok"] = True
     except Failure as f:
         result["failure"] = f.as_dict()

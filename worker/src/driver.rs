@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hlsfarm_common::failure::{Failure, FailureClass};
-pub use hlsfarm_common::results::{Fidelity, PreflightFinding, Rewrite, TensorInfo};
+pub use hlsfarm_common::results::{Accuracy, Fidelity, PreflightFinding, Rewrite, TensorInfo};
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::EmulationSpec;
@@ -98,6 +98,8 @@ struct Emulation<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'a Path>,
     max_error: f64,
     min_agreement: f64,
 }
@@ -193,6 +195,10 @@ struct RawResult {
     #[serde(default)]
     preflight: Vec<PreflightFinding>,
     #[serde(default)]
+    parameters: Option<u64>,
+    #[serde(default)]
+    accuracy: Option<Accuracy>,
+    #[serde(default)]
     failure: Option<DriverFailure>,
 }
 
@@ -223,6 +229,10 @@ pub struct Converted {
     pub emulation_note: Option<String>,
     /// What preflight predicted from the converted model.
     pub preflight: Vec<PreflightFinding>,
+    /// The model's weights, as its framework counts them.
+    pub parameters: Option<u64>,
+    /// Float and fixed-point accuracy on the validation set, when one was given.
+    pub accuracy: Option<Accuracy>,
     /// Peak memory of the driver's process tree (Python and g++), MiB.
     pub peak_memory_mib: u64,
     /// Wall time of the whole driver run, seconds.
@@ -261,6 +271,9 @@ pub struct Job<'a> {
     pub emulation: &'a EmulationSpec,
     /// Sample inputs (`.npy`) to use instead of generated ones.
     pub inputs: Option<&'a Path>,
+    /// A labelled validation set (`.npz`: inputs by name, or `x`, plus `y`): the float and
+    /// the emulated model's accuracy on it.
+    pub validation: Option<&'a Path>,
     /// The work folder: the project goes to `work_dir/project_name`, with the request,
     /// result and log beside it.
     pub work_dir: &'a Path,
@@ -491,6 +504,7 @@ pub async fn convert(
             samples: job.emulation.samples,
             seed: job.emulation.seed,
             inputs: job.inputs,
+            validation: job.validation,
             max_error: env.tolerance.max_error,
             min_agreement: env.tolerance.min_agreement,
         },
@@ -608,6 +622,8 @@ pub async fn convert(
         outputs: raw.outputs,
         emulation_note: raw.emulation_note,
         preflight: raw.preflight,
+        parameters: raw.parameters,
+        accuracy: raw.accuracy,
         peak_memory_mib: outcome.peak_memory_mib,
         seconds: outcome.elapsed.as_secs_f64(),
     })

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::select::Gate;
 use crate::settings::{
     Backend, IoType, LayerOverride, Settings, Strategy, check_clock_period, check_precision,
     check_reuse_factor, part_family, validate_layers,
@@ -433,6 +434,18 @@ pub struct SweepSpec {
     /// applied runs too, keyed as a new trial and linked to the failed one).
     #[serde(default, skip_serializing_if = "OnFailure::is_report")]
     pub on_failure: OnFailure,
+    /// A labelled validation set (`.npz`: one array per model input name, or `x`, plus `y`):
+    /// each trial's float and fixed-point accuracy on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<PathBuf>,
+    /// What the search recorded of each model, beyond what is found beside the models: a
+    /// CSV or JSON table keyed by model file name, or a Keras Tuner directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<PathBuf>,
+    /// The funnel's gates, in stage order: every trial runs up to a gate's stage, and only
+    /// the trials it selects go on (see [`crate::select`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<Gate>,
 }
 
 string_enum!(
@@ -573,6 +586,27 @@ impl SweepSpec {
         }
         if let Err(grid) = self.grid.validate() {
             errors.extend_prefixed("grid", grid);
+        }
+        for (i, gate) in self.select.iter().enumerate() {
+            if let Err(e) = gate.validate() {
+                errors.push(format!("select[{i}]"), e);
+            }
+            if i > 0 && gate.after <= self.select[i - 1].after {
+                errors.push(
+                    format!("select[{i}].after"),
+                    format!(
+                        "is `{}`, not after the previous gate's `{}`: gates go in stage order",
+                        gate.after,
+                        self.select[i - 1].after
+                    ),
+                );
+            }
+            if !self.stages.is_empty() && !self.stages.contains(&gate.after) {
+                errors.push(
+                    format!("select[{i}].after"),
+                    format!("is `{}`, a stage the sweep does not run", gate.after),
+                );
+            }
         }
         errors.into_result()
     }

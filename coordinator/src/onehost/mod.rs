@@ -9,31 +9,35 @@
 //! reused, so running again after an interruption resumes.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hlsfarm_common::aggregate::{SeedEntry, SeedSummary};
 use hlsfarm_common::failure::FailureClass;
-use hlsfarm_common::job::TrialState;
-use hlsfarm_common::queue::embedded::EmbeddedQueue;
-use hlsfarm_common::queue::{NewTrial, Outcome, Queue, QueueConfig, SweepMeta};
-use hlsfarm_common::results::{ModelRef, TrialResult, TrialStatus};
+use hlsfarm_common::queue::{QueueConfig, SweepMeta};
+use hlsfarm_common::results::{ModelRef, SearchInfo, TrialResult};
+use hlsfarm_common::search::SearchTable;
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::{ModelDigest, ToolVersion, Toolchain, TrialKeyInput};
 use hlsfarm_worker::driver::DriverEnv;
 use hlsfarm_worker::tools::detect_tools;
-use hlsfarm_worker::trial::{TrialEnv, TrialSpec, run_trial, tool_command};
+use hlsfarm_worker::trial::{TrialEnv, TrialSpec, tool_command};
 use tokio_util::sync::CancellationToken;
 
+mod follow;
+mod funnel;
 mod memory;
 mod planned;
+mod runner;
 
 use crate::sweep_args::{SweepArgs, file_sha256, model_files, sweep_spec};
+use funnel::Funnel;
 use memory::MemoryBudget;
-use planned::{Planned, finished_result, line_for, suffix};
+use planned::{Planned, suffix};
+use runner::Runner;
 
 /// Flags of `hlsfarm run`. The original script's spellings (`--input_dir`, `--num_workers`,
 /// ...) are accepted too.
@@ -90,6 +94,15 @@ pub struct RunArgs {
     /// named in result.json `derived_from`.
     #[arg(long)]
     pub fix: bool,
+    /// Keep watching the model folder and take each new model that matches the pattern
+    /// once its file is complete (its size unchanged for 2 s), so synthesis overlaps the
+    /// search writing them; ends when trials_summary.json appears, after --follow-count
+    /// models, or on Ctrl-C, and a selection gate applies to what arrived.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: stop following after this many models.
+    #[arg(long = "follow-count", value_name = "N", requires = "follow")]
+    pub follow_count: Option<usize>,
 }
 
 /// The one sweep of a one-host run, as the embedded queue knows it.
@@ -108,17 +121,25 @@ const ONE_HOST_SWEEP: &str = "one-host";
 /// 130: interrupted).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (spec, base) = sweep_spec(&args.sweep)?;
-    // Absolute paths: each trial's tools run in their own scratch folder.
-    let models = spec
-        .models
-        .resolve(&base)?
-        .into_iter()
-        .map(|p| {
-            p.canonicalize()
-                .with_context(|| format!("cannot resolve {}", p.display()))
-        })
-        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
     let input_dir = spec.models.dir.as_ref().map(|d| base.join(d));
+    if args.follow && input_dir.is_none() {
+        bail!(
+            "--follow watches a model folder: give --input-dir (or models.dir in the sweep file)"
+        );
+    }
+    // Absolute paths: each trial's tools run in their own scratch folder.
+    let models = if args.follow {
+        Vec::new()
+    } else {
+        spec.models
+            .resolve(&base)?
+            .into_iter()
+            .map(|p| {
+                p.canonicalize()
+                    .with_context(|| format!("cannot resolve {}", p.display()))
+            })
+            .collect::<anyhow::Result<Vec<PathBuf>>>()?
+    };
     let output_dir = match (&args.output_dir, &input_dir) {
         (Some(dir), _) => dir.clone(),
         (None, Some(dir)) => dir.join("hls_outputs"),
@@ -127,6 +148,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&output_dir)
         .with_context(|| format!("cannot create the output folder {}", output_dir.display()))?;
     let output_dir = output_dir.canonicalize()?;
+    let validation = spec
+        .validation
+        .as_ref()
+        .map(|v| {
+            base.join(v).canonicalize().with_context(|| {
+                format!(
+                    "--validation {}: no such file (give an .npz with one array per model input name, or `x`, plus `y`)",
+                    v.display()
+                )
+            })
+        })
+        .transpose()?;
+    let search = SearchSource {
+        dir: input_dir.clone(),
+        metrics: spec.metrics.as_ref().map(|m| base.join(m)),
+    };
+    let table = search.load()?;
 
     let python =
         hlsfarm_worker::venv::find_python(args.python.as_deref()).map_err(anyhow::Error::msg)?;
@@ -160,11 +198,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         Stage::defaults(hls_for_all, vivado)
     };
+    for gate in &spec.select {
+        if !stages.contains(&gate.after) {
+            bail!(
+                "the selection gate runs after `{}`, a stage this run does not run (stages {}): give --select-after one of them",
+                gate.after,
+                stages
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        if !stages.iter().any(|s| *s > gate.after) {
+            eprintln!(
+                "hlsfarm: warning: nothing runs after the gate's stage `{}`: the gate only marks the selection",
+                gate.after
+            );
+        }
+    }
+    if validation.is_some() && !stages.contains(&Stage::Emulate) {
+        eprintln!(
+            "hlsfarm: warning: --validation without the emulate stage gives the float accuracy only"
+        );
+    }
 
-    // Plan every trial: key, folders, reuse.
-    let mut planned: Vec<Planned> = Vec::new();
     let scratch_root = output_dir.join(".hlsfarm/scratch");
-    let fixes = if args.fix {
+    let fixes = if args.fix && !models.is_empty() {
         let files = models
             .iter()
             .map(|m| model_files(m, &args.sweep).map(|(f, _)| f))
@@ -185,106 +245,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         HashMap::new()
     };
-    for (model_index, model) in models.iter().enumerate() {
-        let (files, found) = model_files(model, &args.sweep)?;
-        let sha = file_sha256(model)?;
-        let mut companions = std::collections::BTreeMap::new();
-        for (role, path) in &found {
-            companions.insert(role.clone(), file_sha256(path)?);
-        }
-        let digest = ModelDigest {
-            sha256: sha.clone(),
-            companions,
-        };
-        let stem = model
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".to_owned());
-        for (point_index, original) in points.iter().enumerate() {
-            let toolchain_of = |point: &Settings| Toolchain {
-                hls4ml_version: hls4ml.clone(),
-                tool: tool_command(point.backend, &tools).map(|(t, _)| ToolVersion {
-                    name: t.name.clone(),
-                    version: t.version.clone(),
-                }),
-            };
-            let key_of = |point: &Settings| {
-                let toolchain = toolchain_of(point);
-                TrialKeyInput {
-                    model: &digest,
-                    settings: point,
-                    stages: &stages,
-                    emulation: &spec.emulation,
-                    toolchain: &toolchain,
-                }
-                .key()
-                .to_hex()
-            };
-            let (point, derived_from) = match fixes.get(&(model_index, point_index)) {
-                Some((fixed, fix, findings)) => (
-                    fixed,
-                    Some(hlsfarm_common::results::DerivedFrom {
-                        trial_key: key_of(original),
-                        settings: original.clone(),
-                        fix: fix.clone(),
-                        findings: findings.clone(),
-                    }),
-                ),
-                None => (original, None),
-            };
-            let key = key_of(point);
-            let name = format!(
-                "hls_{stem}{}{}",
-                suffix(original, &points),
-                if derived_from.is_some() { "_fixed" } else { "" }
-            );
-            let trial_out = output_dir.join(&name);
-            let reused = !spec.force && finished_result(&trial_out, &key).is_some();
-            planned.push(Planned {
-                key: key.clone(),
-                model_path: model.clone(),
-                reused,
-                spec: TrialSpec {
-                    trial_key: key.clone(),
-                    model: ModelRef {
-                        name: model
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                        sha256: sha.clone(),
-                    },
-                    files: files.clone(),
-                    settings: point.clone(),
-                    stages: stages.clone(),
-                    emulation: spec.emulation.clone(),
-                    inputs: found.get("inputs").cloned(),
-                    scratch: scratch_root.join(&key[..16]),
-                    tarball: output_dir.join(format!("{name}.tar.gz")),
-                    output_dir: trial_out,
-                    derived_from,
-                },
-                digest: digest.clone(),
-                toolchain: toolchain_of(point),
-            });
+    let planner = Arc::new(Planner {
+        args: args.sweep.clone(),
+        points: points.clone(),
+        stages: stages.clone(),
+        emulation: spec.emulation.clone(),
+        hls4ml,
+        tools: tools.clone(),
+        output_dir: output_dir.clone(),
+        scratch_root,
+        validation,
+        fixes,
+    });
+
+    // Plan every trial: key, folders, reuse.
+    let mut funnel = Funnel::new(spec.select.clone());
+    let mut to_run = Vec::new();
+    for (index, model) in models.iter().enumerate() {
+        for plan in planner.plan(index, model, &table)? {
+            to_run.extend(funnel.add(plan, spec.force));
         }
     }
-    let reused = planned.iter().filter(|p| p.reused).count();
-    let to_run: Vec<&Planned> = planned.iter().filter(|p| !p.reused).collect();
-    eprintln!(
-        "hlsfarm: {} models x {} settings = {} trials ({} already done, {} to run) with {} slots; stages {}; output {}",
-        models.len(),
-        points.len(),
-        planned.len(),
-        reused,
-        to_run.len(),
-        args.num_workers.max(1),
-        stages
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        output_dir.display()
-    );
+    let planned = funnel.len();
+    if !args.follow {
+        eprintln!(
+            "hlsfarm: {} models x {} settings = {} trials ({} already done, {} to run) with {} slots; stages {}{}; output {}",
+            models.len(),
+            points.len(),
+            planned,
+            planned - to_run.len(),
+            to_run.len(),
+            args.num_workers.max(1),
+            stages
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            match models
+                .iter()
+                .filter(|m| {
+                    m.file_name()
+                        .is_some_and(|n| table.lookup(&n.to_string_lossy()).is_some())
+                })
+                .count()
+            {
+                0 => String::new(),
+                n => format!("; the search's records of {n} models joined"),
+            },
+            output_dir.display()
+        );
+    }
+    for (i, gate) in spec.select.iter().enumerate() {
+        eprintln!("hlsfarm: gate {}: {}", i + 1, gate.describe());
+    }
 
     // Queue the trials to run: longest first, by the cluster's cost estimate.
     let queue_config = QueueConfig {
@@ -298,34 +311,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         refusal_backoff: Duration::from_secs(20),
         ..QueueConfig::default()
     };
-    let queue = Arc::new(EmbeddedQueue::new(queue_config));
-    let sweep_id = ONE_HOST_SWEEP.to_owned();
-    let new: Vec<NewTrial> = to_run.iter().map(|p| p.queued()).collect();
-    queue.submit(one_host_sweep(), new).await?;
-
-    let cancel = CancellationToken::new();
-    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        let interrupted = interrupted.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!(
-                    "\nhlsfarm: interrupted: stopping the running tools; run the same command again to resume"
-                );
-                cancel.cancel();
-            }
-        });
-    }
     // Memory: each trial reserves its limit from the host's; a trial that ran out of memory
     // is retried with a reservation above its peak, so fewer run beside it.
     let host_mib = hlsfarm_worker::host::meminfo_mib("MemTotal:").unwrap_or(8192);
-    let slots_n = args.num_workers.max(1) as u64;
+    let slots = args.num_workers.max(1);
     let trial_limit = args
         .trial_memory_mib
-        .unwrap_or_else(|| (host_mib / slots_n).max(1024));
-    let memory = Arc::new(MemoryBudget::new(host_mib.max(trial_limit * slots_n)));
+        .unwrap_or_else(|| (host_mib / slots as u64).max(1024));
+    let memory = MemoryBudget::new(host_mib.max(trial_limit * slots as u64));
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
@@ -343,198 +336,145 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         make_tarball: !args.no_tarball,
         tool_env: Vec::new(),
     });
-    let by_key: Arc<std::sync::Mutex<HashMap<String, Planned>>> = Arc::new(std::sync::Mutex::new(
-        planned
-            .iter()
-            .filter(|p| !p.reused)
-            .map(|p| (p.key.clone(), p.clone()))
-            .collect(),
-    ));
-    let apply_fix = spec.on_failure == hlsfarm_common::sweep::OnFailure::ApplyFix;
-    let derived: Arc<std::sync::Mutex<Vec<Planned>>> = Default::default();
-    let total = Arc::new(std::sync::atomic::AtomicUsize::new(to_run.len()));
-    let progress = Arc::new(crate::progress::Progress::new(to_run.len() as u64));
-    let tally = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
-    let started = Instant::now();
-    let mut slots = tokio::task::JoinSet::new();
-    for slot in 0..args.num_workers.max(1) {
-        let queue = queue.clone();
-        let env = env.clone();
-        let by_key = by_key.clone();
+    let cancel = CancellationToken::new();
+    let stop_following = CancellationToken::new();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
         let cancel = cancel.clone();
-        let progress = progress.clone();
-        let tally = tally.clone();
-        let sweep_id = sweep_id.clone();
-        let keep_scratch = args.keep_scratch;
-        let memory = memory.clone();
-        let derived = derived.clone();
-        let total = total.clone();
-        slots.spawn(async move {
-            let worker = format!("slot-{slot}");
-            loop {
-                if cancel.is_cancelled() {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let Some(lease) = queue.lease(&worker, 1).await?.pop() else {
-                    if queue.counts(&sweep_id).await?.unfinished() == 0 {
-                        return Ok(());
-                    }
-                    // Another slot's trial may still come back for a retry.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                let Some(plan) = by_key
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&lease.key)
-                    .cloned()
-                else {
-                    bail!("leased an unknown trial {}", lease.key);
-                };
-                let name = plan
-                    .spec
-                    .output_dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                let limit = memory.reservation(&lease.key, trial_limit);
-                let Some(_reserved) = memory.reserve(limit, &cancel).await else {
-                    let _ = queue.hand_back(&lease.key, lease.fence).await;
-                    return Ok(());
-                };
-                let line = progress.start(&name, lease.fence.attempt);
-                let trial_env = if limit == trial_limit {
-                    env.clone()
-                } else {
-                    let mut raised = TrialEnv::clone(&env);
-                    raised.driver.memory_limit_mib = Some(limit);
-                    Arc::new(raised)
-                };
-                let mut result = run_trial(&trial_env, &plan.spec, &cancel, &|stage| {
-                    progress.stage(&line, stage)
-                })
-                .await;
-                let outcome = match result.status {
-                    TrialStatus::Success => Outcome::Succeeded,
-                    TrialStatus::Cancelled => Outcome::Cancelled,
-                    TrialStatus::Failed => {
-                        memory.outcome(&lease.key, &mut result, &plan.spec.output_dir)
-                    }
-                };
-                if outcome == Outcome::Cancelled {
-                    // Nothing to record: the trial runs again next time.
-                    let _ = queue.hand_back(&lease.key, lease.fence).await;
-                    return Ok(());
-                }
-                // on_failure = "apply-fix": the fixed trial is queued before this one's
-                // failure is recorded, so the run never looks finished between.
-                if apply_fix
-                    && outcome == (Outcome::Failed { retryable: false })
-                    && plan.spec.derived_from.is_none()
-                    && let Some(f) = &result.failure
-                    && let Some(fix) = &f.fix
-                {
-                    match plan.derive(fix, &f.reason) {
-                        Ok(fixed) => {
-                            progress.println(&format!(
-                                "hlsfarm: {name}: deriving {} with {} (--on-failure apply-fix)",
-                                fixed
-                                    .spec
-                                    .output_dir
-                                    .file_name()
-                                    .unwrap_or_default()
-                                    .to_string_lossy(),
-                                serde_json::to_string(fix).unwrap_or_default()
-                            ));
-                            queue.submit(one_host_sweep(), vec![fixed.queued()]).await?;
-                            by_key
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(fixed.key.clone(), fixed.clone());
-                            derived
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(fixed);
-                            progress.grow(1);
-                            total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        Err(e) => progress
-                            .println(&format!("hlsfarm: {name}: its fix does not apply: {e}")),
-                    }
-                }
-                let state = queue.complete(&lease.key, lease.fence, outcome).await?;
-                if state == TrialState::Queued {
-                    let raised = memory.raised_to(&lease.key).filter(|r| *r > limit);
-                    let text = match (outcome, raised) {
-                        (Outcome::Refused, _) => format!(
-                            "hlsfarm: {name}: the licence server refused a seat; queued again without spending an attempt (waits at most {} s): {}",
-                            queue_config.refusal_wait(queue_config.max_refusals).as_secs(),
-                            line_for(&result)
-                        ),
-                        (_, Some(r)) => format!(
-                            "hlsfarm: retry {name} with {r} MiB reserved: {}",
-                            line_for(&result)
-                        ),
-                        _ => format!("hlsfarm: retry {name}: {}", line_for(&result)),
-                    };
-                    progress.finish(line, &text, "");
-                    continue;
-                }
-                if result.status == TrialStatus::Success && !keep_scratch {
-                    let _ = std::fs::remove_dir_all(&plan.spec.scratch);
-                }
-                let (n, counts) = {
-                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-                    if result.status == TrialStatus::Success {
-                        t.0 += 1;
-                    } else {
-                        t.1 += 1;
-                    }
-                    (t.0 + t.1, format!("{} succeeded, {} failed", t.0, t.1))
-                };
-                progress.finish(
-                    line,
-                    &format!(
-                        "hlsfarm: [{n}/{}] {name}: {}",
-                        total.load(std::sync::atomic::Ordering::SeqCst),
-                        line_for(&result)
-                    ),
-                    &counts,
+        let interrupted = interrupted.clone();
+        let stop_following = stop_following.clone();
+        let follow = args.follow;
+        tokio::spawn(async move {
+            if follow && tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\nhlsfarm: no longer following the folder: the models that arrived run to the end (Ctrl-C again to stop them)"
                 );
+                stop_following.cancel();
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!(
+                    "\nhlsfarm: interrupted: stopping the running tools; run the same command again to resume"
+                );
+                stop_following.cancel();
+                cancel.cancel();
             }
         });
     }
-    while let Some(joined) = slots.join_next().await {
-        joined.context("a trial slot panicked")??;
-    }
-    progress.done();
-    planned.extend(std::mem::take(
-        &mut *derived.lock().unwrap_or_else(|p| p.into_inner()),
+    let runner = Arc::new(Runner::new(
+        queue_config,
+        env,
+        trial_limit,
+        memory,
+        cancel.clone(),
+        args.keep_scratch,
+        spec.on_failure == hlsfarm_common::sweep::OnFailure::ApplyFix,
+        funnel,
     ));
+    let started = Instant::now();
+    runner.submit(to_run).await?;
+    let follower = if args.follow {
+        runner.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let follow = follow::Follow {
+            dir: input_dir.clone().unwrap_or_default(),
+            pattern: spec
+                .models
+                .pattern
+                .clone()
+                .unwrap_or_else(|| hlsfarm_common::sweep::DEFAULT_PATTERN.to_owned()),
+            count: args.follow_count,
+            stop: stop_following.clone(),
+        };
+        eprintln!(
+            "hlsfarm: following {} for `{}` ({} settings per model, stages {}; ends when trials_summary.json appears{}, or on Ctrl-C); output {}",
+            follow.dir.display(),
+            follow.pattern,
+            points.len(),
+            stages
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            args.follow_count
+                .map(|n| format!(", after {n} models"))
+                .unwrap_or_default(),
+            output_dir.display()
+        );
+        Some(tokio::spawn(follow.run(
+            runner.clone(),
+            planner.clone(),
+            search.clone(),
+            spec.force,
+        )))
+    } else {
+        None
+    };
+    runner.run(slots).await?;
+    if let Some(follower) = follower {
+        follower.await.context("the folder follower panicked")??;
+    }
+    for gate in 0..spec.select.len() {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let table = search.load_or_warn();
+        let (next, lines) = {
+            let mut funnel = runner.funnel();
+            funnel.refresh_search(|p| planner.search_of(p, &table));
+            funnel.decide(gate)
+        };
+        for line in lines {
+            runner.progress.println(&line);
+        }
+        runner.submit(next).await?;
+        runner.run(slots).await?;
+    }
+    runner.progress.done();
 
-    // The sweep's outputs, from every trial's result.json (run now or reused).
+    // The sweep's outputs, from every trial's latest result (run now or reused).
+    let table = search.load_or_warn();
     let mut entries = Vec::new();
     let mut not_run = 0;
-    for plan in &planned {
-        let path = plan.spec.output_dir.join("result.json");
-        let result: Option<TrialResult> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|r: &TrialResult| r.trial_key == plan.key);
-        match result {
-            Some(result) => entries.push(SeedEntry::new(
-                &plan.model_path,
-                &plan.spec.output_dir,
-                result,
-                plan.reused,
-            )),
-            None => not_run += 1,
+    let (saved, all_tool_stages) = {
+        let mut funnel = runner.funnel();
+        funnel.refresh_search(|p| planner.search_of(p, &table));
+        for outcome in funnel.outcomes() {
+            match outcome.result {
+                Some(result) => {
+                    let mut entry = SeedEntry::new(
+                        &outcome.plan.model_path,
+                        &outcome.plan.spec.output_dir,
+                        result.clone(),
+                        outcome.reused,
+                    );
+                    entry.selection = outcome.decisions.to_vec();
+                    entries.push(entry);
+                }
+                None => not_run += 1,
+            }
         }
-    }
+        for plan in funnel.derived() {
+            match finished_or_failed(&plan.spec.output_dir, &plan.key) {
+                Some(mut result) => {
+                    if result.search.is_none() {
+                        result.search = planner.search_of(plan, &table);
+                    }
+                    entries.push(SeedEntry::new(
+                        &plan.model_path,
+                        &plan.spec.output_dir,
+                        result,
+                        false,
+                    ))
+                }
+                None => not_run += 1,
+            }
+        }
+        funnel.saved_tool_stages()
+    };
+    let total = entries.len() + not_run;
     let summary = SeedSummary::new(entries);
     let (files, plot_warning) =
-        crate::pareto::sweep_outputs(&summary).context("cannot make the sweep's results")?;
+        crate::pareto::sweep_outputs(&summary, None).context("cannot make the sweep's results")?;
     for (name, bytes) in files {
         let path = output_dir.join(name);
         let tmp = path.with_extension("tmp");
@@ -545,15 +485,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(warning) = plot_warning {
         eprintln!("hlsfarm: warning: {warning}");
     }
+    if !spec.select.is_empty() {
+        eprintln!(
+            "hlsfarm: the funnel ran {} of {} tool-stage runs ({saved} saved)",
+            all_tool_stages - saved,
+            all_tool_stages
+        );
+    }
     let failed_classes: Vec<String> = summary
         .results
         .iter()
         .filter_map(|e| e.result.failure.as_ref().map(|f| f.class))
         .map(|c: FailureClass| c.to_string())
         .collect();
+    let reused = summary.results.iter().filter(|e| e.reused).count();
     eprintln!(
         "hlsfarm: {} trials: {} succeeded, {} failed{}{} ({} reused) in {:.1} s; results in {}",
-        planned.len(),
+        total,
         summary.successful,
         summary.failed,
         if failed_classes.is_empty() {
@@ -578,4 +526,169 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         1
     })
+}
+
+/// The result in `output_dir` with this key, successful or not.
+fn finished_or_failed(output_dir: &Path, key: &str) -> Option<TrialResult> {
+    let bytes = std::fs::read(output_dir.join("result.json")).ok()?;
+    let result: TrialResult = serde_json::from_slice(&bytes).ok()?;
+    (result.trial_key == key).then_some(result)
+}
+
+/// Where the search's records come from: the model folder (Keras Tuner's files) and a
+/// metrics table or tuner directory given by the user.
+#[derive(Debug, Clone)]
+struct SearchSource {
+    dir: Option<PathBuf>,
+    metrics: Option<PathBuf>,
+}
+
+impl SearchSource {
+    /// Reads them; a metrics table given that cannot be read is an error, a search file
+    /// found beside the models that cannot be read a warning.
+    fn load(&self) -> anyhow::Result<SearchTable> {
+        let mut table = SearchTable::default();
+        if let Some(m) = &self.metrics {
+            table = SearchTable::load_metrics(m).with_context(|| {
+                format!(
+                    "--metrics {}: cannot read the search's metrics",
+                    m.display()
+                )
+            })?;
+        }
+        if let Some(dir) = &self.dir {
+            match SearchTable::discover(dir) {
+                Ok(found) => table.extend(found),
+                Err(e) => eprintln!(
+                    "hlsfarm: warning: the search's files beside the models are not joined: {e}"
+                ),
+            }
+        }
+        Ok(table)
+    }
+
+    /// Reads them again (the search may have written more), warning instead of failing.
+    fn load_or_warn(&self) -> SearchTable {
+        self.load().unwrap_or_else(|e| {
+            eprintln!("hlsfarm: warning: {e:#}");
+            SearchTable::default()
+        })
+    }
+}
+
+/// What every trial of a model is planned from.
+struct Planner {
+    args: SweepArgs,
+    points: Vec<Settings>,
+    stages: Vec<Stage>,
+    emulation: hlsfarm_common::trial_key::EmulationSpec,
+    hls4ml: String,
+    tools: Vec<hlsfarm_worker::tools::DetectedTool>,
+    output_dir: PathBuf,
+    scratch_root: PathBuf,
+    validation: Option<PathBuf>,
+    fixes: HashMap<(usize, usize), crate::check_cmd::Fixed>,
+}
+
+impl Planner {
+    /// The search's record of a planned trial's model.
+    fn search_of(&self, plan: &Planned, table: &SearchTable) -> Option<SearchInfo> {
+        table.lookup(&plan.spec.model.name)
+    }
+
+    /// The trials of one model: one per settings point, with its key, folders and files.
+    fn plan(
+        &self,
+        model_index: usize,
+        model: &Path,
+        table: &SearchTable,
+    ) -> anyhow::Result<Vec<Planned>> {
+        let (files, mut found) = model_files(model, &self.args)?;
+        if let Some(v) = &self.validation {
+            found.insert("validation".to_owned(), v.clone());
+        }
+        let sha = file_sha256(model)?;
+        let mut companions = std::collections::BTreeMap::new();
+        for (role, path) in &found {
+            companions.insert(role.clone(), file_sha256(path)?);
+        }
+        let digest = ModelDigest {
+            sha256: sha.clone(),
+            companions,
+        };
+        let stem = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".to_owned());
+        let model_name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let search = table.lookup(&model_name);
+        let mut out = Vec::new();
+        for (point_index, original) in self.points.iter().enumerate() {
+            let toolchain_of = |point: &Settings| Toolchain {
+                hls4ml_version: self.hls4ml.clone(),
+                tool: tool_command(point.backend, &self.tools).map(|(t, _)| ToolVersion {
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                }),
+            };
+            let key_of = |point: &Settings| {
+                let toolchain = toolchain_of(point);
+                TrialKeyInput {
+                    model: &digest,
+                    settings: point,
+                    stages: &self.stages,
+                    emulation: &self.emulation,
+                    toolchain: &toolchain,
+                }
+                .key()
+                .to_hex()
+            };
+            let (point, derived_from) = match self.fixes.get(&(model_index, point_index)) {
+                Some((fixed, fix, findings)) => (
+                    fixed,
+                    Some(hlsfarm_common::results::DerivedFrom {
+                        trial_key: key_of(original),
+                        settings: original.clone(),
+                        fix: fix.clone(),
+                        findings: findings.clone(),
+                    }),
+                ),
+                None => (original, None),
+            };
+            let key = key_of(point);
+            let name = format!(
+                "hls_{stem}{}{}",
+                suffix(original, &self.points),
+                if derived_from.is_some() { "_fixed" } else { "" }
+            );
+            out.push(Planned {
+                key: key.clone(),
+                model_path: model.to_owned(),
+                spec: TrialSpec {
+                    trial_key: key.clone(),
+                    model: ModelRef {
+                        name: model_name.clone(),
+                        sha256: sha.clone(),
+                    },
+                    files: files.clone(),
+                    settings: point.clone(),
+                    stages: self.stages.clone(),
+                    emulation: self.emulation.clone(),
+                    inputs: found.get("inputs").cloned(),
+                    validation: found.get("validation").cloned(),
+                    search: search.clone(),
+                    scratch: self.scratch_root.join(&key[..16]),
+                    tarball: self.output_dir.join(format!("{name}.tar.gz")),
+                    output_dir: self.output_dir.join(&name),
+                    derived_from,
+                },
+                digest: digest.clone(),
+                toolchain: toolchain_of(point),
+            });
+        }
+        Ok(out)
+    }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::{TrialResult, TrialStatus};
 use hlsfarm_common::settings::Settings;
+use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::{ModelDigest, Toolchain, TrialKeyInput};
 use hlsfarm_worker::trial::TrialSpec;
 
@@ -15,7 +16,6 @@ pub(super) struct Planned {
     pub(super) key: String,
     pub(super) model_path: PathBuf,
     pub(super) spec: TrialSpec,
-    pub(super) reused: bool,
     /// What its key is made of besides the settings: a derived trial's key needs them too.
     pub(super) digest: ModelDigest,
     pub(super) toolchain: Toolchain,
@@ -40,6 +40,47 @@ impl Planned {
             &self.spec.settings,
             &self.spec.stages,
         )
+    }
+
+    /// The same trial cut to its stages up to `last` (a funnel's phase before a gate): its
+    /// own key, the same folders.
+    pub(super) fn up_to(&self, last: Stage) -> Planned {
+        let stages: Vec<Stage> = self
+            .spec
+            .stages
+            .iter()
+            .copied()
+            .filter(|s| *s <= last)
+            .collect();
+        let key = TrialKeyInput {
+            model: &self.digest,
+            settings: &self.spec.settings,
+            stages: &stages,
+            emulation: &self.spec.emulation,
+            toolchain: &self.toolchain,
+        }
+        .key()
+        .to_hex();
+        let mut spec = self.spec.clone();
+        spec.stages = stages;
+        spec.trial_key = key.clone();
+        Planned {
+            key,
+            model_path: self.model_path.clone(),
+            spec,
+            digest: self.digest.clone(),
+            toolchain: self.toolchain.clone(),
+        }
+    }
+
+    /// The folder name, e.g. `hls_model_trial_3_rf4`.
+    pub(super) fn name(&self) -> String {
+        self.spec
+            .output_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// `on_failure = "apply-fix"`: this failed trial's settings with `fix` applied, as a
@@ -86,7 +127,6 @@ impl Planned {
             key,
             model_path: self.model_path.clone(),
             spec,
-            reused: false,
             digest: self.digest.clone(),
             toolchain: self.toolchain.clone(),
         })

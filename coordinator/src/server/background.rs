@@ -152,6 +152,9 @@ fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
         preflight: Vec::new(),
         derived_from: None,
         memory_limit_mib: None,
+        parameters: None,
+        accuracy: None,
+        search: None,
         effective_reuse_factor: Default::default(),
         reports: Default::default(),
         failure: Some(TrialFailure {
@@ -291,7 +294,7 @@ impl Coordinator {
         }
         let summary = SeedSummary::new(entries);
         // The same files as one host writes, the Pareto plot included.
-        let (files, plot_warning) = crate::pareto::sweep_outputs(&summary)?;
+        let (files, plot_warning) = crate::pareto::sweep_outputs(&summary, None)?;
         if let Some(warning) = plot_warning {
             tracing::warn!(sweep, %warning, "sweep aggregated without its plot");
         }

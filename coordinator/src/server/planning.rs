@@ -124,10 +124,10 @@ impl Coordinator {
                 errors.push(format!("models[{i}].sha256"), e);
             }
             for (role, sha) in &m.companions {
-                if !["weights", "class", "inputs"].contains(&role.as_str()) {
+                if !["weights", "class", "inputs", "validation"].contains(&role.as_str()) {
                     errors.push(
                         format!("models[{i}].companions.{role}"),
-                        "is not a companion role (weights, class, inputs)",
+                        "is not a companion role (weights, class, inputs, validation)",
                     );
                 }
                 if let Err(e) = check_sha(sha) {

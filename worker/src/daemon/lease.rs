@@ -224,12 +224,22 @@ pub(super) fn start_trial(
     });
 }
 
+/// A leased trial's files, fetched from the store.
+pub(super) struct Fetched {
+    /// The model and its weights or class file.
+    pub(super) files: ModelFiles,
+    /// Sample inputs for the emulation.
+    pub(super) inputs: Option<PathBuf>,
+    /// The labelled validation set.
+    pub(super) validation: Option<PathBuf>,
+}
+
 /// Downloads the model and its companions into `dir`.
 pub(super) async fn fetch_inputs(
     blobs: &Blobs,
     model: &v1::ModelInput,
     dir: &Path,
-) -> Result<(ModelFiles, Option<PathBuf>), String> {
+) -> Result<Fetched, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let fetch = |sha: String, name: String| async move {
         let bytes = blobs
@@ -254,6 +264,7 @@ pub(super) async fn fetch_inputs(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_owned());
     let mut inputs = None;
+    let mut validation = None;
     for (role, sha) in &model.companions {
         match role.as_str() {
             "weights" => {
@@ -263,8 +274,15 @@ pub(super) async fn fetch_inputs(
                 files.class_file = Some(fetch(sha.clone(), format!("{stem}_model.py")).await?)
             }
             "inputs" => inputs = Some(fetch(sha.clone(), format!("{stem}_inputs.npy")).await?),
+            "validation" => {
+                validation = Some(fetch(sha.clone(), format!("{stem}_validation.npz")).await?)
+            }
             _ => {}
         }
     }
-    Ok((files, inputs))
+    Ok(Fetched {
+        files,
+        inputs,
+        validation,
+    })
 }

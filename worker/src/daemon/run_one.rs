@@ -89,7 +89,7 @@ pub(super) async fn run_one(
         return;
     };
     let _ = std::fs::remove_dir_all(&scratch);
-    let (files, inputs) = match fetch_inputs(&shared.blobs, &model, &scratch.join("inputs")).await {
+    let fetched = match fetch_inputs(&shared.blobs, &model, &scratch.join("inputs")).await {
         Ok(f) => f,
         Err(reason) => {
             let class = if reason.contains("is not a model file") {
@@ -120,14 +120,16 @@ pub(super) async fn run_one(
             name: model.name.clone(),
             sha256: model.sha256.clone(),
         },
-        files,
+        files: fetched.files,
         settings,
         stages,
         emulation: EmulationSpec {
             samples: trial.emulation_samples,
             seed: trial.emulation_seed,
         },
-        inputs,
+        inputs: fetched.inputs,
+        validation: fetched.validation,
+        search: None,
         scratch: trial_work_dir(&scratch),
         output_dir: scratch.join("out").join(format!(
             "hls_{}",

@@ -64,6 +64,10 @@ pub struct TrialSpec {
     pub emulation: EmulationSpec,
     /// Sample inputs (`.npy`) instead of generated ones.
     pub inputs: Option<PathBuf>,
+    /// A labelled validation set: the float and emulated accuracy on it.
+    pub validation: Option<PathBuf>,
+    /// What the hyperparameter search recorded of the model, written into `result.json`.
+    pub search: Option<hlsfarm_common::results::SearchInfo>,
     /// Scratch folder for the hls4ml project and the tools.
     pub scratch: PathBuf,
     /// Where the kept files and `result.json` go (created).
@@ -124,6 +128,8 @@ pub async fn run_trial(
     let mut outputs = Vec::new();
     let mut notes = Vec::new();
     let mut preflight = Vec::new();
+    let mut parameters = None;
+    let mut accuracy = None;
     let mut hls4ml_version = String::new();
     let project = driver::project_dir(&spec.scratch, PROJECT_NAME);
 
@@ -135,6 +141,7 @@ pub async fn run_trial(
         emulate,
         emulation: &spec.emulation,
         inputs: spec.inputs.as_deref(),
+        validation: spec.validation.as_deref(),
         work_dir: &spec.scratch,
         project_name: PROJECT_NAME,
     };
@@ -143,7 +150,7 @@ pub async fn run_trial(
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
             let t = |k: &str| converted.timings.get(k).copied().unwrap_or(0.0);
-            let emulate_seconds = t("compile") + t("predict") + t("trace");
+            let emulate_seconds = t("compile") + t("predict") + t("trace") + t("validate");
             timings.push(StageTiming {
                 stage: Stage::Convert,
                 seconds: converted.seconds - emulate_seconds,
@@ -164,6 +171,8 @@ pub async fn run_trial(
             outputs = converted.outputs;
             notes.extend(converted.emulation_note);
             preflight = converted.preflight;
+            parameters = converted.parameters;
+            accuracy = converted.accuracy;
         }
         Err(e) => {
             let stage = e.stage;
@@ -273,6 +282,9 @@ pub async fn run_trial(
         preflight,
         derived_from: spec.derived_from.clone(),
         memory_limit_mib: env.driver.memory_limit_mib,
+        parameters,
+        accuracy,
+        search: spec.search.clone(),
         effective_reuse_factor,
         reports,
         failure,
