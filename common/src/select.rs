@@ -374,8 +374,9 @@ pub struct Candidate<'a> {
 }
 
 fn fmt_value(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e12 {
-        format!("{v:.0}")
+    let shortest = v.to_string();
+    if shortest.len() <= 8 {
+        shortest
     } else {
         format!("{v:.4}")
     }

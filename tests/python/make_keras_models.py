@@ -101,6 +101,15 @@ def make_two_output(out):
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=["mse", "categorical_crossentropy"])
     model.fit(x, [x, y], epochs=3, batch_size=128, verbose=0)
     model.save(os.path.join(out, "two_output.h5"), save_format="h5")
+    # A labelled validation set for the softmax output, one-hot as Keras takes it, and the
+    # accuracy Keras's own metric gives on it.
+    x_val = rng.uniform(-1, 1, size=(512, 16)).astype(np.float32)
+    y_val = keras.utils.to_categorical(np.argmax(x_val[:, :4], axis=1), 4)
+    np.savez(os.path.join(out, "two_output_validation.npz"), features=x_val, y_label=y_val)
+    metric = keras.metrics.CategoricalAccuracy()
+    metric.update_state(y_val, model.predict(x_val, verbose=0)[1])
+    with open(os.path.join(out, "two_output_validation.json"), "w") as f:
+        json.dump({"label_accuracy": float(metric.result().numpy())}, f)
 
 
 def make_pruned_cnn(out):

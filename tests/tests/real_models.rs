@@ -189,6 +189,53 @@ async fn two_outputs_get_the_figure_that_fits_each() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_validation_set_gives_keras_accuracy_of_the_softmax_output() {
+    let dir = TestDir::new("real-two-output-validation").unwrap();
+    let validation = keras_models().join("two_output_validation.npz");
+    let emulation = EmulationSpec {
+        samples: 40,
+        seed: 3,
+    };
+    let job = Job {
+        model: &ModelFiles::auto(keras_models().join("two_output.h5")),
+        settings: &Settings::default(),
+        emulate: true,
+        emulation: &emulation,
+        inputs: None,
+        validation: Some(&validation),
+        work_dir: dir.path(),
+        project_name: "myproject",
+    };
+    let c = convert(&env(8192), &job, &CancellationToken::new())
+        .await
+        .unwrap();
+    let keras: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(keras_models().join("two_output_validation.json")).unwrap(),
+    )
+    .unwrap();
+    let a = c.accuracy.unwrap();
+    // Only the softmax output has labels (`y_label`, one-hot): the reconstruction has none.
+    assert_eq!(a.first.output, "label");
+    assert_eq!(a.first.kind, OutputKind::Multiclass);
+    assert_eq!(a.samples, 512);
+    assert!(a.outputs.is_empty(), "{a:?}");
+    let keras_accuracy = keras["label_accuracy"].as_f64().unwrap();
+    assert!(
+        (a.first.float - keras_accuracy).abs() < 1e-6,
+        "float {} against Keras's {keras_accuracy}",
+        a.first.float
+    );
+    let hls = a.first.hls.unwrap();
+    assert!((a.first.drop.unwrap() - (a.first.float - hls)).abs() < 1e-12);
+    assert!(hls > 0.5, "{a:?}");
+    assert!(a.first.float_auc.is_none(), "AUC is for binary outputs");
+    assert_eq!(
+        c.parameters,
+        Some(16 * 6 + 6 + 6 * 16 + 16 + 6 * 8 + 8 + 8 * 4 + 4)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pruned_qkeras_cnn_is_stripped_and_its_departing_softmax_named() {
     let dir = TestDir::new("real-pruned").unwrap();
     let c = emulate(
