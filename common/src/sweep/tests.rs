@@ -92,3 +92,58 @@ fn selection_lists_matching_files_and_explains_no_match() {
     assert!(err.contains("matches `*.onnx`"), "{err}");
     assert!(err.contains("model_trial_000.h5"), "{err}");
 }
+
+#[test]
+fn the_readme_sweep_file_parses_with_its_gates() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("### A sweep file")
+        .nth(1)
+        .expect("README has a sweep file section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block");
+    let spec = SweepSpec::from_toml(toml).unwrap();
+    spec.validate().unwrap();
+    assert_eq!(spec.select.len(), 2);
+    assert_eq!(spec.select[0].after, Stage::Emulate);
+    assert_eq!(spec.select[0].min["val_accuracy"], 0.85);
+    assert_eq!(spec.select[1].tiers, 1);
+    assert!(spec.validation.is_some() && spec.metrics.is_some());
+}
+
+#[test]
+fn gates_out_of_stage_order_or_on_stages_not_run_are_named() {
+    let spec = SweepSpec::from_toml(
+        r#"
+stages = ["convert", "emulate", "csynth"]
+[models]
+dir = "m"
+[[select]]
+after = "csynth"
+objectives = ["lut:min"]
+[[select]]
+after = "emulate"
+objectives = ["accuracy:max"]
+[[select]]
+after = "cosim"
+objectives = ["accuracy:max"]
+tiers = 0
+"#,
+    )
+    .unwrap();
+    let e = spec.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("select[1].after") && e.contains("stage order"),
+        "{e}"
+    );
+    assert!(
+        e.contains("select[2].after") && e.contains("does not run"),
+        "{e}"
+    );
+    assert!(e.contains("select[2]: tiers = 0"), "{e}");
+    let bad = SweepSpec::from_toml("[models]\ndir = \"m\"\n[[select]]\nobjectives = [\"lut\"]\n");
+    assert!(bad.unwrap_err().contains("METRIC:max"));
+}
