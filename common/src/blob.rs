@@ -24,6 +24,13 @@ use crate::config::StoreConfig;
 use crate::job::Fence;
 use crate::store_url::StoreUrl;
 
+impl Error {
+    /// True when the object is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Store(object_store::Error::NotFound { .. }))
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

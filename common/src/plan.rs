@@ -150,6 +150,13 @@ pub struct SweepPlan {
     /// Whether a deterministic failure with a known fix also runs the fixed trial.
     #[serde(default)]
     pub on_failure: crate::sweep::OnFailure,
+    /// The funnel's gates: trials are queued cut to the first gate's stage, and only those a
+    /// gate selects go on (see [`crate::select`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<crate::select::Gate>,
+    /// What the search recorded of each model, by model file name (joined to its results).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub search: BTreeMap<String, crate::results::SearchInfo>,
 }
 
 /// One trial of a plan.
@@ -177,13 +184,17 @@ pub struct Planned {
 }
 
 /// The payload a planned trial carries in the queue: indices into the stored plan, stored as
-/// the JSON array `[m, g]` (an object `{"m":..,"g":..}` reads too).
+/// the JSON array `[m, g]`, or `[m, g, p]` for phase `p` of a funnel (an object
+/// `{"m":..,"g":..}` reads too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanIndex {
     /// Model index.
     pub m: usize,
     /// Point index.
     pub g: usize,
+    /// The funnel's phase (0 without gates; the last phase runs every stage).
+    #[serde(default)]
+    pub p: usize,
 }
 
 /// What a derived trial's payload carries besides its [`PlanIndex`] (under `derived`): the
@@ -236,16 +247,31 @@ impl SweepPlan {
         self.toolchains.get(&backend)
     }
 
-    /// Expands the plan into trials. Each trial holds a licence seat of every tool stage it
-    /// runs (`csynth`, `vsynth`, …) while leased: the coordinator's seat limits and the
-    /// hold-down after a licence refusal apply to those features.
+    /// The stages of phase `phase`: up to its gate's stage, every stage for the last.
+    pub fn stages_for(&self, phase: usize) -> Vec<Stage> {
+        match self.gates.get(phase) {
+            Some(gate) => self
+                .stages
+                .iter()
+                .copied()
+                .filter(|s| *s <= gate.after)
+                .collect(),
+            None => self.stages.clone(),
+        }
+    }
+
+    /// Expands the plan into trials (a funnel's: their first phase). Each trial holds a
+    /// licence seat of every tool stage it runs (`csynth`, `vsynth`, …) while leased: the
+    /// coordinator's seat limits and the hold-down after a licence refusal apply to those
+    /// features.
     pub fn trials(&self) -> Result<Planned, String> {
         let mut out = Vec::with_capacity(self.models.len() * self.points.len());
         let mut class_of: BTreeMap<Requirement, String> = BTreeMap::new();
+        let stages = self.stages_for(0);
         for (m, model) in self.models.iter().enumerate() {
             let format = model.format()?;
             for (g, point) in self.points.iter().enumerate() {
-                let requirement = self.requirement(format, point);
+                let requirement = self.requirement(format, point, &stages);
                 let class = match class_of.get(&requirement) {
                     Some(id) => id.clone(),
                     None => {
@@ -254,7 +280,7 @@ impl SweepPlan {
                         id
                     }
                 };
-                out.push(self.trial(m, g, point, class)?);
+                out.push(self.trial(m, g, point, class, &stages)?);
             }
         }
         Ok(Planned {
@@ -275,14 +301,35 @@ impl SweepPlan {
             .models
             .get(m)
             .ok_or_else(|| format!("no model {m} in the plan"))?;
-        let requirement = self.requirement(model.format()?, settings);
-        let trial = self.trial(m, g, settings, requirement.class_id())?;
+        let requirement = self.requirement(model.format()?, settings, &self.stages);
+        let trial = self.trial(m, g, settings, requirement.class_id(), &self.stages)?;
+        Ok((trial, requirement))
+    }
+
+    /// Phase `phase` of model `m`'s trial at grid point `g`, and its requirement.
+    pub fn phase_trial(
+        &self,
+        m: usize,
+        g: usize,
+        phase: usize,
+    ) -> Result<(PlannedTrial, Requirement), String> {
+        let model = self
+            .models
+            .get(m)
+            .ok_or_else(|| format!("no model {m} in the plan"))?;
+        let settings = self
+            .points
+            .get(g)
+            .ok_or_else(|| format!("no point {g} in the plan"))?;
+        let stages = self.stages_for(phase);
+        let requirement = self.requirement(model.format()?, settings, &stages);
+        let trial = self.trial(m, g, settings, requirement.class_id(), &stages)?;
         Ok((trial, requirement))
     }
 
     /// What a worker needs to run a trial of a model in `format` at `point`.
-    fn requirement(&self, format: &str, point: &Settings) -> Requirement {
-        let has_tools = self.stages.iter().any(|s| s.needs_xilinx_tools());
+    fn requirement(&self, format: &str, point: &Settings, stages: &[Stage]) -> Requirement {
+        let has_tools = stages.iter().any(|s| s.needs_xilinx_tools());
         let toolchain = self.toolchain(point.backend);
         Requirement {
             hls4ml_version: toolchain
@@ -294,7 +341,7 @@ impl SweepPlan {
             } else {
                 None
             },
-            vivado: self.stages.contains(&Stage::Vsynth),
+            vivado: stages.contains(&Stage::Vsynth),
             family: if has_tools {
                 part_family(&point.part).ok().map(str::to_owned)
             } else {
@@ -310,6 +357,7 @@ impl SweepPlan {
         g: usize,
         point: &Settings,
         class: String,
+        stages: &[Stage],
     ) -> Result<PlannedTrial, String> {
         let model = &self.models[m];
         let toolchain = self
@@ -318,7 +366,7 @@ impl SweepPlan {
         let key = TrialKeyInput {
             model: &model.digest,
             settings: point,
-            stages: &self.stages,
+            stages,
             emulation: &self.emulation,
             toolchain,
         }
@@ -328,14 +376,13 @@ impl SweepPlan {
             key,
             model: m,
             point: g,
-            cost: cost_estimate(model.size_bytes, point, &self.stages),
+            cost: cost_estimate(model.size_bytes, point, stages),
             needs: Needs {
                 class,
                 memory_mib: self.resources.memory_mib,
                 cores: self.resources.cores,
                 // A seat of every tool stage it runs, held while leased.
-                seats: self
-                    .stages
+                seats: stages
                     .iter()
                     .filter(|s| s.needs_xilinx_tools())
                     .map(|s| s.as_str().to_owned())
@@ -378,6 +425,8 @@ mod tests {
                 ..Default::default()
             },
             points: Vec::new(),
+            gates: Vec::new(),
+            search: BTreeMap::new(),
             resources: TrialResources::default_for(&stages),
             stages,
             emulation: EmulationSpec::default(),

@@ -547,6 +547,47 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// What gate number `gate` (0 = the first) decided, in lines: how many of the `reached`
+    /// trials go on, wait or are held back (and how many of them had `failed_before` the
+    /// gate), then one line per reason for holding back.
+    pub fn summary(
+        &self,
+        gate: usize,
+        decisions: &BTreeMap<String, Decision>,
+        reached: usize,
+        failed_before: usize,
+    ) -> Vec<String> {
+        let count = |role: Role| decisions.values().filter(|d| d.role == role).count();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in decisions.values().filter(|d| d.role == Role::Held) {
+            let why = if d.reason.starts_with("dominated") {
+                "dominated"
+            } else {
+                d.reason.as_str()
+            };
+            *reasons.entry(why).or_default() += 1;
+        }
+        let mut lines = vec![format!(
+            "gate {} ({}): {} of {reached} trials go on, {} wait as backups, {} held back{}",
+            gate + 1,
+            self.describe(),
+            count(Role::Primary),
+            count(Role::Backup),
+            count(Role::Held),
+            if failed_before > 0 {
+                format!(" ({failed_before} failed before the gate)")
+            } else {
+                String::new()
+            }
+        )];
+        for (why, n) in reasons {
+            lines.push(format!("  held back: {n} x {why}"));
+        }
+        lines
+    }
+}
+
 /// A finished sweep ranked by objectives: `(index, tier)` in rank order (successful trials
 /// with every objective, by Pareto tier, then by the first objective), and the indices left
 /// out (failed, or missing an objective).

@@ -127,16 +127,13 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(p) = args.priority {
         spec.priority = p.max(1);
     }
-    if !spec.select.is_empty() {
-        bail!(
-            "selection gates (--select, [[select]]) run in `hlsfarm run` on one host; a cluster sweep runs every trial through its stages: submit it without them, or run the funnel with `hlsfarm run`"
-        );
+    // The search's records (Keras Tuner's files beside the models, --metrics): joined to the
+    // results and read by the gates on the coordinator.
+    let table = crate::sweep_args::SearchSource {
+        dir: spec.models.dir.as_ref().map(|d| base.join(d)),
+        metrics: spec.metrics.as_ref().map(|m| base.join(m)),
     }
-    if spec.metrics.is_some() {
-        eprintln!(
-            "hlsfarm: warning: --metrics is joined by `hlsfarm run` only; the cluster's results do not carry it yet"
-        );
-    }
+    .load()?;
     let validation = spec
         .validation
         .as_ref()
@@ -166,6 +163,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     }
     let mut client = connect(&args.client)?;
     let mut inputs = Vec::new();
+    let mut search = std::collections::BTreeMap::new();
     for model in &models {
         let (sha, size) = upload(&mut client, model)
             .await
@@ -177,11 +175,15 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         if let Some(v) = &validation {
             roles.insert("validation".to_owned(), upload(&mut client, v).await?.0);
         }
+        let name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(info) = table.lookup(&name) {
+            search.insert(name.clone(), info);
+        }
         inputs.push(v1::ModelInput {
-            name: model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name,
             sha256: sha,
             size_bytes: size,
             companions: roles,
@@ -213,6 +215,16 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             String::new()
         } else {
             spec.on_failure.as_str().to_owned()
+        },
+        select_json: if spec.select.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&spec.select)?
+        },
+        search_json: if search.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&search)?
         },
     };
     let answer = client
@@ -271,8 +283,13 @@ async fn wait_for(client: &mut Client, sweep: &str, total: u64) -> anyhow::Resul
             progress.set(done + count(&s, "reused"), &line);
             last = line;
         }
-        if count(&s, "queued") + count(&s, "leased") == 0 {
+        // Finished once nothing runs and the coordinator has aggregated it (a funnel's next
+        // gate may queue more before that).
+        if count(&s, "queued") + count(&s, "leased") == 0 && !s.pending {
             progress.done();
+            for line in &s.gates {
+                eprintln!("hlsfarm: {line}");
+            }
             let failed: Vec<&v1::TrialInfo> = status
                 .trials
                 .iter()
@@ -333,6 +350,9 @@ pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<
                 .map(|e| format!("  ETA {}", humantime_secs(e)))
                 .unwrap_or_default()
         );
+        for line in &w.gates {
+            println!("      {line}");
+        }
     }
     println!("WORKERS");
     if out.workers.is_empty() {

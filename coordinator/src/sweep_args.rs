@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
+use hlsfarm_common::search::SearchTable;
 use hlsfarm_common::select::{Gate, parse_objectives};
 use hlsfarm_common::settings::{Backend, IoType, Strategy};
 use hlsfarm_common::stage::Stage;
@@ -258,6 +259,49 @@ pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf
         bail!("{errors}");
     }
     Ok((spec, base))
+}
+
+/// Where the search's records come from: the model folder (Keras Tuner's files) and a
+/// metrics table or tuner directory given by the user.
+#[derive(Debug, Clone)]
+pub(crate) struct SearchSource {
+    /// The model folder.
+    pub(crate) dir: Option<PathBuf>,
+    /// `--metrics FILE`.
+    pub(crate) metrics: Option<PathBuf>,
+}
+
+impl SearchSource {
+    /// Reads them; a metrics table given that cannot be read is an error, a search file
+    /// found beside the models that cannot be read a warning.
+    pub(crate) fn load(&self) -> anyhow::Result<SearchTable> {
+        let mut table = SearchTable::default();
+        if let Some(m) = &self.metrics {
+            table = SearchTable::load_metrics(m).with_context(|| {
+                format!(
+                    "--metrics {}: cannot read the search's metrics",
+                    m.display()
+                )
+            })?;
+        }
+        if let Some(dir) = &self.dir {
+            match SearchTable::discover(dir) {
+                Ok(found) => table.extend(found),
+                Err(e) => eprintln!(
+                    "hlsfarm: warning: the search's files beside the models are not joined: {e}"
+                ),
+            }
+        }
+        Ok(table)
+    }
+
+    /// Reads them again (the search may have written more), warning instead of failing.
+    pub(crate) fn load_or_warn(&self) -> SearchTable {
+        self.load().unwrap_or_else(|e| {
+            eprintln!("hlsfarm: warning: {e:#}");
+            SearchTable::default()
+        })
+    }
 }
 
 /// A model's companions: those found beside it (see `driver::companions`), the sample

@@ -36,6 +36,9 @@ pub struct SweepJson {
     pub eta_seconds: Option<f64>,
     /// When it was submitted, ms since the Unix epoch.
     pub submitted_unix_ms: i64,
+    /// A funnel's gate decisions, a line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<String>,
 }
 
 impl SweepJson {
@@ -234,6 +237,7 @@ impl From<&v1::SweepStatus> for SweepJson {
             counts: w.counts.clone().into_iter().collect(),
             eta_seconds: w.eta_seconds,
             submitted_unix_ms: w.submitted_unix_ms,
+            gates: w.gates.clone(),
         }
     }
 }

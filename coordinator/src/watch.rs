@@ -429,6 +429,7 @@ mod tests {
                     .collect(),
                 eta_seconds: Some(125.0),
                 submitted_unix_ms: 0,
+                ..Default::default()
             }],
             workers: vec![v1::WorkerStatus {
                 worker_id: "host-a-1".into(),

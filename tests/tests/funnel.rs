@@ -73,31 +73,17 @@ fn brute_tiers(points: &[(f64, f64)]) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn a_funnel_synthesizes_the_front_and_a_failed_primarys_backup() {
-    let dir = TestDir::new("funnel-gate").unwrap();
-    let input = make_search(&dir, "search", 6, 0);
-    let record = dir.join("tool-calls.jsonl");
-    let mut command = run_cmd();
-    command
-        .args(["run", "--input_dir"])
-        .arg(&input)
-        .arg("--validation")
-        .arg(input.join("validation.npz"))
-        .args(["--num_workers", "2", "--stages", "convert,emulate,csynth"])
-        .args(["--select", "val_accuracy:max,parameters:min"])
-        // The first C synthesis (a primary's) fails for good; its backup must go on.
-        .env("STANDIN_FAIL", "unroll")
-        .env("STANDIN_ONCE", dir.join("failed-once"))
-        .env("STANDIN_RECORD", &record);
-    let output = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "one trial failed: {stderr}");
-    assert!(stderr.contains("gate 1 (after emulate"), "{stderr}");
-    assert!(stderr.contains("goes on in its place"), "{stderr}");
-
-    let summary = read_json(&input.join("hls_outputs/synthesis_results.json"));
-    let entries = summary["results"].as_array().unwrap();
+/// Checks a funnel's sweep of six search models gated on `val_accuracy:max,parameters:min`
+/// whose first C synthesis failed: the tiers against an independent count, the roles, the
+/// failed primary's backup promoted, the tools run only for those (`record`: the stand-in's
+/// calls), and every trial's search record and accuracies. `name_of` names an entry as
+/// `promoted_for` does. Returns how many trials were synthesized and how many are on the
+/// front.
+fn check_funnel(
+    entries: &[Value],
+    record: &Path,
+    name_of: impl Fn(&Value) -> String,
+) -> (usize, usize) {
     assert_eq!(entries.len(), 6);
     // The gate's tiers against an independent count over the search's own figures.
     let points: Vec<(f64, f64)> = entries
@@ -128,7 +114,7 @@ fn a_funnel_synthesizes_the_front_and_a_failed_primarys_backup() {
         match (*tier, role) {
             (1, "primary") if entry["status"] == "failed" => {
                 assert_eq!(entry["result"]["failure"]["stage"], "csynth", "{entry}");
-                failed.push(folder(entry));
+                failed.push(name_of(entry));
             }
             (1, "primary") => assert!(has_csynth, "a primary is synthesized: {entry}"),
             (2, "backup") => assert_eq!(stages, ["convert", "emulate"], "{entry}"),
@@ -162,10 +148,39 @@ fn a_funnel_synthesizes_the_front_and_a_failed_primarys_backup() {
     assert_eq!(failed.len(), 1, "one primary failed: {entries:?}");
     assert_eq!(promoted, failed, "its backup was promoted for it");
     // The tools ran only for the gate's primaries and the promoted backup.
-    let calls = std::fs::read_to_string(&record).unwrap().lines().count();
+    let calls = std::fs::read_to_string(record).unwrap().lines().count();
     assert_eq!(calls, synthesized, "stand-in calls");
     let front = tiers.iter().filter(|t| **t == 1).count();
     assert_eq!(synthesized, front + 1);
+    (synthesized, front)
+}
+
+#[test]
+fn a_funnel_synthesizes_the_front_and_a_failed_primarys_backup() {
+    let dir = TestDir::new("funnel-gate").unwrap();
+    let input = make_search(&dir, "search", 6, 0);
+    let record = dir.join("tool-calls.jsonl");
+    let mut command = run_cmd();
+    command
+        .args(["run", "--input_dir"])
+        .arg(&input)
+        .arg("--validation")
+        .arg(input.join("validation.npz"))
+        .args(["--num_workers", "2", "--stages", "convert,emulate,csynth"])
+        .args(["--select", "val_accuracy:max,parameters:min"])
+        // The first C synthesis (a primary's) fails for good; its backup must go on.
+        .env("STANDIN_FAIL", "unroll")
+        .env("STANDIN_ONCE", dir.join("failed-once"))
+        .env("STANDIN_RECORD", &record);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "one trial failed: {stderr}");
+    assert!(stderr.contains("gate 1 (after emulate"), "{stderr}");
+    assert!(stderr.contains("goes on in its place"), "{stderr}");
+
+    let summary = read_json(&input.join("hls_outputs/synthesis_results.json"));
+    let entries = summary["results"].as_array().unwrap();
+    let (synthesized, front) = check_funnel(entries, &record, folder);
     assert!(
         stderr.contains(&format!(
             "the funnel ran {synthesized} of 6 tool-stage runs"
@@ -330,6 +345,92 @@ fn a_metrics_table_and_bounds_choose_what_goes_on() {
     let csv = std::fs::read_to_string(input.join("hls_outputs/results.csv")).unwrap();
     assert!(
         csv.lines().next().unwrap().contains("background_rejection"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn the_same_funnel_runs_on_a_cluster_of_two_workers() {
+    use hlsfarm_tests::cluster::{Cluster, ClusterOptions, wait_registered};
+    let dir = TestDir::new("funnel-cluster").unwrap();
+    let input = make_search(&dir, "search", 6, 0);
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let record = dir.join("tool-calls.jsonl");
+    // The first C synthesis on either worker (a primary's) fails for good.
+    let knobs = [
+        ("STANDIN_FAIL", "unroll".to_owned()),
+        (
+            "STANDIN_ONCE",
+            dir.join("failed-once").display().to_string(),
+        ),
+        ("STANDIN_RECORD", record.display().to_string()),
+    ];
+    let knobs: Vec<(&str, &str)> = knobs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|name| {
+            cluster
+                .start_worker(name, &["--slots", "1"], &knobs)
+                .unwrap()
+        })
+        .collect();
+    for w in &workers {
+        wait_registered(w);
+    }
+    let mut submit = cluster.operator_command().unwrap();
+    submit
+        .args(["submit", "--wait", "--input-dir"])
+        .arg(&input)
+        .arg("--validation")
+        .arg(input.join("validation.npz"))
+        .args(["--stages", "convert,emulate,csynth"])
+        .args(["--select", "val_accuracy:max,parameters:min"]);
+    let output = submit.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "one trial failed: {stderr}");
+    assert!(stderr.contains("gate 1 (after emulate"), "{stderr}");
+    assert!(stderr.contains("goes on in its place"), "{stderr}");
+    let sweep = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+    let aggregate = cluster
+        .store()
+        .join(format!("sweeps/{sweep}/synthesis_results.json"));
+    let summary = read_json(&aggregate);
+    let entries = summary["results"].as_array().unwrap();
+    let model = |e: &Value| e["h5_file"].as_str().unwrap().to_owned();
+    let (synthesized, _) = check_funnel(entries, &record, model);
+    // Both workers took part; the decisions are in the store and in status.
+    let calls = std::fs::read_to_string(&record).unwrap();
+    assert!(synthesized >= 2, "{calls}");
+    assert!(
+        cluster
+            .store()
+            .join(format!("sweeps/{sweep}/funnel.json"))
+            .is_file()
+    );
+    let status = cluster.status().unwrap();
+    let gates = status["sweeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sweep.as_str())
+        .map(|s| s["gates"].to_string())
+        .unwrap();
+    assert!(gates.contains("wait as backups"), "{gates}");
+    assert!(gates.contains("goes on in its place"), "{gates}");
+    for name in ["results.csv", "ranking.csv", "pareto.svg"] {
+        assert!(
+            cluster
+                .store()
+                .join(format!("sweeps/{sweep}/{name}"))
+                .is_file(),
+            "{name}"
+        );
+    }
+    let csv = std::fs::read_to_string(cluster.store().join(format!("sweeps/{sweep}/results.csv")))
+        .unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("val_accuracy"),
         "{csv}"
     );
 }

@@ -26,6 +26,11 @@ impl Keys {
         format!("{}:sweeps", self.base)
     }
 
+    /// Sweeps whose last trial ended, waiting for their aggregate (zset).
+    pub fn finished(&self) -> String {
+        format!("{}:finished", self.base)
+    }
+
     /// One trial (hash).
     pub fn trial(&self, key: &str) -> String {
         format!("{}:t:{key}", self.base)

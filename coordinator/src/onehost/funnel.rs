@@ -233,37 +233,15 @@ impl Funnel {
                 next.push(plan);
             }
         }
-        let count = |role: Role| decided.values().filter(|d| d.role == role).count();
-        let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
-        for d in decided.values().filter(|d| d.role == Role::Held) {
-            let why = if d.reason.starts_with("dominated") {
-                "dominated"
-            } else {
-                d.reason.as_str()
-            };
-            *reasons.entry(why).or_default() += 1;
-        }
         let failed_before = reached
             .iter()
             .filter(|(_, r)| r.as_ref().is_some_and(|r| r.status != TrialStatus::Success))
             .count();
-        let mut lines = vec![format!(
-            "hlsfarm: gate {} ({}): {} of {} trials go on, {} wait as backups, {} held back{}",
-            gate + 1,
-            self.gates[gate].describe(),
-            count(Role::Primary),
-            reached.len(),
-            count(Role::Backup),
-            count(Role::Held),
-            if failed_before > 0 {
-                format!(" ({failed_before} failed before the gate)")
-            } else {
-                String::new()
-            }
-        )];
-        for (why, n) in reasons {
-            lines.push(format!("hlsfarm:   held back: {n} x {why}"));
-        }
+        let lines = self.gates[gate]
+            .summary(gate, &decided, reached.len(), failed_before)
+            .into_iter()
+            .map(|line| format!("hlsfarm: {line}"))
+            .collect();
         (next, lines)
     }
 

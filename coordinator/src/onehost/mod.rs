@@ -33,7 +33,7 @@ mod memory;
 mod planned;
 mod runner;
 
-use crate::sweep_args::{SweepArgs, file_sha256, model_files, sweep_spec};
+use crate::sweep_args::{SearchSource, SweepArgs, file_sha256, model_files, sweep_spec};
 use funnel::Funnel;
 use memory::MemoryBudget;
 use planned::{Planned, suffix};
@@ -533,47 +533,6 @@ fn finished_or_failed(output_dir: &Path, key: &str) -> Option<TrialResult> {
     let bytes = std::fs::read(output_dir.join("result.json")).ok()?;
     let result: TrialResult = serde_json::from_slice(&bytes).ok()?;
     (result.trial_key == key).then_some(result)
-}
-
-/// Where the search's records come from: the model folder (Keras Tuner's files) and a
-/// metrics table or tuner directory given by the user.
-#[derive(Debug, Clone)]
-struct SearchSource {
-    dir: Option<PathBuf>,
-    metrics: Option<PathBuf>,
-}
-
-impl SearchSource {
-    /// Reads them; a metrics table given that cannot be read is an error, a search file
-    /// found beside the models that cannot be read a warning.
-    fn load(&self) -> anyhow::Result<SearchTable> {
-        let mut table = SearchTable::default();
-        if let Some(m) = &self.metrics {
-            table = SearchTable::load_metrics(m).with_context(|| {
-                format!(
-                    "--metrics {}: cannot read the search's metrics",
-                    m.display()
-                )
-            })?;
-        }
-        if let Some(dir) = &self.dir {
-            match SearchTable::discover(dir) {
-                Ok(found) => table.extend(found),
-                Err(e) => eprintln!(
-                    "hlsfarm: warning: the search's files beside the models are not joined: {e}"
-                ),
-            }
-        }
-        Ok(table)
-    }
-
-    /// Reads them again (the search may have written more), warning instead of failing.
-    fn load_or_warn(&self) -> SearchTable {
-        self.load().unwrap_or_else(|e| {
-            eprintln!("hlsfarm: warning: {e:#}");
-            SearchTable::default()
-        })
-    }
 }
 
 /// What every trial of a model is planned from.

@@ -99,7 +99,7 @@ pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHan
 }
 
 /// The result of a trial that left no `result.json`: its state and last known reason.
-fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
+pub(super) fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult {
     let index: Option<PlanIndex> = serde_json::from_str(&record.payload).ok();
     let model = index.and_then(|i| plan.models.get(i.m));
     let settings = index
@@ -243,53 +243,39 @@ impl Coordinator {
             self.queue.release(ClaimSet::Finished, sweep).await?;
             return Ok(false);
         }
-        let trials = self.queue.sweep_trials(sweep).await?;
         let plan = self
             .plan(sweep)
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        if !plan.gates.is_empty() && self.advance_funnel(sweep).await? > 0 {
+            // The funnel sent trials on: the sweep ends again when they do.
+            return Ok(false);
+        }
+        let trials = self.queue.sweep_trials(sweep).await?;
+        let saved = (!plan.gates.is_empty()).then(|| {
+            super::funnel::saved_tool_stages(&plan, &trials, &self.phase_keys(sweep, &plan))
+        });
+        let listed = self.listed_trials(sweep, &plan, trials).await?;
         let mut entries = Vec::new();
-        for (record, reused) in &trials {
-            // A commit copies, then deletes the staged copy, so one of the two is always
-            // there: the committed copy is read again after the staged one.
-            let committed = format!("{}/result.json", Blobs::result_prefix(&record.key));
-            let mut bytes = self.blobs.get(&committed).await.ok();
-            if bytes.is_none() && !record.result_prefix.is_empty() {
-                bytes = self
-                    .blobs
-                    .get(&format!("{}/result.json", record.result_prefix))
-                    .await
-                    .ok();
-                if bytes.is_none() {
-                    bytes = self.blobs.get(&committed).await.ok();
-                }
-            }
-            if bytes.is_none() && record.state == "succeeded" {
-                anyhow::bail!(
-                    "the result of trial {} is not readable from the store yet",
-                    record.key
-                );
-            }
-            let stored = bytes
-                .and_then(|b| serde_json::from_slice::<TrialResult>(&b).ok())
-                .filter(|r| r.trial_key == record.key);
+        for (record, reused, decisions) in listed {
             // Trials that never produced a result.json (dead after lost leases, cancelled)
             // are listed too, with what Redis knows.
-            let result = match stored {
+            let result = match self.stored_result(&plan, &record).await? {
                 Some(r) => r,
-                None => unreported(&plan, record),
+                None => unreported(&plan, &record),
             };
             let dir = Blobs::result_prefix(&record.key);
             let mut entry = SeedEntry::new(
                 std::path::Path::new(&result.model.name.clone()),
                 std::path::Path::new(&dir),
                 result,
-                *reused,
+                reused,
             );
             entry.tarball = entry
                 .tarball
                 .as_ref()
                 .map(|_| format!("{dir}/artifacts.tar.gz"));
+            entry.selection = decisions;
             entries.push(entry);
         }
         let summary = SeedSummary::new(entries);
@@ -312,8 +298,13 @@ impl Coordinator {
                 "aggregated",
                 sweep,
                 &format!(
-                    "{} trials: {} succeeded, {} failed",
-                    summary.total, summary.successful, summary.failed
+                    "{} trials: {} succeeded, {} failed{}",
+                    summary.total,
+                    summary.successful,
+                    summary.failed,
+                    saved.map_or_else(String::new, |(saved, all)| format!(
+                        "; the gates saved {saved} of {all} tool-stage runs"
+                    ))
                 ),
             )
             .await?;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod background;
+mod funnel;
 mod http;
 mod metrics;
 mod operator;
@@ -44,6 +45,10 @@ pub struct Coordinator {
     stop: tokio_util::sync::CancellationToken,
     /// Prometheus metrics.
     metrics: metrics::Metrics,
+    /// One funnel step at a time in this process (steps are idempotent across processes).
+    funnel_lock: tokio::sync::Mutex<()>,
+    /// Each funnel sweep's phase keys (computed from its immutable plan).
+    funnel_keys: Mutex<HashMap<String, Arc<funnel::PhaseKeys>>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -83,6 +88,8 @@ impl Coordinator {
             plans: Mutex::new(HashMap::new()),
             stop: tokio_util::sync::CancellationToken::new(),
             metrics: metrics::Metrics::new(),
+            funnel_lock: tokio::sync::Mutex::new(()),
+            funnel_keys: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -56,6 +56,8 @@ pub(super) fn sweep_status(s: &SweepRecord) -> v1::SweepStatus {
         counts,
         eta_seconds: eta(s),
         submitted_unix_ms: s.submitted_ms,
+        gates: Vec::new(),
+        pending: s.pending,
     }
 }
 
@@ -119,6 +121,7 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         failure,
         reused,
         phase: r.phase.clone(),
+        selection: String::new(),
     }
 }
 
@@ -246,8 +249,14 @@ impl Operator for OperatorApi {
         let mut features: Vec<&String> = limits.keys().chain(snap.seats.keys()).collect();
         features.sort();
         features.dedup();
+        let mut sweeps = Vec::with_capacity(snap.sweeps.len());
+        for s in &snap.sweeps {
+            let mut status = sweep_status(s);
+            status.gates = self.c.gate_lines(&s.id).await;
+            sweeps.push(status);
+        }
         Ok(Response::new(v1::GetStatusResponse {
-            sweeps: snap.sweeps.iter().map(sweep_status).collect(),
+            sweeps,
             workers,
             seats: features
                 .into_iter()
@@ -333,9 +342,10 @@ impl Operator for OperatorApi {
         let sweep = self.c.queue.sweep(&id).await.map_err(refused)?;
         let plan = self.c.plan(&id).await?;
         let trials = self.c.queue.sweep_trials(&id).await.map_err(refused)?;
-        let infos = trials
+        let listed = self.c.listed_trials(&id, &plan, trials).await?;
+        let infos = listed
             .iter()
-            .map(|(t, reused)| {
+            .map(|(t, reused, decisions)| {
                 let index: Option<hlsfarm_common::plan::PlanIndex> =
                     serde_json::from_str(&t.payload).ok();
                 let (model, settings) = index
@@ -343,11 +353,14 @@ impl Operator for OperatorApi {
                     .map_or((String::new(), None), |(m, s)| (m.name.clone(), Some(s)));
                 let mut info = trial_info(t, *reused, &model);
                 info.settings = settings.map(Into::into);
+                info.selection = super::funnel::selection_text(decisions);
                 info
             })
             .collect();
+        let mut status = sweep_status(&sweep);
+        status.gates = self.c.gate_lines(&id).await;
         Ok(Response::new(v1::GetResultsResponse {
-            sweep: Some(sweep_status(&sweep)),
+            sweep: Some(status),
             trials: infos,
         }))
     }

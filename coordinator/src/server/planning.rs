@@ -184,6 +184,37 @@ impl Coordinator {
                 OnFailure::default()
             })
         };
+        let gates: Vec<hlsfarm_common::select::Gate> = if spec.select_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&spec.select_json).unwrap_or_else(|e| {
+                errors.push("select", format!("is not a list of gates: {e}"));
+                Vec::new()
+            })
+        };
+        for (i, gate) in gates.iter().enumerate() {
+            if let Err(e) = gate.validate() {
+                errors.push(format!("select[{i}]"), e);
+            }
+            if i > 0 && gate.after <= gates[i - 1].after {
+                errors.push(
+                    format!("select[{i}].after"),
+                    "gates go in stage order, each after a later stage than the one before",
+                );
+            }
+        }
+        let search: BTreeMap<String, hlsfarm_common::results::SearchInfo> =
+            if spec.search_json.is_empty() {
+                BTreeMap::new()
+            } else {
+                serde_json::from_str(&spec.search_json).unwrap_or_else(|e| {
+                    errors.push(
+                        "search",
+                        format!("is not an object of the search's records by model name: {e}"),
+                    );
+                    BTreeMap::new()
+                })
+            };
         errors
             .into_result()
             .map_err(|e| Status::invalid_argument(format!("invalid sweep: {e}")))?;
@@ -236,6 +267,12 @@ impl Coordinator {
                 workers.iter().any(|w| w.tools.contains_key("vivado")),
             )
         };
+        if let Some(gate) = gates.iter().find(|g| !stages.contains(&g.after)) {
+            return Err(Status::invalid_argument(format!(
+                "invalid sweep: select: a gate runs after `{}`, a stage the sweep does not run",
+                gate.after
+            )));
+        }
         let tools_needed = stages.iter().any(|s| s.needs_xilinx_tools());
         let mut toolchains = BTreeMap::new();
         for backend in &backends {
@@ -291,6 +328,11 @@ impl Coordinator {
         } else {
             spec.name.trim().to_owned()
         };
+        // Only the records of the sweep's own models are kept.
+        let search = search
+            .into_iter()
+            .filter(|(name, _)| models.iter().any(|m| &m.name == name))
+            .collect();
         let plan = SweepPlan {
             id: id.clone(),
             name: name.clone(),
@@ -302,6 +344,8 @@ impl Coordinator {
             toolchains,
             resources,
             on_failure,
+            search,
+            gates,
         };
         let planning = std::time::Instant::now();
         let planned = plan.trials().map_err(Status::invalid_argument)?;
@@ -318,8 +362,12 @@ impl Coordinator {
             .map(|t| NewTrial {
                 key: t.key,
                 cost: t.cost,
-                // [model, point]: indices into the stored plan.
-                payload: serde_json::json!([t.model, t.point]),
+                // [model, point] (and the phase in a funnel): indices into the stored plan.
+                payload: if plan.gates.is_empty() {
+                    serde_json::json!([t.model, t.point])
+                } else {
+                    serde_json::json!([t.model, t.point, 0])
+                },
                 needs: t.needs,
             })
             .collect();

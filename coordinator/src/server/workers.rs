@@ -97,7 +97,7 @@ impl Coordinator {
             }),
             settings: Some(settings.into()),
             stages: plan
-                .stages
+                .stages_for(index.p)
                 .iter()
                 .map(|s| v1::Stage::from(*s) as i32)
                 .collect(),
@@ -438,6 +438,10 @@ impl Worker for WorkerApi {
         }
         if state == TrialState::Queued {
             self.c.work.notify_waiters();
+        }
+        if matches!(state, TrialState::Failed | TrialState::Dead) {
+            // A funnel's primary that failed promotes its backup now, not at the sweep's end.
+            self.c.after_failure(&key).await;
         }
         Ok(Response::new(v1::CompleteResponse {
             state: v1::TrialState::from(state) as i32,

@@ -112,8 +112,14 @@ impl RedisQueue {
         }
         let maps: Vec<HashMap<String, String>> =
             pipe.query_async(&mut connection).await.map_err(backend)?;
+        let pending: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(self.keys.finished())
+            .arg(ids)
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
         let mut out = Vec::new();
-        for (id, pair) in ids.iter().zip(maps.chunks(2)) {
+        for ((id, pair), pending) in ids.iter().zip(maps.chunks(2)).zip(pending) {
             let [meta, counts] = pair else { continue };
             if meta.is_empty() {
                 continue;
@@ -136,6 +142,7 @@ impl RedisQueue {
                 reused: m("reused").parse().unwrap_or(0),
                 seconds_total: m("dsum").parse().unwrap_or(0.0),
                 attempts_finished: m("dn").parse().unwrap_or(0),
+                pending: pending.is_some(),
             });
         }
         Ok(out)

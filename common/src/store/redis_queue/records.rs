@@ -170,6 +170,8 @@ pub struct SweepRecord {
     pub seconds_total: f64,
     /// Finished attempts.
     pub attempts_finished: u64,
+    /// Its last trial ended and its aggregate (or a funnel's next gate) has not run yet.
+    pub pending: bool,
 }
 
 /// A worker as Redis holds it.
