@@ -115,6 +115,16 @@ impl Runner {
         Ok(())
     }
 
+    /// Trials of the run not final yet; none when nothing was ever queued (every trial's
+    /// result was already there).
+    async fn unfinished(&self) -> anyhow::Result<u64> {
+        match self.queue.counts(ONE_HOST_SWEEP).await {
+            Ok(counts) => Ok(counts.unfinished()),
+            Err(hlsfarm_common::queue::Error::UnknownSweep(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn slot(&self, slot: usize) -> anyhow::Result<()> {
         let worker = format!("slot-{slot}");
         loop {
@@ -124,7 +134,7 @@ impl Runner {
             let Some(lease) = self.queue.lease(&worker, 1).await?.pop() else {
                 if !self.open.load(Ordering::SeqCst)
                     && self.deciding.load(Ordering::SeqCst) == 0
-                    && self.queue.counts(ONE_HOST_SWEEP).await?.unfinished() == 0
+                    && self.unfinished().await? == 0
                 {
                     return Ok(());
                 }
