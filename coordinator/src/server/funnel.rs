@@ -467,16 +467,7 @@ impl Coordinator {
         }
         self.queue.put_classes(&classes).await?;
         self.queue
-            .submit_sweep(
-                &SweepSubmit {
-                    id: sweep.to_owned(),
-                    priority: 1,
-                    name: String::new(),
-                    force: false,
-                    plan: String::new(),
-                },
-                &trials,
-            )
+            .submit_sweep(&SweepSubmit::more_of(sweep), &trials)
             .await?;
         self.work.notify_waiters();
         Ok(trials.len())

@@ -460,13 +460,7 @@ impl Coordinator {
         self.queue.put_classes(&classes).await.map_err(internal)?;
         self.queue
             .submit_sweep(
-                &SweepSubmit {
-                    id: sweep.to_owned(),
-                    priority: 1,
-                    name: String::new(),
-                    force: false,
-                    plan: String::new(),
-                },
+                &SweepSubmit::more_of(sweep),
                 &[NewTrial {
                     key: trial.key.clone(),
                     cost: trial.cost,

@@ -24,6 +24,17 @@ pub struct SweepSubmit {
     pub plan: String,
 }
 
+impl SweepSubmit {
+    /// More trials for sweep `id`, submitted earlier (its name, priority and plan stay).
+    pub fn more_of(id: &str) -> SweepSubmit {
+        SweepSubmit {
+            id: id.to_owned(),
+            priority: 1,
+            ..SweepSubmit::default()
+        }
+    }
+}
+
 /// What a submit did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Submitted {
