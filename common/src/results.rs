@@ -553,6 +553,12 @@ pub struct ResultSummary {
     pub warnings: usize,
     /// Bytes kept (tarball).
     pub kept_bytes: u64,
+    /// The float model's accuracy on the validation set (first labelled output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_accuracy: Option<f64>,
+    /// The emulated (fixed-point) model's accuracy on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
 impl From<&TrialResult> for ResultSummary {
@@ -597,6 +603,8 @@ impl From<&TrialResult> for ResultSummary {
             fidelity_warning: r.fidelity.as_ref().is_some_and(Fidelity::warning),
             warnings: r.warnings.len(),
             kept_bytes: r.kept_bytes,
+            float_accuracy: r.accuracy.as_ref().map(|a| a.first.float),
+            accuracy: r.accuracy.as_ref().and_then(|a| a.first.hls),
         }
     }
 }

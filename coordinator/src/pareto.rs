@@ -263,6 +263,23 @@ pub fn write(summary: &SeedSummary, dir: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// `pareto.svg` in memory (for the web page's live plot), or `None` when there is nothing to
+/// plot.
+pub fn svg(summary: &SeedSummary) -> Result<Option<String>, String> {
+    let figure = Figure::new(summary);
+    if figure.count() == 0 {
+        return Ok(None);
+    }
+    let with_text = register_font();
+    let mut text = String::new();
+    draw_all(
+        SVGBackend::with_string(&mut text, figure.size()).into_drawing_area(),
+        &figure,
+        with_text,
+    )?;
+    Ok(Some(text))
+}
+
 /// A file of a sweep's outputs: its name and bytes.
 pub type SweepFile = (&'static str, Vec<u8>);
 

@@ -174,6 +174,26 @@ pub struct TrialJson {
     pub class: String,
     /// Failure reason, when failed.
     pub reason: String,
+    /// The float model's accuracy on the validation set.
+    pub float_accuracy: Option<f64>,
+    /// The fixed-point emulation's accuracy on it.
+    pub accuracy: Option<f64>,
+    /// What each gate of a funnel decided for it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub selection: String,
+    /// The search's hyperparameters and metrics for its model (metrics win a name both use).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub search: BTreeMap<String, serde_json::Value>,
+}
+
+/// The search's hyperparameters and metrics in one map, from `TrialInfo.search_json`.
+fn search_columns(json: &str) -> BTreeMap<String, serde_json::Value> {
+    let Ok(info) = serde_json::from_str::<hlsfarm_common::results::SearchInfo>(json) else {
+        return BTreeMap::new();
+    };
+    let mut columns = info.hyperparameters;
+    columns.extend(info.metrics);
+    columns
 }
 
 /// A sweep and its trials (`GET /api/sweeps/{id}/trials`).
@@ -359,6 +379,10 @@ impl From<&v1::GetResultsResponse> for SweepTrialsJson {
                         fidelity_warning: summary.fidelity_warning,
                         class: class_name(t.failure.as_ref()),
                         reason: reason(t.failure.as_ref()),
+                        float_accuracy: summary.float_accuracy,
+                        accuracy: summary.accuracy,
+                        selection: t.selection.clone(),
+                        search: search_columns(&t.search_json),
                     }
                 })
                 .collect(),

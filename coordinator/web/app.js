@@ -14,6 +14,8 @@ const state = {
   operator: false,
   events: [],
   trialsTimer: null,
+  searchColumns: [],
+  plotVersion: "",
 };
 
 function el(tag, attrs, ...children) {
@@ -150,6 +152,9 @@ async function loadTrials() {
     state.trials = r.trials;
     $("trials-title").textContent = r.sweep ? `${r.sweep.name} (${r.sweep.id})` : state.selected;
     $("trials-section").hidden = false;
+    renderGates(r.sweep);
+    renderPlot(r.sweep);
+    renderSearchHeads();
     renderTrials();
   } catch (e) {
     say(`cannot load the trials of ${state.selected}: ${e.message}`, true);
@@ -161,9 +166,62 @@ function scheduleTrials() {
   state.trialsTimer = setTimeout(() => { state.trialsTimer = null; loadTrials(); }, 300);
 }
 
+// A funnel's gate lines: how many trials each gate sent on, kept as backups, held back.
+function renderGates(sweep) {
+  const gates = (sweep && sweep.gates) || [];
+  $("gates").hidden = gates.length === 0;
+  $("gates").replaceChildren(...gates.map((g) => el("li", {}, g)));
+}
+
+// The live plot, fetched again only when a trial has ended since it was drawn.
+function renderPlot(sweep) {
+  if (!sweep) return;
+  const ended = ["succeeded", "failed", "cancelled", "dead", "reused"].reduce((a, k) => a + (sweep.counts[k] || 0), 0);
+  const version = `${sweep.id}:${ended}:${(sweep.gates || []).length}`;
+  if (version === state.plotVersion) return;
+  state.plotVersion = version;
+  const base = `/api/sweeps/${encodeURIComponent(sweep.id)}`;
+  $("pareto-link").href = `${base}/pareto.svg`;
+  $("ranking-link").href = `${base}/ranking.csv`;
+  const img = $("pareto");
+  img.onload = () => { $("choice").hidden = false; };
+  img.onerror = () => { $("choice").hidden = true; };
+  img.src = `${base}/pareto.svg?v=${encodeURIComponent(version)}`;
+}
+
+// One column per hyperparameter and metric the search recorded, before Failure.
+function renderSearchHeads() {
+  const names = [...new Set(state.trials.flatMap((t) => Object.keys(t.search || {})))].sort();
+  if (names.join("\n") === state.searchColumns.join("\n")) return;
+  state.searchColumns = names;
+  const row = $("trials").tHead.rows[0];
+  for (const th of [...row.cells]) if (th.dataset.search) th.remove();
+  for (const name of names) {
+    const th = el("th", { "data-key": `search.${name}`, "data-search": "1", title: "from the search" }, name);
+    th.addEventListener("click", () => sortBy(th.dataset.key));
+    row.insertBefore(th, $("failure-head"));
+  }
+}
+
+function sortBy(key) {
+  state.sortDir = state.sortKey === key ? -state.sortDir : 1;
+  state.sortKey = key;
+  renderTrials();
+}
+
+function field(t, k) {
+  return k.startsWith("search.") ? (t.search || {})[k.slice(7)] : t[k];
+}
+
+function accuracy(t) {
+  if (t.float_accuracy === null || t.float_accuracy === undefined) return "";
+  const f = Number(t.float_accuracy).toFixed(4);
+  return t.accuracy === null || t.accuracy === undefined ? f : `${f} → ${Number(t.accuracy).toFixed(4)}`;
+}
+
 function compare(a, b) {
   const k = state.sortKey;
-  const x = a[k], y = b[k];
+  const x = field(a, k), y = field(b, k);
   if (x === y) return 0;
   if (x === null || x === undefined || x === "") return 1;
   if (y === null || y === undefined || y === "") return -1;
@@ -176,7 +234,7 @@ function renderTrials() {
   const rows = state.trials.filter((t) => {
     if (only && t.state !== only) return false;
     if (!filter) return true;
-    return [t.key, t.model, t.settings, t.worker, t.stage, t.class, t.reason].join(" ").toLowerCase().includes(filter);
+    return [t.key, t.model, t.settings, t.worker, t.stage, t.class, t.reason, t.selection].join(" ").toLowerCase().includes(filter);
   }).sort(compare);
   for (const th of $("trials").tHead.rows[0].cells) {
     th.classList.toggle("asc", th.dataset.key === state.sortKey && state.sortDir > 0);
@@ -206,6 +264,12 @@ function renderTrials() {
       el("td", { class: "num" }, num(t.latency_cycles)),
       el("td", { class: t.fidelity_warning ? "wrap fidelity-warning" : "wrap", title: t.max_abs_diff === null ? "" : `max |diff| ${t.max_abs_diff}` },
         t.fidelity || (t.max_abs_diff === null ? "" : `max|diff| ${Number(t.max_abs_diff).toPrecision(3)}`)),
+      el("td", { class: "num" }, accuracy(t)),
+      el("td", { class: "wrap" }, t.selection || ""),
+      ...state.searchColumns.map((name) => {
+        const v = (t.search || {})[name];
+        return el("td", { class: typeof v === "number" ? "num" : "" }, v === undefined || v === null ? "" : (typeof v === "number" ? num(v, Number.isInteger(v) ? 0 : 4) : String(v)));
+      }),
       el("td", { class: "reason", title: t.reason }, t.class ? `${t.class}: ${t.reason}` : ""),
       files));
   }
@@ -324,11 +388,7 @@ $("filter").addEventListener("input", renderTrials);
 $("state-filter").addEventListener("change", renderTrials);
 for (const th of $("trials").tHead.rows[0].cells) {
   if (!th.dataset.key) continue;
-  th.addEventListener("click", () => {
-    state.sortDir = state.sortKey === th.dataset.key ? -state.sortDir : 1;
-    state.sortKey = th.dataset.key;
-    renderTrials();
-  });
+  th.addEventListener("click", () => sortBy(th.dataset.key));
 }
 
 checkToken();

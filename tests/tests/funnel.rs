@@ -433,4 +433,45 @@ fn the_same_funnel_runs_on_a_cluster_of_two_workers() {
         csv.lines().next().unwrap().contains("val_accuracy"),
         "{csv}"
     );
+
+    // The web page's view: each trial's accuracies, search columns and gate decisions, and
+    // the plot and ranking drawn from the results (the same while it runs).
+    let trials = cluster.trials(&sweep).unwrap();
+    assert_eq!(trials.len(), entries.len());
+    for t in &trials {
+        assert!(t["search"]["val_accuracy"].is_number(), "{t}");
+        assert!(t["selection"].as_str().unwrap().contains("gate 1"), "{t}");
+        if t["state"] == "succeeded" {
+            let float = t["float_accuracy"].as_f64().unwrap();
+            let searched = t["search"]["val_accuracy"].as_f64().unwrap();
+            assert!((float - searched).abs() < 1e-6, "{t}");
+            assert!(t["accuracy"].is_number(), "{t}");
+        }
+    }
+    let base = format!("{}/api/sweeps/{sweep}", cluster.url(0));
+    let mut svg = ureq::get(&format!("{base}/pareto.svg")).call().unwrap();
+    assert_eq!(
+        svg.headers().get("content-type").unwrap().to_str().unwrap(),
+        "image/svg+xml"
+    );
+    let svg = svg.body_mut().read_to_string().unwrap();
+    assert!(svg.starts_with("<svg"), "{svg:.200}");
+    let ranking = ureq::get(&format!("{base}/ranking.csv"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let stored =
+        std::fs::read_to_string(cluster.store().join(format!("sweeps/{sweep}/ranking.csv")))
+            .unwrap();
+    assert_eq!(
+        ranking, stored,
+        "the live ranking of an ended sweep is the stored one"
+    );
+    let missing = ureq::get(&format!("{}/api/sweeps/no-such/pareto.svg", cluster.url(0))).call();
+    assert!(
+        matches!(missing, Err(ureq::Error::StatusCode(404))),
+        "{missing:?}"
+    );
 }

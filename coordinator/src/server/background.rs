@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hlsfarm_common::FailureClass;
-use hlsfarm_common::aggregate::{SeedEntry, SeedSummary};
-use hlsfarm_common::blob::{Blobs, RetryBudget};
+use hlsfarm_common::blob::RetryBudget;
 use hlsfarm_common::plan::{PlanIndex, SweepPlan};
 use hlsfarm_common::queue::Queue;
 use hlsfarm_common::results::{ModelRef, ResultSummary, TrialFailure, TrialResult, TrialStatus};
@@ -251,34 +250,8 @@ impl Coordinator {
             // The funnel sent trials on: the sweep ends again when they do.
             return Ok(false);
         }
-        let trials = self.queue.sweep_trials(sweep).await?;
-        let saved = (!plan.gates.is_empty()).then(|| {
-            super::funnel::saved_tool_stages(&plan, &trials, &self.phase_keys(sweep, &plan))
-        });
-        let listed = self.listed_trials(sweep, &plan, trials).await?;
-        let mut entries = Vec::new();
-        for (record, reused, decisions) in listed {
-            // Trials that never produced a result.json (dead after lost leases, cancelled)
-            // are listed too, with what Redis knows.
-            let result = match self.stored_result(&plan, &record).await? {
-                Some(r) => r,
-                None => unreported(&plan, &record),
-            };
-            let dir = Blobs::result_prefix(&record.key);
-            let mut entry = SeedEntry::new(
-                std::path::Path::new(&result.model.name.clone()),
-                std::path::Path::new(&dir),
-                result,
-                reused,
-            );
-            entry.tarball = entry
-                .tarball
-                .as_ref()
-                .map(|_| format!("{dir}/artifacts.tar.gz"));
-            entry.selection = decisions;
-            entries.push(entry);
-        }
-        let summary = SeedSummary::new(entries);
+        let super::summary::SweepSummary { summary, saved } =
+            self.sweep_summary(sweep, &plan).await?;
         // The same files as one host writes, the Pareto plot included.
         let (files, plot_warning) = crate::pareto::sweep_outputs(&summary, None)?;
         if let Some(warning) = plot_warning {

@@ -63,6 +63,7 @@ pub(super) fn router(c: Arc<Coordinator>, tokens: Tokens) -> axum::Router {
         .route("/api/auth", get(auth))
         .route("/api/events", get(events))
         .route("/api/sweeps/{id}/trials", get(trials))
+        .route("/api/sweeps/{id}/{file}", get(sweep_file))
         .route("/api/sweeps/{id}/cancel", post(cancel))
         .route("/api/sweeps/{id}/retry", post(retry))
         .route("/api/workers/{id}/drain", post(drain))
@@ -169,6 +170,65 @@ async fn trials(State(state): State<Http>, Path(id): Path<String>) -> Response {
         Ok(r) => Json(SweepTrialsJson::from(r.get_ref())).into_response(),
         Err(e) => error(&e),
     }
+}
+
+/// A sweep's plot or ranking as it stands now (`pareto.svg`, `ranking.csv`), built from the
+/// results committed so far, so the page shows the choice while the sweep runs; the
+/// aggregate writes the same files under `sweeps/<id>/` when it ends.
+async fn sweep_file(
+    State(state): State<Http>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    if file != "pareto.svg" && file != "ranking.csv" {
+        return error(&tonic::Status::not_found(
+            "a sweep's live files are pareto.svg and ranking.csv",
+        ));
+    }
+    if let Err(e) = state.c.queue.sweep(&id).await {
+        return error(&super::workers::refused(e));
+    }
+    let plan = match state.c.plan(&id).await {
+        Ok(p) => p,
+        Err(e) => return error(&e),
+    };
+    let summary = match state.c.sweep_summary(&id, &plan).await {
+        Ok(s) => s.summary,
+        Err(e) => return error(&super::internal(e)),
+    };
+    let (content_type, body) = if file == "pareto.svg" {
+        match crate::pareto::svg(&summary) {
+            Ok(Some(svg)) => ("image/svg+xml", svg.into_bytes()),
+            Ok(None) => {
+                return error(&tonic::Status::not_found(
+                    "nothing to plot yet: no trial has resource, latency or accuracy figures",
+                ));
+            }
+            Err(e) => {
+                return error(&tonic::Status::internal(format!(
+                    "cannot draw the plot: {e}"
+                )));
+            }
+        }
+    } else {
+        let objectives = crate::ranking::objectives_for(&summary, None);
+        if objectives.is_empty() {
+            return error(&tonic::Status::not_found(
+                "nothing to rank yet: no trial has accuracy, a search metric, LUT or parameters",
+            ));
+        }
+        match crate::ranking::ranking_csv(&summary, &objectives) {
+            Ok(csv) => ("text/csv; charset=utf-8", csv),
+            Err(e) => return error(&super::internal(e)),
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -11,6 +11,7 @@ mod http;
 mod metrics;
 mod operator;
 mod planning;
+mod summary;
 mod workers;
 
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ pub struct Coordinator {
     funnel_lock: tokio::sync::Mutex<()>,
     /// Each funnel sweep's phase keys (computed from its immutable plan).
     funnel_keys: Mutex<HashMap<String, Arc<funnel::PhaseKeys>>>,
+    /// Ended trials' results, read once from the store.
+    results: summary::ResultCache,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -90,6 +93,7 @@ impl Coordinator {
             metrics: metrics::Metrics::new(),
             funnel_lock: tokio::sync::Mutex::new(()),
             funnel_keys: Mutex::new(HashMap::new()),
+            results: summary::ResultCache::default(),
         }))
     }
 

@@ -122,6 +122,7 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         reused,
         phase: r.phase.clone(),
         selection: String::new(),
+        search_json: String::new(),
     }
 }
 
@@ -354,6 +355,11 @@ impl Operator for OperatorApi {
                 let mut info = trial_info(t, *reused, &model);
                 info.settings = settings.map(Into::into);
                 info.selection = super::funnel::selection_text(decisions);
+                info.search_json = plan
+                    .search
+                    .get(&model)
+                    .and_then(|s| serde_json::to_string(s).ok())
+                    .unwrap_or_default();
                 info
             })
             .collect();
