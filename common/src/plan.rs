@@ -157,6 +157,11 @@ pub struct SweepPlan {
     /// What the search recorded of each model, by model file name (joined to its results).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub search: BTreeMap<String, crate::results::SearchInfo>,
+    /// More models may still be added (`submit --follow`): models only ever append, so a
+    /// queued trial's indices stay valid; no gate decides and no aggregate is written until
+    /// the sweep closes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
 }
 
 /// One trial of a plan.
@@ -427,6 +432,7 @@ mod tests {
             points: Vec::new(),
             gates: Vec::new(),
             search: BTreeMap::new(),
+            open: false,
             resources: TrialResources::default_for(&stages),
             stages,
             emulation: EmulationSpec::default(),

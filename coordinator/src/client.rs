@@ -88,6 +88,77 @@ pub struct SubmitArgs {
     /// `make setup` made].
     #[arg(long, value_name = "PATH")]
     pub python: Option<std::path::PathBuf>,
+    /// Keep watching the model folder and add each new model that matches the pattern to
+    /// the sweep once its file is complete (its size unchanged for 2 s), so the cluster
+    /// works while the search writes them; ends when trials_summary.json appears, after
+    /// --follow-count models, or on Ctrl-C. The sweep's gates and aggregate wait until then,
+    /// and apply to what arrived.
+    #[arg(long, conflicts_with = "preflight")]
+    pub follow: bool,
+    /// With --follow: stop following after this many models.
+    #[arg(long = "follow-count", value_name = "N", requires = "follow")]
+    pub follow_count: Option<usize>,
+}
+
+/// What every model of a sweep is uploaded with: its companions, the validation set, and
+/// the search's records.
+pub(crate) struct Uploads<'a> {
+    pub(crate) args: &'a SweepArgs,
+    pub(crate) validation: Option<std::path::PathBuf>,
+}
+
+impl Uploads<'_> {
+    /// Uploads `models` with their companions; returns them as the wire names them, and the
+    /// search's records of those `table` has.
+    pub(crate) async fn models(
+        &self,
+        client: &mut Client,
+        coordinator: &str,
+        models: &[std::path::PathBuf],
+        table: &hlsfarm_common::search::SearchTable,
+    ) -> anyhow::Result<(Vec<v1::ModelInput>, SearchRecords)> {
+        let mut inputs = Vec::new();
+        let mut search = SearchRecords::new();
+        for model in models {
+            let (sha, size) = upload(client, model)
+                .await
+                .map_err(|e| e.context(format!("coordinator {coordinator}")))?;
+            let mut roles = std::collections::HashMap::new();
+            for (role, path) in crate::sweep_args::model_companions(model, self.args)? {
+                roles.insert(role, upload(client, &path).await?.0);
+            }
+            if let Some(v) = &self.validation {
+                roles.insert("validation".to_owned(), upload(client, v).await?.0);
+            }
+            let name = model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(info) = table.lookup(&name) {
+                search.insert(name.clone(), info);
+            }
+            inputs.push(v1::ModelInput {
+                name,
+                sha256: sha,
+                size_bytes: size,
+                companions: roles,
+            });
+        }
+        Ok((inputs, search))
+    }
+}
+
+/// The search's records by model file name, as `search_json` carries them.
+pub(crate) type SearchRecords =
+    std::collections::BTreeMap<String, hlsfarm_common::results::SearchInfo>;
+
+/// `search_json`: empty for no records.
+pub(crate) fn search_json(search: &SearchRecords) -> anyhow::Result<String> {
+    Ok(if search.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(search)?
+    })
 }
 
 async fn upload(client: &mut Client, path: &Path) -> anyhow::Result<(String, u64)> {
@@ -129,11 +200,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     }
     // The search's records (Keras Tuner's files beside the models, --metrics): joined to the
     // results and read by the gates on the coordinator.
-    let table = crate::sweep_args::SearchSource {
+    let source = crate::sweep_args::SearchSource {
         dir: spec.models.dir.as_ref().map(|d| base.join(d)),
         metrics: spec.metrics.as_ref().map(|m| base.join(m)),
-    }
-    .load()?;
+    };
+    let table = source.load()?;
     let validation = spec
         .validation
         .as_ref()
@@ -146,7 +217,6 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             })
         })
         .transpose()?;
-    let models = spec.models.resolve(&base)?;
     if args.preflight {
         let checked =
             crate::check_cmd::check_selection(&args.sweep, args.python.as_deref(), |line| {
@@ -162,33 +232,37 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         }
     }
     let mut client = connect(&args.client)?;
-    let mut inputs = Vec::new();
-    let mut search = std::collections::BTreeMap::new();
-    for model in &models {
-        let (sha, size) = upload(&mut client, model)
-            .await
-            .map_err(|e| e.context(format!("coordinator {}", args.client.coordinator)))?;
-        let mut roles = std::collections::HashMap::new();
-        for (role, path) in crate::sweep_args::model_companions(model, &args.sweep)? {
-            roles.insert(role, upload(&mut client, &path).await?.0);
-        }
-        if let Some(v) = &validation {
-            roles.insert("validation".to_owned(), upload(&mut client, v).await?.0);
-        }
-        let name = model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(info) = table.lookup(&name) {
-            search.insert(name.clone(), info);
-        }
-        inputs.push(v1::ModelInput {
-            name,
-            sha256: sha,
-            size_bytes: size,
-            companions: roles,
-        });
-    }
+    let uploads = Uploads {
+        args: &args.sweep,
+        validation,
+    };
+    let mut follower = if args.follow {
+        let dir = spec.models.dir.as_ref().map(|d| base.join(d)).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--follow watches a model folder: give --input-dir (or models.dir in the sweep file)"
+            )
+        })?;
+        let pattern = spec
+            .models
+            .pattern
+            .clone()
+            .unwrap_or_else(|| hlsfarm_common::sweep::DEFAULT_PATTERN.to_owned());
+        Some(crate::submit_follow::Follower::new(
+            &dir,
+            &pattern,
+            args.follow_count,
+        )?)
+    } else {
+        None
+    };
+    let (models, table) = match follower.as_mut() {
+        // The search's files as they are once the first model is there.
+        Some(f) => (f.first_models().await?, source.load_or_warn()),
+        None => (spec.models.resolve(&base)?, table),
+    };
+    let (inputs, search) = uploads
+        .models(&mut client, &args.client.coordinator, &models, &table)
+        .await?;
     let wire = v1::SweepSpec {
         name: spec.name.clone(),
         models: inputs,
@@ -221,11 +295,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         } else {
             serde_json::to_string(&spec.select)?
         },
-        search_json: if search.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&search)?
-        },
+        search_json: search_json(&search)?,
+        follow: args.follow,
     };
     let answer = client
         .submit_sweep(v1::SubmitSweepRequest { spec: Some(wire) })
@@ -241,6 +312,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         answer.reused
     );
     println!("{}", answer.sweep_id);
+    if let Some(follower) = follower {
+        follower
+            .run(
+                &mut client,
+                &args.client.coordinator,
+                &answer.sweep_id,
+                &uploads,
+                &source,
+                models,
+            )
+            .await?;
+    }
     if !args.wait {
         return Ok(0);
     }

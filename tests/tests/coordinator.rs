@@ -117,6 +117,7 @@ fn spec(models: Vec<v1::ModelInput>, reuse: Vec<u32>, stages: &[Stage]) -> v1::S
         on_failure: String::new(),
         select_json: String::new(),
         search_json: String::new(),
+        follow: false,
     }
 }
 

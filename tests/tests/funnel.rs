@@ -230,44 +230,49 @@ fn a_funnel_synthesizes_the_front_and_a_failed_primarys_backup() {
     );
 }
 
+/// Copies a generated search into `input` as a running search writes it: a model every few
+/// seconds, each in two pieces (only the whole file counts), its hyperparameters beside it,
+/// and `trials_summary.json` last.
+fn write_slowly(search: &Path, input: &Path, ids: &[&str]) -> std::thread::JoinHandle<()> {
+    let (search, input) = (search.to_owned(), input.to_owned());
+    let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    std::thread::spawn(move || {
+        for id in ids {
+            std::thread::sleep(Duration::from_secs(3));
+            let bytes = std::fs::read(search.join(format!("model_trial_{id}.h5"))).unwrap();
+            let target = input.join(format!("model_trial_{id}.h5"));
+            let (head, tail) = bytes.split_at(bytes.len() / 2);
+            std::fs::write(&target, head).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&target)
+                .unwrap()
+                .write_all(tail)
+                .unwrap();
+            std::fs::copy(
+                search.join(format!("hyperparams_trial_{id}.json")),
+                input.join(format!("hyperparams_trial_{id}.json")),
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        std::fs::copy(
+            search.join("trials_summary.json"),
+            input.join("trials_summary.json"),
+        )
+        .unwrap();
+    })
+}
+
 #[test]
 fn follow_takes_each_model_as_the_search_writes_it() {
     let dir = TestDir::new("funnel-follow").unwrap();
     let search = make_search(&dir, "search", 3, 5);
     let input = dir.join("live");
     std::fs::create_dir_all(&input).unwrap();
-    let writer = {
-        let (search, input) = (search.clone(), input.clone());
-        std::thread::spawn(move || {
-            for id in ["00", "01", "02"] {
-                std::thread::sleep(Duration::from_secs(3));
-                // Written in pieces, as a framework saving a file: only the whole file counts.
-                let bytes = std::fs::read(search.join(format!("model_trial_{id}.h5"))).unwrap();
-                let target = input.join(format!("model_trial_{id}.h5"));
-                let (head, tail) = bytes.split_at(bytes.len() / 2);
-                std::fs::write(&target, head).unwrap();
-                std::thread::sleep(Duration::from_millis(1500));
-                use std::io::Write;
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&target)
-                    .unwrap()
-                    .write_all(tail)
-                    .unwrap();
-                std::fs::copy(
-                    search.join(format!("hyperparams_trial_{id}.json")),
-                    input.join(format!("hyperparams_trial_{id}.json")),
-                )
-                .unwrap();
-            }
-            std::thread::sleep(Duration::from_secs(3));
-            std::fs::copy(
-                search.join("trials_summary.json"),
-                input.join("trials_summary.json"),
-            )
-            .unwrap();
-        })
-    };
+    let writer = write_slowly(&search, &input, &["00", "01", "02"]);
     let mut command = run_cmd();
     command
         .args(["run", "--follow", "--input_dir"])
@@ -474,4 +479,92 @@ fn the_same_funnel_runs_on_a_cluster_of_two_workers() {
         matches!(missing, Err(ureq::Error::StatusCode(404))),
         "{missing:?}"
     );
+}
+
+#[test]
+fn submit_follow_adds_models_to_a_cluster_sweep_and_gates_what_arrived() {
+    use hlsfarm_tests::cluster::{Cluster, ClusterOptions, wait_registered};
+    let dir = TestDir::new("funnel-submit-follow").unwrap();
+    let search = make_search(&dir, "search", 6, 0);
+    let input = dir.join("live");
+    std::fs::create_dir_all(&input).unwrap();
+    // The validation set is there from the start; the models arrive one by one.
+    std::fs::copy(search.join("validation.npz"), dir.join("validation.npz")).unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let record = dir.join("tool-calls.jsonl");
+    // The first C synthesis (a primary's) fails for good: its backup goes on.
+    let once = dir.join("failed-once");
+    let worker = cluster
+        .start_worker(
+            "w1",
+            &["--slots", "2"],
+            &[
+                ("STANDIN_FAIL", "unroll"),
+                ("STANDIN_ONCE", once.to_str().unwrap()),
+                ("STANDIN_RECORD", record.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+    wait_registered(&worker);
+    let ids = ["00", "01", "02", "03", "04", "05"];
+    let writer = write_slowly(&search, &input, &ids);
+    let mut submit = cluster.operator_command().unwrap();
+    submit
+        .args(["submit", "--follow", "--wait", "--input-dir"])
+        .arg(&input)
+        .arg("--validation")
+        .arg(dir.join("validation.npz"))
+        .args(["--stages", "convert,emulate,csynth"])
+        .args(["--select", "val_accuracy:max,parameters:min"]);
+    let output = submit.output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "one trial failed: {stderr}");
+    assert!(
+        stderr.contains("the search wrote trials_summary.json; 6 models taken"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gate 1 (after emulate"), "{stderr}");
+    assert!(stderr.contains("goes on in its place"), "{stderr}");
+    let sweep = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+    // Every model that arrived is in the aggregate, with the records the search wrote last
+    // (val_accuracy, from trials_summary.json) and its gate decision.
+    let summary = read_json(
+        &cluster
+            .store()
+            .join(format!("sweeps/{sweep}/synthesis_results.json")),
+    );
+    let entries = summary["results"].as_array().unwrap();
+    let mut models: Vec<String> = entries
+        .iter()
+        .map(|e| e["h5_file"].as_str().unwrap().to_owned())
+        .collect();
+    models.sort();
+    let expected: Vec<String> = ids.iter().map(|i| format!("model_trial_{i}.h5")).collect();
+    assert_eq!(models, expected);
+    // The gate decided once, over all six (tiers against an independent count), and sent
+    // only its front and the failed primary's backup to the tools.
+    let model = |e: &Value| e["h5_file"].as_str().unwrap().to_owned();
+    check_funnel(entries, &record, model);
+    // A closed sweep takes no more models, and says why.
+    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
+        let (channel, bearer) = hlsfarm_proto::client::channel(
+            &cluster.url(0),
+            hlsfarm_tests::cluster::OPERATOR_TOKEN,
+            None,
+        )
+        .unwrap();
+        OperatorClient::with_interceptor(channel, bearer)
+            .add_models(v1::AddModelsRequest {
+                sweep_id: sweep.clone(),
+                done: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("is closed"), "{refused:?}");
 }

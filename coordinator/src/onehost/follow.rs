@@ -1,22 +1,16 @@
-//! `hlsfarm run --follow`: the model folder watched while a search writes it. A file matching
-//! the pattern is taken once it is complete: not empty, and its size and modification time
-//! unchanged over two looks at least 2 s after its last change. Following ends when the
-//! search's `trials_summary.json` appears (and every file seen has been taken), after a
-//! given number of models, or on Ctrl-C.
+//! `hlsfarm run --follow`: the model folder watched while a search writes it (see
+//! [`crate::folder_watch`] for when a file is taken and following ends), each new model's
+//! trials queued on the run's slots as it arrives.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
 use super::runner::Runner;
 use super::{Planner, SearchSource};
-
-/// How long a file must be unchanged before it is taken.
-const SETTLE: Duration = Duration::from_secs(2);
+use crate::folder_watch::FolderWatch;
 
 /// What to follow and when to stop.
 pub(super) struct Follow {
@@ -24,6 +18,8 @@ pub(super) struct Follow {
     pub(super) pattern: String,
     pub(super) count: Option<usize>,
     pub(super) stop: CancellationToken,
+    /// Models taken (each model's index in the run).
+    pub(super) taken: AtomicUsize,
 }
 
 impl Follow {
@@ -47,52 +43,14 @@ impl Follow {
         search: &SearchSource,
         force: bool,
     ) -> anyhow::Result<()> {
-        let pattern = glob::Pattern::new(&self.pattern)
-            .map_err(|e| anyhow::anyhow!("--pattern `{}`: {}", self.pattern, e.msg))?;
-        let mut looked: HashMap<PathBuf, (u64, SystemTime)> = HashMap::new();
-        let mut taken: HashSet<PathBuf> = HashSet::new();
+        let mut watch = FolderWatch::new(&self.dir, &self.pattern, self.count)?;
         let why = loop {
-            let mut ready = Vec::new();
-            let mut pending = 0usize;
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", self.dir.display()))?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file()
-                        && p.file_name()
-                            .is_some_and(|n| pattern.matches(&n.to_string_lossy()))
-                })
-                .collect();
-            entries.sort();
-            for path in entries {
-                if taken.contains(&path) {
-                    continue;
-                }
-                let Ok(meta) = std::fs::metadata(&path) else {
-                    continue;
-                };
-                let now = (
-                    meta.len(),
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                );
-                let settled = now.1.elapsed().is_ok_and(|age| age >= SETTLE);
-                if now.0 > 0 && settled && looked.get(&path) == Some(&now) {
-                    ready.push(path);
-                } else {
-                    looked.insert(path, now);
-                    pending += 1;
-                }
-            }
-            if !ready.is_empty() {
+            let look = watch.look()?;
+            if !look.ready.is_empty() {
                 let table = search.load_or_warn();
-                for path in ready {
-                    if self.count.is_some_and(|n| taken.len() >= n) {
-                        break;
-                    }
-                    let model = path.canonicalize().unwrap_or(path.clone());
-                    taken.insert(path);
-                    let plans = match planner.plan(taken.len() - 1, &model, &table) {
+                for model in look.ready {
+                    let index = self.taken.fetch_add(1, Ordering::SeqCst);
+                    let plans = match planner.plan(index, &model, &table) {
                         Ok(plans) => plans,
                         Err(e) => {
                             runner.progress.println(&format!(
@@ -118,23 +76,18 @@ impl Follow {
                     runner.submit(to_run).await?;
                 }
             }
-            if let Some(n) = self.count
-                && taken.len() >= n
-            {
-                break format!("{n} models taken (--follow-count)");
-            }
-            if pending == 0 && self.dir.join("trials_summary.json").is_file() {
-                break "the search wrote trials_summary.json".to_owned();
+            if let Some(end) = look.end {
+                break end;
             }
             tokio::select! {
                 () = self.stop.cancelled() => break "stopped".to_owned(),
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(crate::folder_watch::EVERY) => {}
             }
         };
         runner.progress.println(&format!(
             "hlsfarm: no longer following {}: {why}; {} models taken",
             self.dir.display(),
-            taken.len()
+            watch.taken()
         ));
         Ok(())
     }

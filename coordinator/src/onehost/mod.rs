@@ -384,6 +384,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .unwrap_or_else(|| hlsfarm_common::sweep::DEFAULT_PATTERN.to_owned()),
             count: args.follow_count,
             stop: stop_following.clone(),
+            taken: std::sync::atomic::AtomicUsize::new(0),
         };
         eprintln!(
             "hlsfarm: following {} for `{}` ({} settings per model, stages {}; ends when trials_summary.json appears{}, or on Ctrl-C); output {}",

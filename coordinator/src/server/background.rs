@@ -246,6 +246,13 @@ impl Coordinator {
             .plan(sweep)
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        if plan.open {
+            // Its follower adds more models: looked at again until it closes.
+            self.queue
+                .defer(ClaimSet::Finished, sweep, Duration::from_secs(2))
+                .await?;
+            return Ok(false);
+        }
         if !plan.gates.is_empty() && self.advance_funnel(sweep).await? > 0 {
             // The funnel sent trials on: the sweep ends again when they do.
             return Ok(false);

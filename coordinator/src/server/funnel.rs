@@ -163,13 +163,16 @@ pub(super) fn saved_tool_stages(
 }
 
 impl Coordinator {
-    /// The phase keys of a sweep's plan (cached: plans never change).
+    /// The phase keys of a sweep's plan (cached: a plan only ever gains models, so the
+    /// model count says whether they are current).
     pub(super) fn phase_keys(&self, sweep: &str, plan: &SweepPlan) -> Arc<PhaseKeys> {
-        if let Some(keys) = lock(&self.funnel_keys).get(sweep) {
+        if let Some((models, keys)) = lock(&self.funnel_keys).get(sweep)
+            && *models == plan.models.len()
+        {
             return keys.clone();
         }
         let keys = Arc::new(phase_keys(plan));
-        lock(&self.funnel_keys).insert(sweep.to_owned(), keys.clone());
+        lock(&self.funnel_keys).insert(sweep.to_owned(), (plan.models.len(), keys.clone()));
         keys
     }
 
@@ -235,7 +238,8 @@ impl Coordinator {
             .plan(sweep)
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        if plan.gates.is_empty() {
+        if plan.gates.is_empty() || plan.open {
+            // An open sweep's gates wait for all its models.
             return Ok(0);
         }
         let keys = self.phase_keys(sweep, &plan);

@@ -40,8 +40,9 @@ pub struct Coordinator {
     classes: Mutex<(Instant, HashMap<String, Requirement>)>,
     /// Workers' capabilities by id (a worker re-registers under a new id when they change).
     caps: Mutex<HashMap<String, WorkerCaps>>,
-    /// Sweep plans by id (immutable once submitted).
-    plans: Mutex<HashMap<String, Arc<SweepPlan>>>,
+    /// Sweep plans by id with when they were read: immutable once submitted, except that an
+    /// open sweep's (`submit --follow`) gains models, so it is read again after a second.
+    plans: Mutex<HashMap<String, (Instant, Arc<SweepPlan>)>>,
     /// Cancelled when the process stops: long polls and watches end.
     stop: tokio_util::sync::CancellationToken,
     /// Prometheus metrics.
@@ -49,7 +50,7 @@ pub struct Coordinator {
     /// One funnel step at a time in this process (steps are idempotent across processes).
     funnel_lock: tokio::sync::Mutex<()>,
     /// Each funnel sweep's phase keys (computed from its immutable plan).
-    funnel_keys: Mutex<HashMap<String, Arc<funnel::PhaseKeys>>>,
+    funnel_keys: Mutex<HashMap<String, (usize, Arc<funnel::PhaseKeys>)>>,
     /// Ended trials' results, read once from the store.
     results: summary::ResultCache,
 }
@@ -148,14 +149,26 @@ impl Coordinator {
     }
 
     async fn plan(&self, sweep: &str) -> Result<Arc<SweepPlan>, Status> {
-        if let Some(plan) = lock(&self.plans).get(sweep) {
+        if let Some((read, plan)) = lock(&self.plans).get(sweep)
+            && (!plan.open || read.elapsed() < Duration::from_secs(1))
+        {
             return Ok(plan.clone());
         }
+        Ok(Arc::new(self.fresh_plan(sweep).await?))
+    }
+
+    /// A sweep's plan as Redis has it now (and cached).
+    async fn fresh_plan(&self, sweep: &str) -> Result<SweepPlan, Status> {
         let json = self.queue.sweep_plan(sweep).await.map_err(internal)?;
         let plan: SweepPlan = serde_json::from_str(&json).map_err(internal)?;
-        let plan = Arc::new(plan.expanded());
-        lock(&self.plans).insert(sweep.to_owned(), plan.clone());
+        let plan = plan.expanded();
+        lock(&self.plans).insert(sweep.to_owned(), (Instant::now(), Arc::new(plan.clone())));
         Ok(plan)
+    }
+
+    /// Forgets a cached plan (its sweep gained models).
+    fn forget_plan(&self, sweep: &str) {
+        lock(&self.plans).remove(sweep);
     }
 }
 

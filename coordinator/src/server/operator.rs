@@ -217,6 +217,21 @@ impl Operator for OperatorApi {
         }))
     }
 
+    async fn add_models(
+        &self,
+        request: Request<v1::AddModelsRequest>,
+    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        let r = request.into_inner();
+        let sweep_id = r.sweep_id.clone();
+        let (trials, submitted) = self.c.add_models(r).await?;
+        Ok(Response::new(v1::SubmitSweepResponse {
+            sweep_id,
+            trials,
+            queued: submitted.added,
+            reused: submitted.reused,
+        }))
+    }
+
     async fn get_status(
         &self,
         request: Request<v1::GetStatusRequest>,
@@ -365,6 +380,8 @@ impl Operator for OperatorApi {
             .collect();
         let mut status = sweep_status(&sweep);
         status.gates = self.c.gate_lines(&id).await;
+        // An open sweep's follower may add models yet.
+        status.pending |= plan.open;
         Ok(Response::new(v1::GetResultsResponse {
             sweep: Some(status),
             trials: infos,

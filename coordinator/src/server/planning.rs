@@ -93,6 +93,173 @@ fn toolchain_from_workers(
         })
 }
 
+/// The wire's models as the plan keeps them, each checked (name, format, digests).
+fn wire_models(wire: &[v1::ModelInput], errors: &mut ValidationErrors) -> Vec<PlanModel> {
+    let mut models = Vec::new();
+    for (i, m) in wire.iter().enumerate() {
+        if let Err(e) = check_name(&m.name) {
+            errors.push(format!("models[{i}].name"), e);
+        } else if let Err(e) = hlsfarm_common::plan::model_format(&m.name) {
+            errors.push(format!("models[{i}].name"), e);
+        }
+        if let Err(e) = check_sha(&m.sha256) {
+            errors.push(format!("models[{i}].sha256"), e);
+        }
+        for (role, sha) in &m.companions {
+            if !["weights", "class", "inputs", "validation"].contains(&role.as_str()) {
+                errors.push(
+                    format!("models[{i}].companions.{role}"),
+                    "is not a companion role (weights, class, inputs, validation)",
+                );
+            }
+            if let Err(e) = check_sha(sha) {
+                errors.push(format!("models[{i}].companions.{role}"), e);
+            }
+        }
+        models.push(PlanModel {
+            name: m.name.clone(),
+            size_bytes: m.size_bytes,
+            digest: ModelDigest {
+                sha256: m.sha256.clone(),
+                companions: m.companions.clone().into_iter().collect(),
+            },
+        });
+    }
+    models
+}
+
+/// The search's records from the wire (`search_json`).
+fn search_records(
+    json: &str,
+    errors: &mut ValidationErrors,
+) -> BTreeMap<String, hlsfarm_common::results::SearchInfo> {
+    if json.is_empty() {
+        return BTreeMap::new();
+    }
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        errors.push(
+            "search",
+            format!("is not an object of the search's records by model name: {e}"),
+        );
+        BTreeMap::new()
+    })
+}
+
+/// The queue's trials for planned ones (each key once): `[model, point]` indices into the
+/// stored plan, and the phase in a funnel.
+fn new_trials(plan: &SweepPlan, planned: Vec<hlsfarm_common::plan::PlannedTrial>) -> Vec<NewTrial> {
+    let mut seen = std::collections::HashSet::with_capacity(planned.len());
+    planned
+        .into_iter()
+        .filter(|t| seen.insert(t.key.clone()))
+        .map(|t| NewTrial {
+            key: t.key,
+            cost: t.cost,
+            payload: if plan.gates.is_empty() {
+                serde_json::json!([t.model, t.point])
+            } else {
+                serde_json::json!([t.model, t.point, 0])
+            },
+            needs: t.needs,
+        })
+        .collect()
+}
+
+impl Coordinator {
+    /// Every input of `models` must be stored already: workers fetch them from the store.
+    async fn check_stored(&self, models: &[PlanModel]) -> Result<(), Status> {
+        for m in models {
+            let shas = std::iter::once(&m.digest.sha256).chain(m.digest.companions.values());
+            for sha in shas {
+                if !self
+                    .blobs
+                    .exists(&Blobs::input_path(sha))
+                    .await
+                    .map_err(internal)?
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "model `{}`: file {sha} is not in the store; upload it first (hlsfarm submit does)",
+                        m.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds models to an open sweep (`submit --follow`) and queues their trials; `done`
+    /// closes the sweep. Models only append to the plan, so the indices of queued trials
+    /// stay valid; the plan is rewritten before the new trials are queued.
+    pub(super) async fn add_models(
+        &self,
+        request: v1::AddModelsRequest,
+    ) -> Result<(u64, Submitted), Status> {
+        let id = request.sweep_id;
+        self.queue
+            .sweep(&id)
+            .await
+            .map_err(super::workers::refused)?;
+        let mut plan = self.fresh_plan(&id).await?;
+        if !plan.open {
+            return Err(Status::failed_precondition(format!(
+                "sweep {id} is closed: it was not submitted with --follow, or its follower said it was done; submit a new sweep"
+            )));
+        }
+        let mut errors = ValidationErrors::default();
+        let models = wire_models(&request.models, &mut errors);
+        for (i, m) in models.iter().enumerate() {
+            if plan.models.iter().any(|p| p.name == m.name) {
+                errors.push(
+                    format!("models[{i}].name"),
+                    format!("`{}` is in the sweep already", m.name),
+                );
+            }
+        }
+        let search = search_records(&request.search_json, &mut errors);
+        errors
+            .into_result()
+            .map_err(|e| Status::invalid_argument(format!("invalid models: {e}")))?;
+        self.check_stored(&models).await?;
+        let first_new = plan.models.len();
+        plan.models.extend(models);
+        for (name, info) in search {
+            if plan.models.iter().any(|m| m.name == name) {
+                plan.search.insert(name, info);
+            }
+        }
+        plan.open = !request.done;
+        let planned = plan.trials().map_err(Status::invalid_argument)?;
+        let fresh: Vec<_> = planned
+            .trials
+            .into_iter()
+            .filter(|t| t.model >= first_new)
+            .collect();
+        let classes: BTreeMap<String, String> = planned
+            .classes
+            .iter()
+            .map(|(id, r)| (id.clone(), serde_json::to_string(r).unwrap_or_default()))
+            .collect();
+        let trials = new_trials(&plan, fresh);
+        self.queue.put_classes(&classes).await.map_err(internal)?;
+        let plan_json = serde_json::to_string(&plan).map_err(internal)?;
+        let submitted = self
+            .queue
+            .submit_sweep(
+                &SweepSubmit {
+                    plan: plan_json,
+                    ..SweepSubmit::more_of(&id)
+                },
+                &trials,
+            )
+            .await
+            .map_err(internal)?;
+        self.forget_plan(&id);
+        self.work.notify_waiters();
+        tracing::info!(sweep = %id, models = plan.models.len() - first_new, trials = trials.len(), queued = submitted.added, closed = request.done, "models added");
+        Ok((trials.len() as u64, submitted))
+    }
+}
+
 impl Coordinator {
     async fn live_workers(&self) -> Result<Vec<WorkerCaps>, Status> {
         let snapshot = self.queue.snapshot(false, 0).await.map_err(internal)?;
@@ -113,36 +280,7 @@ impl Coordinator {
         if spec.models.is_empty() {
             errors.push("models", "names no model: give at least one model file");
         }
-        let mut models = Vec::new();
-        for (i, m) in spec.models.iter().enumerate() {
-            if let Err(e) = check_name(&m.name) {
-                errors.push(format!("models[{i}].name"), e);
-            } else if let Err(e) = hlsfarm_common::plan::model_format(&m.name) {
-                errors.push(format!("models[{i}].name"), e);
-            }
-            if let Err(e) = check_sha(&m.sha256) {
-                errors.push(format!("models[{i}].sha256"), e);
-            }
-            for (role, sha) in &m.companions {
-                if !["weights", "class", "inputs", "validation"].contains(&role.as_str()) {
-                    errors.push(
-                        format!("models[{i}].companions.{role}"),
-                        "is not a companion role (weights, class, inputs, validation)",
-                    );
-                }
-                if let Err(e) = check_sha(sha) {
-                    errors.push(format!("models[{i}].companions.{role}"), e);
-                }
-            }
-            models.push(PlanModel {
-                name: m.name.clone(),
-                size_bytes: m.size_bytes,
-                digest: ModelDigest {
-                    sha256: m.sha256.clone(),
-                    companions: m.companions.clone().into_iter().collect(),
-                },
-            });
-        }
+        let models = wire_models(&spec.models, &mut errors);
         let grid = match spec.grid.clone().map(SettingsGrid::try_from).transpose() {
             Ok(grid) => grid.unwrap_or_default(),
             Err(e) => {
@@ -203,39 +341,12 @@ impl Coordinator {
                 );
             }
         }
-        let search: BTreeMap<String, hlsfarm_common::results::SearchInfo> =
-            if spec.search_json.is_empty() {
-                BTreeMap::new()
-            } else {
-                serde_json::from_str(&spec.search_json).unwrap_or_else(|e| {
-                    errors.push(
-                        "search",
-                        format!("is not an object of the search's records by model name: {e}"),
-                    );
-                    BTreeMap::new()
-                })
-            };
+        let search = search_records(&spec.search_json, &mut errors);
         errors
             .into_result()
             .map_err(|e| Status::invalid_argument(format!("invalid sweep: {e}")))?;
 
-        // Every input must be stored already: workers fetch them from the store.
-        for m in &models {
-            let shas = std::iter::once(&m.digest.sha256).chain(m.digest.companions.values());
-            for sha in shas {
-                if !self
-                    .blobs
-                    .exists(&Blobs::input_path(sha))
-                    .await
-                    .map_err(internal)?
-                {
-                    return Err(Status::failed_precondition(format!(
-                        "model `{}`: file {sha} is not in the store; upload it first (hlsfarm submit does)",
-                        m.name
-                    )));
-                }
-            }
-        }
+        self.check_stored(&models).await?;
 
         let points = grid.expand();
         let backends: Vec<Backend> = {
@@ -346,6 +457,7 @@ impl Coordinator {
             on_failure,
             search,
             gates,
+            open: spec.follow,
         };
         let planning = std::time::Instant::now();
         let planned = plan.trials().map_err(Status::invalid_argument)?;
@@ -354,24 +466,7 @@ impl Coordinator {
             .iter()
             .map(|(id, r)| (id.clone(), serde_json::to_string(r).unwrap_or_default()))
             .collect();
-        let mut seen = std::collections::HashSet::with_capacity(planned.trials.len());
-        let trials: Vec<NewTrial> = planned
-            .trials
-            .into_iter()
-            .filter(|t| seen.insert(t.key.clone()))
-            .map(|t| NewTrial {
-                key: t.key,
-                cost: t.cost,
-                // [model, point] (and the phase in a funnel): indices into the stored plan.
-                payload: if plan.gates.is_empty() {
-                    serde_json::json!([t.model, t.point])
-                } else {
-                    serde_json::json!([t.model, t.point, 0])
-                },
-                needs: t.needs,
-            })
-            .collect();
-        drop(seen);
+        let trials = new_trials(&plan, planned.trials);
         let total = trials.len() as u64;
         self.queue.put_classes(&classes).await.map_err(internal)?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;

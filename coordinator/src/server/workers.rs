@@ -71,8 +71,12 @@ pub(super) fn refused(e: QueueError) -> Status {
 
 impl Coordinator {
     async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Status> {
-        let plan = self.plan(&lease.sweep_id).await?;
+        let mut plan = self.plan(&lease.sweep_id).await?;
         let index: PlanIndex = serde_json::from_value(lease.payload.clone()).map_err(internal)?;
+        if index.m >= plan.models.len() {
+            // A model added to an open sweep since this process read its plan.
+            plan = Arc::new(self.fresh_plan(&lease.sweep_id).await?);
+        }
         let (Some(model), Some(settings)) = (plan.models.get(index.m), plan.points.get(index.g))
         else {
             return Err(internal(format!(
