@@ -1168,3 +1168,69 @@ async fn an_infrastructure_failure_goes_to_another_worker() {
     assert_eq!(key(&again), key(&t));
     assert_eq!(again.token.unwrap().attempt, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_sharing_a_running_trial_aggregates_once_that_trial_ends() {
+    let dir = TestDir::new("coord-shared").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let mut w = register(&url, "w1", full_caps()).await;
+    let models = upload(&mut op, 1, "shared").await;
+    let first = submit(&mut op, spec(models.clone(), vec![], &[Stage::Convert])).await;
+    let running = lease(&mut w, "w1", 1, 5000).await.pop().unwrap();
+    // The same trial in a second sweep: shared with the first sweep's run, not run again.
+    let second = submit(&mut op, spec(models, vec![], &[Stage::Convert])).await;
+    assert_eq!((second.queued, second.reused), (0, 1));
+    let aggregate = cluster
+        .store()
+        .join(format!("sweeps/{}/synthesis_results.json", second.sweep_id));
+    // Nothing of its own runs, but its aggregate waits for the shared run (and --wait with
+    // it: the sweep is pending).
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let hb = w
+            .heartbeat(v1::HeartbeatRequest {
+                worker_id: "w1".into(),
+                trials: vec![v1::TrialProgress {
+                    token: running.token.clone(),
+                    stage: v1::Stage::Convert as i32,
+                    phase: String::new(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hb.extended.len(), 1);
+    }
+    assert!(
+        !aggregate.exists(),
+        "aggregated before its shared trial ended"
+    );
+    let pending = op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: second.sweep_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sweep
+        .unwrap()
+        .pending;
+    assert!(pending);
+    succeed(&mut w, "w1", &running, &cluster.store())
+        .await
+        .unwrap();
+    for sweep in [&first.sweep_id, &second.sweep_id] {
+        let path = cluster
+            .store()
+            .join(format!("sweeps/{sweep}/synthesis_results.json"));
+        hlsfarm_tests::wait_until("the aggregate", Duration::from_secs(15), || {
+            let summary: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            (summary["total"] == 1 && summary["successful"] == 1).then_some(())
+        })
+        .unwrap();
+    }
+}

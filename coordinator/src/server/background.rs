@@ -253,6 +253,21 @@ impl Coordinator {
                 .await?;
             return Ok(false);
         }
+        // A trial shared with another sweep that still runs it: this sweep's counters do
+        // not count it, so its end would not wake this sweep again; its gate and aggregate
+        // wait for it here.
+        let shared_running = self
+            .queue
+            .sweep_trials(sweep)
+            .await?
+            .iter()
+            .any(|(r, shared)| *shared && !super::funnel::is_final(&r.state));
+        if shared_running {
+            self.queue
+                .defer(ClaimSet::Finished, sweep, Duration::from_secs(2))
+                .await?;
+            return Ok(false);
+        }
         if !plan.gates.is_empty() && self.advance_funnel(sweep).await? > 0 {
             // The funnel sent trials on: the sweep ends again when they do.
             return Ok(false);

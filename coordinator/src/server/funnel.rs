@@ -49,7 +49,7 @@ fn id(index: &PlanIndex) -> String {
     format!("{}:{}", index.m, index.g)
 }
 
-fn is_final(state: &str) -> bool {
+pub(super) fn is_final(state: &str) -> bool {
     state
         .parse::<TrialState>()
         .is_ok_and(TrialState::is_terminal)
