@@ -1,6 +1,7 @@
 """hlsfarm's hls4ml driver: one JSON request in, one JSON result out.
 
     python hlsfarm_driver.py REQUEST.json RESULT.json
+    python hlsfarm_driver.py --serve SOCKET FAMILY     (the warm interpreter; see `serve`)
 
 The worker writes the request, runs this in the venv that fits the model's format, and reads
 the result file; stdout and stderr are the log (hls4ml and TensorFlow print there), never
@@ -1400,5 +1401,186 @@ def main():
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The warm interpreter (`--serve SOCKET FAMILY`): the frameworks imported once, a child forked
+# per trial.
+
+def warm(family):
+    """Imports what every trial of a model family needs, without running any of it (no
+    TensorFlow session, no model): what is imported here is paid once, not per trial."""
+    import hls4ml  # noqa: F401
+    import hls4ml.converters  # noqa: F401
+    import hls4ml.utils  # noqa: F401
+    if family == "keras":
+        import_keras()
+        import h5py  # noqa: F401
+        with contextlib.suppress(ImportError):
+            import tensorflow_model_optimization  # noqa: F401
+    elif family == "pytorch":
+        import torch  # noqa: F401
+    elif family == "onnx":
+        import onnx  # noqa: F401
+        from qonnx.core.modelwrapper import ModelWrapper  # noqa: F401
+        from qonnx.util.cleanup import cleanup_model  # noqa: F401
+        with contextlib.suppress(ImportError):
+            import onnxruntime  # noqa: F401
+
+
+def run_forked(req, fds):
+    """In the forked child: become the trial's process (its group, stdio, folder,
+    environment, arguments), run it as `main()` would and exit with its code."""
+    code = 70
+    try:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, req["pgid"])
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        sys.argv = [sys.argv[0]] + list(req["argv"])
+        code = main() or 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - whatever happens, the child must not return to the loop
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def read_request(conn):
+    """The client's request: its stdio descriptors, then one JSON line."""
+    import socket
+    conn.settimeout(30)
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data), fds
+
+
+def serve(path, family):
+    """The fork server: imports `family`'s frameworks, then listens on the Unix socket `path`
+    (it appears once the imports are done) and forks a child per trial. The child joins the
+    client's process group, so the worker's limits, cancel and memory sampling see it as the
+    trial's own process; this loop reaps it and tells the client its exit status. A client that
+    goes away takes its child with it (SIGKILL). The server ends when its parent does."""
+    import selectors
+    import signal
+    import socket
+
+    started = time.monotonic()
+    warm(family)
+    print(f"hlsfarm: warm {family} interpreter ready in {time.monotonic() - started:.1f} s (pid {os.getpid()})",
+          flush=True)
+    sys.stderr.flush()
+    parent = os.getppid()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + ".tmp")
+    listener.bind(path + ".tmp")
+    listener.listen(64)
+    os.replace(path + ".tmp", path)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    sel.register(wake_r, selectors.EVENT_READ, None)
+    children = {}  # pid -> the client's connection
+
+    def forget(pid):
+        conn = children.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                sel.unregister(conn)
+            conn.close()
+
+    served = 0
+    while True:
+        for key, _ in sel.select(timeout=1.0):
+            if key.fileobj is listener:
+                conn, _ = listener.accept()
+                try:
+                    req, fds = read_request(conn)
+                except (OSError, ValueError) as e:
+                    print(f"hlsfarm: a bad request to the warm interpreter: {e}", file=sys.stderr, flush=True)
+                    conn.close()
+                    continue
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    sel.close()
+                    listener.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    for other in children.values():
+                        other.close()
+                    conn.close()
+                    run_forked(req, fds)
+                for fd in fds:
+                    os.close(fd)
+                # Both sides set the group, so a kill of the group never misses the child.
+                with contextlib.suppress(OSError):
+                    os.setpgid(pid, req["pgid"])
+                served += 1
+                try:
+                    conn.settimeout(5)
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                except OSError:
+                    pass
+                children[pid] = conn
+                sel.register(conn, selectors.EVENT_READ, pid)
+            elif key.fileobj == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 512):
+                        pass
+            else:
+                # The client said something or went away: either way its child goes too.
+                pid = key.data
+                with contextlib.suppress(OSError):
+                    if not key.fileobj.recv(512):
+                        os.kill(pid, signal.SIGKILL)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            conn = children.get(pid)
+            if conn is not None:
+                answer = ({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status)
+                          else {"exit": os.waitstatus_to_exitcode(status)})
+                with contextlib.suppress(OSError):
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+            forget(pid)
+        if os.getppid() != parent:
+            for pid in list(children):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        sys.exit(serve(sys.argv[2], sys.argv[3]))
     sys.exit(main())
