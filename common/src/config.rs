@@ -203,6 +203,10 @@ pub struct WorkerConfig {
     /// PEM certificate(s) of the CA that signed the coordinator's certificate, for an
     /// `https://` coordinator with a private CA. Empty: the system's trusted roots.
     pub ca_cert: PathBuf,
+    /// Run trials through warm interpreters: per model family the host uses, one Python that
+    /// imported its frameworks once and forks a child per trial (started on the family's
+    /// first trial). False: a fresh Python per trial. Default true.
+    pub warm_python: bool,
 }
 
 impl Default for WorkerConfig {
@@ -227,6 +231,7 @@ impl Default for WorkerConfig {
             keep_scratch: false,
             upload_retry_s: 300,
             ca_cert: PathBuf::new(),
+            warm_python: true,
         }
     }
 }

@@ -32,6 +32,7 @@ fn preflight_env(python: &std::path::Path) -> DriverEnv {
         memory_limit_mib: None,
         tolerance: Tolerance::default(),
         strict: false,
+        warm: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn env(timeout: Duration) -> DriverEnv {
         memory_limit_mib: Some(8192),
         tolerance: Default::default(),
         strict: false,
+        warm: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn env(memory_limit_mib: u64) -> DriverEnv {
         memory_limit_mib: Some(memory_limit_mib),
         tolerance: Default::default(),
         strict: false,
+        warm: None,
     }
 }
 

@@ -28,6 +28,7 @@ async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
             memory_limit_mib: Some(8192),
             tolerance: Default::default(),
             strict: false,
+            warm: None,
         },
         tools,
         tool_timeout,

@@ -1426,7 +1426,80 @@ def warm(family):
             import onnxruntime  # noqa: F401
 
 
-def run_forked(req, fds):
+# TensorFlow's autograph rewrites (parses, transforms, compiles) the Python code of QKeras's
+# layers and quantizers the first time a model using them is loaded: about 0.5 s of a small
+# model's 1 s load. The seed script pays it once per pool worker; a child forked per trial would
+# pay it every trial. So each child tells the warm interpreter which functions it rewrote (a
+# line each in LEARNED, beside the socket), and the interpreter rewrites them itself between
+# trials into autograph's own cache (keyed by code object and options), which later children
+# inherit. The commonest are done before any child asks. Pure Python: nothing of TensorFlow's
+# runtime starts in the interpreter, so forking stays safe; a rewrite that fails costs nothing
+# (the trial rewrites it, as before).
+AUTOGRAPH_FIRST = ("qkeras.quantizers:BaseQuantizer.build", "qkeras.quantizers:_round_through",
+                   "qkeras.quantizers:quantized_bits.__call__", "qkeras.qlayers:QDense.call",
+                   "qkeras.qlayers:QActivation.call", "qkeras.quantizers:quantized_relu.__call__")
+
+
+class Autograph:
+    """Autograph's rewrites: recorded in a child, replayed in the warm interpreter."""
+
+    def __init__(self):
+        from tensorflow.python.autograph.core import converter
+        from tensorflow.python.autograph.impl import api
+        self.api, self.converter = api, converter
+        self.options = converter.ConversionOptions(
+            recursive=True, user_requested=False, internal_convert_user_code=True,
+            optional_features=frozenset())
+
+    @staticmethod
+    def available(family):
+        if family != "keras":
+            return None
+        try:
+            autograph = Autograph()
+        except (ImportError, TypeError, AttributeError):
+            return None
+        return autograph if hasattr(autograph.api, "_convert_actual") else None
+
+    def record(self, path):
+        """In a child: append `module:qualname` of each function rewritten with the usual
+        options to `path` when the child ends."""
+        api, seen = self.api, []
+        actual = api._convert_actual
+
+        def recording(entity, program_ctx):
+            if program_ctx.options == self.options:
+                function = getattr(entity, "__func__", entity)
+                seen.append(f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}")
+            return actual(entity, program_ctx)
+
+        api._convert_actual = recording
+
+        def flush():
+            if seen:
+                with contextlib.suppress(OSError), open(path, "a") as f:
+                    f.write("".join(name + "\n" for name in dict.fromkeys(seen)))
+        return flush
+
+    def rewrite(self, name):
+        """In the interpreter: rewrite the function `module:qualname` (of a module it has
+        imported; user code is never imported here). True when it was rewritten."""
+        module_name, _, qualname = name.partition(":")
+        target = sys.modules.get(module_name)
+        if target is None or "<" in qualname:
+            return False
+        for part in qualname.split("."):
+            target = getattr(target, part, None)
+        if not hasattr(target, "__code__"):
+            return False
+        try:
+            self.api._convert_actual(target, self.converter.ProgramContext(options=self.options))
+        except Exception:  # noqa: BLE001 - an optimisation: the trial rewrites it itself
+            return False
+        return True
+
+
+def run_forked(req, fds, family, at_exit=None):
     """In the forked child: become the trial's process (its group, stdio, folder,
     environment, arguments), run it as `main()` would and exit with its code."""
     code = 70
@@ -1442,6 +1515,8 @@ def run_forked(req, fds):
         os.environ.clear()
         os.environ.update(req["env"])
         sys.argv = [sys.argv[0]] + list(req["argv"])
+        print(f"hlsfarm: forked from the warm {family} interpreter (pid {os.getppid()})",
+              file=sys.stderr, flush=True)
         code = main() or 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -1450,6 +1525,8 @@ def run_forked(req, fds):
         code = 1
     finally:
         with contextlib.suppress(Exception):
+            if at_exit:
+                at_exit()
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
@@ -1509,8 +1586,28 @@ def serve(path, family):
             conn.close()
 
     served = 0
+    autograph = Autograph.available(family)
+    learned = path + ".learned"
+    pending, done, learned_at = list(AUTOGRAPH_FIRST) if autograph else [], set(), 0
     while True:
-        for key, _ in sel.select(timeout=1.0):
+        # Rewrites are done one at a time when nothing waits (tens of milliseconds each), so a
+        # trial is never kept waiting long; forks happen only between them.
+        events = sel.select(timeout=0 if pending else 1.0)
+        if autograph and not events:
+            with contextlib.suppress(OSError):
+                if os.stat(learned).st_size > learned_at:
+                    with open(learned) as f:
+                        f.seek(learned_at)
+                        lines = f.read().splitlines()
+                        learned_at = f.tell()
+                    pending += [n for n in dict.fromkeys(lines) if n not in done and n not in pending]
+            if pending:
+                name = pending.pop(0)
+                done.add(name)
+                if autograph.rewrite(name):
+                    print(f"hlsfarm: autograph rewrote {name} ahead of trials", flush=True)
+                continue
+        for key, _ in events:
             if key.fileobj is listener:
                 conn, _ = listener.accept()
                 try:
@@ -1533,7 +1630,7 @@ def serve(path, family):
                     for other in children.values():
                         other.close()
                     conn.close()
-                    run_forked(req, fds)
+                    run_forked(req, fds, family, autograph.record(learned) if autograph else None)
                 for fd in fds:
                     os.close(fd)
                 # Both sides set the group, so a kill of the group never misses the child.

@@ -256,6 +256,9 @@ pub struct DriverEnv {
     /// Refuse a trial (as `bad_input`, before any tool stage) when preflight finds something
     /// the tools will refuse.
     pub strict: bool,
+    /// Warm interpreters to run trials through (frameworks imported once, a fork per trial);
+    /// `None`: a fresh Python per trial.
+    pub warm: Option<std::sync::Arc<crate::warm::WarmPool>>,
 }
 
 /// One convert (and emulate) job.
@@ -357,7 +360,14 @@ fn write_driver(work_dir: &Path) -> Result<PathBuf, Failure> {
 
 /// The venv's Python for a model's format (one venv per framework family).
 fn model_python<'a>(env: &'a DriverEnv, model: &ModelFiles) -> &'a PathBuf {
-    let format = if model.format == "auto" {
+    env.by_format
+        .get(resolved_format(model))
+        .unwrap_or(&env.python)
+}
+
+/// A model's format, `auto` resolved from its file name (empty when the name says nothing).
+pub fn resolved_format(model: &ModelFiles) -> &str {
+    if model.format == "auto" {
         model
             .path
             .file_name()
@@ -365,21 +375,25 @@ fn model_python<'a>(env: &'a DriverEnv, model: &ModelFiles) -> &'a PathBuf {
             .unwrap_or("")
     } else {
         model.format.as_str()
-    };
-    env.by_format.get(format).unwrap_or(&env.python)
+    }
+}
+
+/// `python` with the environment TensorFlow and hls4ml need.
+pub(crate) fn python_command(python: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .env("TF_USE_LEGACY_KERAS", "1")
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("PYTHONUNBUFFERED", "1");
+    command
 }
 
 /// `python hlsfarm_driver.py REQUEST` with the environment TensorFlow and hls4ml need; the
 /// caller adds the result path and the folder.
 fn driver_command(python: &Path, driver: &Path, request: &Path) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(python);
-    command
-        .arg(driver)
-        .arg(request)
-        .env("TF_USE_LEGACY_KERAS", "1")
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .env("PYTHONUNBUFFERED", "1");
+    let mut command = python_command(python);
+    command.arg(driver).arg(request);
     command
 }
 
@@ -513,7 +527,27 @@ pub async fn convert(
         .map_err(|e| failure(FailureClass::Infrastructure, e.to_string(), None))?;
     std::fs::write(&request_path, bytes).map_err(|e| infra("cannot write the request", e))?;
 
-    let mut command = driver_command(model_python(env, job.model), &driver, &request_path);
+    let python = model_python(env, job.model);
+    let warm = match (&env.warm, crate::warm::family(resolved_format(job.model))) {
+        (Some(pool), Some(family)) => pool.warm(python, family, cancel).await,
+        _ => None,
+    };
+    let mut command = match &warm {
+        // The client stands in for the driver; it runs the cold one itself if the server
+        // is gone.
+        Some(warm) => {
+            let mut command = python_command(python);
+            command
+                .args(["-I", "-S"])
+                .arg(&warm.client)
+                .arg(&warm.socket)
+                .arg(python)
+                .arg(&driver)
+                .arg(&request_path);
+            command
+        }
+        None => driver_command(python, &driver, &request_path),
+    };
     command.arg(&result_path).current_dir(job.work_dir);
     let log = job.work_dir.join(LOG_FILE);
     let outcome = run_tree_limited(command, &log, env.limits(), cancel)

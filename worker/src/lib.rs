@@ -8,6 +8,8 @@
 //! - [`venv`]: the hls4ml venv: where it is, its version, the formats it converts.
 //! - [`daemon`]: `hlsfarm worker`: register, lease, run, upload, report, drain.
 //! - [`host`]: free disk, memory, the host's name.
+//! - [`warm`]: warm interpreters: the frameworks imported once per host and family, a fork per
+//!   trial.
 
 #![deny(clippy::unwrap_used)]
 
@@ -18,3 +20,4 @@ pub mod process;
 pub mod tools;
 pub mod trial;
 pub mod venv;
+pub mod warm;

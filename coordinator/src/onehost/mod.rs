@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
     #[arg(long = "keep-scratch")]
     pub keep_scratch: bool,
+    /// Start a fresh Python for every trial instead of running trials through warm
+    /// interpreters (one per model family, its frameworks imported once, a fork per trial).
+    #[arg(long = "no-warm-python")]
+    pub no_warm_python: bool,
     /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools), MiB:
     /// past it they are killed and the trial fails as `oom` with its peak [default: the
     /// machine's memory / --num-workers].
@@ -319,10 +323,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .trial_memory_mib
         .unwrap_or_else(|| (host_mib / slots as u64).max(1024));
     let memory = MemoryBudget::new(host_mib.max(trial_limit * slots as u64));
+    let by_format = hlsfarm_worker::venv::format_pythons();
+    let warm = if args.no_warm_python || to_run.is_empty() && !args.follow {
+        None
+    } else {
+        let pool =
+            Arc::new(hlsfarm_worker::warm::WarmPool::new().context(
+                "cannot create the warm interpreters' folder (or pass --no-warm-python)",
+            )?);
+        pool.prewarm(hlsfarm_worker::warm::families(&models, &python, &by_format));
+        Some(pool)
+    };
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
-            by_format: hlsfarm_worker::venv::format_pythons(),
+            by_format,
+            warm,
             timeout: Duration::from_secs(args.convert_timeout),
             memory_limit_mib: Some(trial_limit),
             tolerance: hlsfarm_worker::driver::Tolerance {

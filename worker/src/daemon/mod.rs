@@ -266,10 +266,20 @@ pub async fn run(options: Options) -> Result<i32, Error> {
                 .join(", ")
         }
     );
+    let warm = if config.warm_python {
+        Some(Arc::new(crate::warm::WarmPool::new().map_err(|e| {
+            Error::Setup(format!(
+                "cannot create the warm interpreters' folder under $TMPDIR: {e} (or set worker.warm_python = false)"
+            ))
+        })?))
+    } else {
+        None
+    };
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
             by_format,
+            warm,
             timeout: Duration::from_secs(config.convert_timeout_s),
             // Per trial: at least its lease's reservation (see run_one).
             memory_limit_mib: Some(if config.trial_memory_mib > 0 {
