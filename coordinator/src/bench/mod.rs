@@ -11,6 +11,7 @@ use hlsfarm_proto::v1;
 mod dispatch;
 mod lifecycle;
 mod makespan;
+mod pool;
 mod recovery;
 mod rig;
 mod trial;
@@ -113,6 +114,29 @@ pub enum Bench {
         /// Trials (reuse factors 1, 2, 4, ...).
         #[arg(long, default_value_t = 4)]
         trials: u32,
+        /// Run the tools found on PATH instead of the stand-in.
+        #[arg(long)]
+        path_tools: bool,
+    },
+    /// `hlsfarm run` beside what a user runs instead: a Python process pool doing the same
+    /// work with the same venv (`tests/bench/seed_pool.py`, the one-host script rebuilt from
+    /// its README: one import, a forked pool, one hls4ml `build()` per model), on N generated
+    /// QKeras trials (`examples/make_trials.py`) with the Xilinx stand-in, one after the
+    /// other in one run: prints each time, whether the results agree, and the speed ratio
+    /// (targets: 1.2x without emulation, 1.5x with it). Needs the hls4ml venv (`make setup`).
+    Pool {
+        /// Trials.
+        #[arg(long, default_value_t = 12)]
+        trials: u32,
+        /// Workers of both (the pool's processes, run's --num-workers).
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Compile and run the emulation too (the pool's --emulate, run's emulate stage).
+        #[arg(long)]
+        emulate: bool,
+        /// The hls4ml venv's python [default: as `run` finds it].
+        #[arg(long)]
+        python: Option<PathBuf>,
         /// Run the tools found on PATH instead of the stand-in.
         #[arg(long)]
         path_tools: bool,
@@ -261,6 +285,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
             trials,
             path_tools,
         } => trial(model, trials, path_tools).await?,
+        Bench::Pool {
+            trials,
+            workers,
+            emulate,
+            python,
+            path_tools,
+        } => pool::pool(trials, workers, emulate, python, path_tools).await?,
         Bench::Cache { trials } => {
             let rig = Rig::start(&[])?;
             let mut op = rig.operator()?;
