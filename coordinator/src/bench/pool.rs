@@ -70,7 +70,10 @@ fn figures(found: &serde_json::Value) -> Option<[f64; 4]> {
 
 fn timed(what: &str, mut command: Command, output: &Path) -> anyhow::Result<Timed> {
     let log = std::fs::File::create(output.with_extension("log"))?;
-    command.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
+    command
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null());
     let started = Instant::now();
     let status = command
         .status()
@@ -102,8 +105,11 @@ pub(super) async fn pool(
     python: Option<PathBuf>,
     path_tools: bool,
 ) -> anyhow::Result<()> {
-    let python = hlsfarm_worker::venv::find_python(python.as_deref()).map_err(anyhow::Error::msg)?;
-    let dir = tempfile::Builder::new().prefix("hlsfarm-bench-pool-").tempdir()?;
+    let python =
+        hlsfarm_worker::venv::find_python(python.as_deref()).map_err(anyhow::Error::msg)?;
+    let dir = tempfile::Builder::new()
+        .prefix("hlsfarm-bench-pool-")
+        .tempdir()?;
     let inputs = dir.path().join("trials");
     let root = repo_root();
     let mut make = Command::new(&python);
@@ -113,9 +119,14 @@ pub(super) async fn pool(
         .env("TF_USE_LEGACY_KERAS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let status = make.status().context("cannot run examples/make_trials.py")?;
+    let status = make
+        .status()
+        .context("cannot run examples/make_trials.py")?;
     if !status.success() {
-        bail!("examples/make_trials.py failed ({status}) with {}", python.display());
+        bail!(
+            "examples/make_trials.py failed ({status}) with {}",
+            python.display()
+        );
     }
     let mut path = std::ffi::OsString::new();
     if !path_tools {
