@@ -121,109 +121,140 @@ fn pytorch_python() -> PathBuf {
     env.by_format.get("pytorch").unwrap_or(&env.python).clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_crash_or_hang_leaves_the_warm_interpreter_serving_the_next_trial() {
-    let dir = TestDir::new("warm-isolation").unwrap();
+/// A pool whose PyTorch interpreter has converted one good trial (in `first`), warm.
+struct Started {
+    dir: TestDir,
+    good: ModelFiles,
+    crash: ModelFiles,
+    hang: ModelFiles,
+    pool: Arc<WarmPool>,
+    env: DriverEnv,
+    python: PathBuf,
+    server: u32,
+}
+
+async fn started(name: &str) -> Started {
+    let dir = TestDir::new(name).unwrap();
     let (good, crash, hang) = models(dir.path());
     let pool = Arc::new(WarmPool::new().unwrap());
     let env = env(&pool, Duration::from_secs(600));
     let python = pytorch_python();
-    let never = CancellationToken::new();
-
-    run(&env, &good, &dir.join("first"), &never).await.unwrap();
+    run(&env, &good, &dir.join("first"), &CancellationToken::new())
+        .await
+        .unwrap();
     let server = pool.server_pid(&python, "pytorch").await.unwrap();
     assert_warm(&dir.join("first"), server);
+    Started {
+        dir,
+        good,
+        crash,
+        hang,
+        pool,
+        env,
+        python,
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_or_hang_leaves_the_warm_interpreter_serving_the_next_trial() {
+    let s = started("warm-isolation").await;
+    let never = CancellationToken::new();
 
     // A segfault in the trial's child: the trial fails, the server does not notice.
-    let crashed = run(&env, &crash, &dir.join("crash"), &never)
+    let crashed = run(&s.env, &s.crash, &s.dir.join("crash"), &never)
         .await
         .unwrap_err();
-    assert_warm(&dir.join("crash"), server);
+    assert_warm(&s.dir.join("crash"), s.server);
     assert!(
         crashed.reason.contains("signal") || crashed.reason.contains("SIGSEGV"),
         "{crashed:?}\n{}",
-        log(&dir.join("crash"))
+        log(&s.dir.join("crash"))
     );
 
     // A hang, cancelled while a good trial runs beside it: exactly the hung trial's process
     // goes; the good one finishes in the same server.
     let cancel = CancellationToken::new();
     let hung = {
-        let (env, hang, dir, cancel) =
-            (env.clone(), hang.clone(), dir.join("hang"), cancel.clone());
+        let (env, hang, dir, cancel) = (
+            s.env.clone(),
+            s.hang.clone(),
+            s.dir.join("hang"),
+            cancel.clone(),
+        );
         tokio::spawn(async move { run(&env, &hang, &dir, &cancel).await })
     };
     hlsfarm_tests::wait_until("the hung trial to start", Duration::from_secs(60), || {
-        log(&dir.join("hang"))
+        log(&s.dir.join("hang"))
             .contains("forked from the warm")
             .then_some(())
     })
     .unwrap();
-    let beside_dir = dir.join("beside");
-    let beside = run(&env, &good, &beside_dir, &never);
+    let beside_dir = s.dir.join("beside");
+    let beside = run(&s.env, &s.good, &beside_dir, &never);
     let cancel_soon = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
-            !processes_under(&dir.join("hang")).is_empty(),
+            !processes_under(&s.dir.join("hang")).is_empty(),
             "the hung trial runs"
         );
         cancel.cancel();
     };
     let (beside, ()) = tokio::join!(beside, cancel_soon);
     beside.unwrap();
-    assert_warm(&dir.join("beside"), server);
+    assert_warm(&s.dir.join("beside"), s.server);
     let hung = hung.await.unwrap().unwrap_err();
     assert_eq!(hung.class, FailureClass::Infrastructure, "{hung:?}");
     assert!(hung.reason.contains("cancelled"), "{hung:?}");
-    gone(&dir.join("hang"));
+    gone(&s.dir.join("hang"));
 
     // The time limit kills a hung child the same way.
     let limited = DriverEnv {
         timeout: Duration::from_secs(5),
-        ..env.clone()
+        ..s.env.clone()
     };
     let start = Instant::now();
-    let timed_out = run(&limited, &hang, &dir.join("hang-limit"), &never)
+    let timed_out = run(&limited, &s.hang, &s.dir.join("hang-limit"), &never)
         .await
         .unwrap_err();
     assert_eq!(timed_out.class, FailureClass::Timeout, "{timed_out:?}");
     assert!(start.elapsed() < Duration::from_secs(60));
-    gone(&dir.join("hang-limit"));
+    gone(&s.dir.join("hang-limit"));
 
     // After all that, the same server converts the next trial.
-    run(&env, &good, &dir.join("last"), &never).await.unwrap();
-    assert_warm(&dir.join("last"), server);
-    assert_eq!(pool.server_pid(&python, "pytorch").await, Some(server));
-    assert_eq!(pool.servers_started(), 1);
+    run(&s.env, &s.good, &s.dir.join("last"), &never)
+        .await
+        .unwrap();
+    assert_warm(&s.dir.join("last"), s.server);
+    assert_eq!(
+        s.pool.server_pid(&s.python, "pytorch").await,
+        Some(s.server)
+    );
+    assert_eq!(s.pool.servers_started(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_warm_interpreter_that_died_is_replaced() {
-    let dir = TestDir::new("warm-replaced").unwrap();
-    let (good, _, _) = models(dir.path());
-    let pool = Arc::new(WarmPool::new().unwrap());
-    let env = env(&pool, Duration::from_secs(600));
-    let python = pytorch_python();
+    let s = started("warm-replaced").await;
     let never = CancellationToken::new();
-
-    run(&env, &good, &dir.join("first"), &never).await.unwrap();
-    let server = pool.server_pid(&python, "pytorch").await.unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
+        nix::unistd::Pid::from_raw(s.server as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     hlsfarm_tests::wait_until("the killed server to end", Duration::from_secs(10), || {
-        (!Path::new(&format!("/proc/{server}/status")).exists()
-            || std::fs::read_to_string(format!("/proc/{server}/stat"))
+        (!Path::new(&format!("/proc/{}/status", s.server)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", s.server))
                 .is_ok_and(|s| s.contains(") Z")))
         .then_some(())
     })
     .unwrap();
 
-    run(&env, &good, &dir.join("second"), &never).await.unwrap();
-    let replaced = pool.server_pid(&python, "pytorch").await.unwrap();
-    assert_ne!(replaced, server);
-    assert_warm(&dir.join("second"), replaced);
-    assert_eq!(pool.servers_started(), 2);
+    run(&s.env, &s.good, &s.dir.join("second"), &never)
+        .await
+        .unwrap();
+    let replaced = s.pool.server_pid(&s.python, "pytorch").await.unwrap();
+    assert_ne!(replaced, s.server);
+    assert_warm(&s.dir.join("second"), replaced);
+    assert_eq!(s.pool.servers_started(), 2);
 }
