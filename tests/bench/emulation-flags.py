@@ -1,9 +1,11 @@
-"""Compiles one model's hls4ml emulation (io_parallel, default precision) at several g++
-optimization levels; prints compile time, g++'s peak memory, the time to predict 100 samples,
-and whether every level's predictions are bit-identical to the first's. What the driver's
-choice of `-Og` for large io_parallel models rests on (BENCHMARKS.md). Run in the hls4ml venv:
+"""Compiles one model's hls4ml emulation (io_parallel, or `IO_TYPE=io_stream`; default
+precision) at several g++ optimization levels, or `pch` (-O3 with the driver's precompiled
+header); prints compile time, g++'s peak memory, the time to predict 100 samples, and whether
+every variant's predictions are bit-identical to the first's. What the driver's choice of `-Og`
+for large io_parallel models and its precompiled header rest on (BENCHMARKS.md). Run in the
+hls4ml venv:
 
-    python tests/bench/emulation-flags.py MODEL.h5 WORK_DIR -O3 -O1 -Og -O0
+    python tests/bench/emulation-flags.py MODEL.h5 WORK_DIR -O3 -O1 -Og -O0 pch
 """
 import ctypes
 import glob
@@ -22,9 +24,13 @@ import numpy as np  # noqa: E402
 
 def main():
     model, work, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
-    p = driver.prepare({"path": os.path.abspath(model), "format": "auto"}, [])
+    spec = {"path": os.path.abspath(model), "format": "auto"}
+    weights = os.path.splitext(spec["path"])[0] + "_weights.h5"
+    if model.endswith(".json") and os.path.exists(weights):
+        spec["weights"] = weights
+    p = driver.prepare(spec, [])
     settings = {"precision": "ap_fixed<16,6>", "reuse_factor": 1, "strategy": "latency", "backend": "vitis",
-                "io_type": "io_parallel", "part": "xc7z020clg400-1", "clock_period_ns": 5}
+                "io_type": os.environ.get("IO_TYPE", "io_parallel"), "part": "xc7z020clg400-1", "clock_period_ns": 5}
     xs, _ = driver.sample_inputs({"emulation": {"samples": 100, "seed": 1}}, p.inputs)
     outputs = {}
     for flag in flags:
@@ -34,8 +40,14 @@ def main():
         script = os.path.join(out, "build_lib.sh")
         with open(script) as f:
             text = f.read()
-        with open(script, "w") as f:
-            f.write(text.replace('CFLAGS="-O3', f'CFLAGS="{flag}', 1))
+        if flag == "pch":
+            # hls4ml's -O3 with the driver's precompiled header (its cache under WORK_DIR).
+            os.environ["HLSFARM_CACHE_DIR"] = os.path.join(os.path.abspath(work), "cache")
+            if not driver.precompiled_header(out):
+                sys.exit("pch: the driver left build_lib.sh as it was")
+        else:
+            with open(script, "w") as f:
+                f.write(text.replace('CFLAGS="-O3', f'CFLAGS="{flag}', 1))
         t = time.monotonic()
         run = subprocess.run(["/usr/bin/time", "-f", "%M", "bash", "build_lib.sh"], cwd=out,
                              capture_output=True, text=True, check=True)

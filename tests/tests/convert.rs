@@ -383,3 +383,39 @@ async fn pytorch_models_convert_and_emulate() {
     assert_eq!(bare.class, FailureClass::BadInput);
     assert!(bare.reason.contains("state_dict"), "{}", bare.reason);
 }
+
+/// The driver's precompiled header (`precompiled_header`) changes how fast the emulation
+/// compiles, not what it computes: hls4ml's own build and the PCH build predict bit-identical
+/// outputs on a QKeras model (io_parallel) and a convolutional one (io_stream), with the PCH
+/// built by the first and reused by the second `pch` run.
+#[test]
+fn the_precompiled_header_gives_bit_identical_predictions() {
+    let dir = TestDir::new("convert-pch").unwrap();
+    let models = shared_dir().unwrap().join("models/keras");
+    for (model, io_type) in [
+        ("qkeras_3layer.json", "io_parallel"),
+        ("KERAS_conv1d_small.json", "io_stream"),
+    ] {
+        let mut command = Command::new(hls4ml_python().unwrap());
+        command
+            .arg(hlsfarm_tests::tests_dir().join("bench/emulation-flags.py"))
+            .arg(models.join(model))
+            .arg(dir.join(model))
+            .args(["-O3", "pch", "pch"])
+            .env("IO_TYPE", io_type);
+        let out = String::from_utf8_lossy(&run_ok(command).unwrap().stdout).into_owned();
+        assert_eq!(
+            out.matches("pch: predictions bit-identical to -O3: True")
+                .count(),
+            2,
+            "{model} ({io_type}):\n{out}"
+        );
+        let cache = dir.join(model).join("cache/pch");
+        let sets: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+        assert_eq!(sets.len(), 1, "one header set for {model}: {sets:?}");
+        assert!(
+            sets[0].path().join("hlsfarm_pch.h.gch").is_file(),
+            "the PCH was built for {model}"
+        );
+    }
+}
