@@ -19,78 +19,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::{Ending, Limits, run_tree_limited};
 
+mod model;
+mod preflight;
+
+pub use model::{ModelFiles, companions};
+pub use preflight::{PreflightItem, preflight_batch};
+
 /// The driver's source, shipped inside the binary.
-pub const DRIVER_SOURCE: &str = include_str!("../python/hlsfarm_driver.py");
+pub const DRIVER_SOURCE: &str = include_str!("../../python/hlsfarm_driver.py");
 
 /// The driver's log file inside the work folder.
 pub const LOG_FILE: &str = "hls4ml.log";
-
-/// A model as the driver loads it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelFiles {
-    /// The model file.
-    pub path: PathBuf,
-    /// `auto`, `keras_h5`, `keras_json`, `pytorch` or `onnx`.
-    pub format: String,
-    /// The weights of a Keras JSON model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weights: Option<PathBuf>,
-    /// The Python file defining a PyTorch model's class.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub class_file: Option<PathBuf>,
-    /// The PyTorch model class's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub class_name: Option<String>,
-    /// A PyTorch model's input shape, without the batch dimension.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_shape: Option<Vec<u64>>,
-}
-
-/// The companion files found beside a model, by role: `weights` for a Keras JSON
-/// (`<stem>_weights.h5`), `class` for a PyTorch file (`<stem>.py`: its class, `INPUT_SHAPE`),
-/// `inputs` for sample inputs (`<stem>_inputs.npz`, one array per input name, or
-/// `<stem>_inputs.npy` for one input).
-pub fn companions(model: &Path) -> std::collections::BTreeMap<String, PathBuf> {
-    let mut out = std::collections::BTreeMap::new();
-    let Some(stem) = model.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-        return out;
-    };
-    let ext = model
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let beside = |name: String| Some(model.with_file_name(name)).filter(|p| p.is_file());
-    if ext == "json"
-        && let Some(p) = beside(format!("{stem}_weights.h5"))
-    {
-        out.insert("weights".to_owned(), p);
-    }
-    if (ext == "pt" || ext == "pth")
-        && let Some(p) = beside(format!("{stem}.py"))
-    {
-        out.insert("class".to_owned(), p);
-    }
-    if let Some(p) =
-        beside(format!("{stem}_inputs.npz")).or_else(|| beside(format!("{stem}_inputs.npy")))
-    {
-        out.insert("inputs".to_owned(), p);
-    }
-    out
-}
-
-impl ModelFiles {
-    /// A model file whose format is told by its name, with no companions.
-    pub fn auto(path: impl Into<PathBuf>) -> ModelFiles {
-        ModelFiles {
-            path: path.into(),
-            format: "auto".into(),
-            weights: None,
-            class_file: None,
-            class_name: None,
-            input_shape: None,
-        }
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct Emulation<'a> {
@@ -395,98 +334,6 @@ fn driver_command(python: &Path, driver: &Path, request: &Path) -> tokio::proces
     let mut command = python_command(python);
     command.arg(driver).arg(request);
     command
-}
-
-/// One point of a preflight batch: an id, a model and settings.
-#[derive(Debug, Clone, Serialize)]
-pub struct PreflightItem<'a> {
-    /// The caller's name for this point.
-    pub id: String,
-    /// The model.
-    pub model: &'a ModelFiles,
-    /// The settings.
-    pub settings: &'a Settings,
-}
-
-#[derive(Debug, Deserialize)]
-struct PreflightAnswer {
-    #[serde(default)]
-    findings: Vec<PreflightFinding>,
-    #[serde(default)]
-    failure: Option<DriverFailure>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchResult {
-    ok: bool,
-    #[serde(default)]
-    batch: BTreeMap<String, PreflightAnswer>,
-    #[serde(default)]
-    failure: Option<DriverFailure>,
-}
-
-/// Preflight of many points: hls4ml converts each (no project written, nothing compiled) in
-/// one driver process per venv, each model loaded once; the findings (or the reason a point
-/// does not convert) by id. What `hlsfarm check` and `run --fix` use before queueing.
-pub async fn preflight_batch(
-    env: &DriverEnv,
-    items: &[PreflightItem<'_>],
-    work_dir: &Path,
-) -> Result<BTreeMap<String, Result<Vec<PreflightFinding>, Failure>>, Failure> {
-    let infra = |what: &str, e: &dyn std::fmt::Display| {
-        failure(FailureClass::Infrastructure, format!("{what}: {e}"), None)
-    };
-    let driver = write_driver(work_dir)?;
-    let mut by_python: BTreeMap<&PathBuf, Vec<&PreflightItem<'_>>> = BTreeMap::new();
-    for item in items {
-        by_python
-            .entry(model_python(env, item.model))
-            .or_default()
-            .push(item);
-    }
-    let mut out = BTreeMap::new();
-    for (n, (python, group)) in by_python.into_iter().enumerate() {
-        let request = work_dir.join(format!("preflight_request_{n}.json"));
-        let result = work_dir.join(format!("preflight_result_{n}.json"));
-        let bytes = serde_json::to_vec(&serde_json::json!({ "preflight_batch": group }))
-            .map_err(|e| infra("cannot write the request", &e))?;
-        std::fs::write(&request, bytes).map_err(|e| infra("cannot write the request", &e))?;
-        let mut command = driver_command(python, &driver, &request);
-        command.arg(&result).current_dir(work_dir);
-        let log = work_dir.join(LOG_FILE);
-        let outcome = run_tree_limited(command, &log, env.limits(), &CancellationToken::new())
-            .await
-            .map_err(|e| infra("cannot run the hls4ml driver", &e))?;
-        let parsed: Option<BatchResult> = std::fs::read(&result)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let batch = match parsed {
-            Some(b) if b.ok => b.batch,
-            Some(b) => {
-                let f = b.failure.map(|f| f.reason).unwrap_or_default();
-                return Err(failure(FailureClass::ToolError, f, None));
-            }
-            None => {
-                return Err(failure(
-                    FailureClass::ToolError,
-                    format!(
-                        "the hls4ml driver ended ({:?}) without a preflight answer; log ends:\n{}",
-                        outcome.ending,
-                        log_tail(&log, 5)
-                    ),
-                    None,
-                ));
-            }
-        };
-        for (id, answer) in batch {
-            let value = match answer.failure {
-                Some(f) => Err(f.failure()),
-                None => Ok(answer.findings),
-            };
-            out.insert(id, value);
-        }
-    }
-    Ok(out)
 }
 
 /// Runs the driver for `job`; a failure is classified (bad input, tool error, timeout, oom,
