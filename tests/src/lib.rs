@@ -280,6 +280,28 @@ impl RedisServer {
         self.port
     }
 
+    /// How many commands this Redis has run, counting those run inside scripts (its
+    /// `total_commands_processed`).
+    pub fn commands_processed(&self) -> Result<u64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")?;
+        let mut reply = String::new();
+        let mut chunk = [0u8; 4096];
+        while !reply.contains("total_commands_processed:") || !reply.ends_with("\r\n") {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            reply.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("INFO stats without total_commands_processed: {reply}"))
+    }
+
     /// Sends one command in the inline protocol and returns the first reply line (`+OK`,
     /// `:1`, `$3` ...). Enough for harness checks; tests use the redis crate for real work.
     pub fn command(&self, args: &[&str]) -> Result<String> {

@@ -645,6 +645,64 @@ async fn two_coordinators_serve_one_cluster_and_aggregate_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn parked_lease_calls_cost_redis_nothing_and_wake_on_a_submit_elsewhere() {
+    let dir = TestDir::new("coord-parked").unwrap();
+    let mut cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    cluster.start_coordinator().unwrap();
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let workers = 20;
+    let mut parked = tokio::task::JoinSet::new();
+    for i in 0..workers {
+        let b = b.clone();
+        parked.spawn(async move {
+            let id = format!("p{i}");
+            let mut w = register(&b, &id, full_caps()).await;
+            let got = lease(&mut w, &id, 1, 20_000).await;
+            (got, Instant::now())
+        });
+    }
+    // Every call parked on coordinator 1: Redis hears only the coordinators' own loops (the
+    // reaper once a lease period with nothing leased, the claims every 2 s). Polling once a
+    // second each, the 20 calls alone would cost about 500 commands in 3 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = cluster.redis.commands_processed().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = cluster.redis.commands_processed().unwrap() - before;
+    println!("20 parked lease calls, 2 coordinators: {idle} Redis commands in 3 s");
+    assert!(
+        idle < 150,
+        "{idle} Redis commands in 3 s with every worker parked"
+    );
+
+    // Work submitted through coordinator 0 reaches the calls parked on coordinator 1 (the
+    // wake channel), each call long before its 20 s wait ends.
+    let mut op = operator(&a);
+    let models = upload(&mut op, 1, "parked").await;
+    let submitted = Instant::now();
+    let sweep = submit(&mut op, spec(models, (1..=20).collect(), &[Stage::Convert])).await;
+    assert_eq!(sweep.queued, 20);
+    let mut leased = HashSet::new();
+    let mut waits = Vec::new();
+    while let Some(answer) = parked.join_next().await {
+        let (got, at) = answer.unwrap();
+        assert_eq!(got.len(), 1, "a parked call ended without work");
+        leased.insert(key(&got[0]));
+        waits.push(at.duration_since(submitted));
+    }
+    waits.sort();
+    println!(
+        "first lease after the submit: p50 {:?}, max {:?}",
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+    assert_eq!(leased.len(), 20, "a trial was leased twice");
+    assert!(
+        waits[waits.len() - 1] < Duration::from_secs(15),
+        "{waits:?}: the calls waited out their time instead of being woken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_restart_mid_sweep_loses_nothing() {
     let dir = TestDir::new("coord-restart").unwrap();
     // Leases outlive the restart (the worker's heartbeats fail while the port is closed).

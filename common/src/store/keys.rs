@@ -100,6 +100,11 @@ impl Keys {
     pub fn events(&self) -> String {
         format!("{}:events", self.base)
     }
+
+    /// The wake channel (pub/sub): work may have appeared.
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.base)
+    }
 }
 
 #[cfg(test)]

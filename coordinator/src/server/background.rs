@@ -35,49 +35,32 @@ where
     }
 }
 
+/// Claims are looked for at least this often with no trial ending to wake the loops (a
+/// step deferred after a failure, a claim held by a coordinator that died).
+const CLAIMS_FALLBACK: Duration = Duration::from_secs(2);
+
 /// Starts the loops; they end when `stop` is cancelled.
 pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-    let lease = Duration::from_millis(c.config.coordinator.lease_ms);
-    let reap_period = (lease / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut handles = Vec::new();
     {
         let c = c.clone();
-        handles.push(tokio::spawn(every(reap_period, stop.clone(), move || {
-            let c = c.clone();
-            async move {
-                match c.queue.reap_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(trials = n, "leases expired: trials queued again");
-                        c.work.notify_waiters();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reaper: Redis unreachable, retrying"),
-                }
-            }
-        })));
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move { c.reap_loop(stop).await }));
     }
     for (set, batch) in [(ClaimSet::Commits, 50), (ClaimSet::Finished, 5)] {
         let c = c.clone();
-        handles.push(tokio::spawn(every(
-            Duration::from_millis(500),
-            stop.clone(),
-            move || {
-                let c = c.clone();
-                async move {
-                    match c.queue.claim(set, batch, HOLD).await {
-                        Ok(members) => {
-                            for member in members {
-                                match set {
-                                    ClaimSet::Commits => c.commit_result(&member).await,
-                                    ClaimSet::Finished => c.aggregate(&member).await,
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, ?set, "claims: Redis unreachable"),
-                    }
-                }
-            },
-        )));
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            c.claims_loop(set, batch, stop).await;
+        }));
+    }
+    {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move { c.match_loop().await }));
+    }
+    {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move { c.listen_for_wakes().await }));
     }
     {
         let c = c.clone();
@@ -175,6 +158,71 @@ pub(super) fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult 
 }
 
 impl Coordinator {
+    /// Ends expired leases, each at its deadline: the loop sleeps until the soonest lease
+    /// expires, or a whole lease period when none is held (a lease granted meanwhile expires
+    /// no sooner than that).
+    async fn reap_loop(&self, stop: CancellationToken) {
+        let lease = Duration::from_millis(self.config.coordinator.lease_ms);
+        loop {
+            let pause = match self.queue.reap().await {
+                Ok((n, next)) => {
+                    if n > 0 {
+                        tracing::warn!(trials = n, "leases expired: trials queued again");
+                        self.wake().await;
+                    }
+                    next.map_or(lease, |d| {
+                        (d + Duration::from_millis(5)).clamp(Duration::from_millis(10), lease)
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reaper: Redis unreachable, retrying");
+                    Duration::from_millis(500)
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Takes the claims of `set` (result copies, aggregates) when a trial ends here or in
+    /// another coordinator (the wake channel), and every [`CLAIMS_FALLBACK`].
+    async fn claims_loop(&self, set: ClaimSet, batch: usize, stop: CancellationToken) {
+        let mut woken = self.claims.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = woken.changed() => {}
+                _ = tokio::time::sleep(CLAIMS_FALLBACK) => {}
+            }
+            loop {
+                let members = match self.queue.claim(set, batch, HOLD).await {
+                    Ok(members) => members,
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?set, "claims: Redis unreachable");
+                        break;
+                    }
+                };
+                let full = members.len() == batch;
+                for member in members {
+                    match set {
+                        ClaimSet::Commits => self.commit_result(&member).await,
+                        ClaimSet::Finished => self.aggregate(&member).await,
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            // Trials ending together are taken together.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
     /// Copies an accepted result from its staging prefix into `results/<key>/`. The trial's
     /// record names the prefix Redis accepted, so a stale lease's files are never copied.
     pub(super) async fn commit_result(&self, key: &str) {

@@ -473,7 +473,7 @@ impl Coordinator {
         self.queue
             .submit_sweep(&SweepSubmit::more_of(sweep), &trials)
             .await?;
-        self.work.notify_waiters();
+        self.wake().await;
         Ok(trials.len())
     }
 }

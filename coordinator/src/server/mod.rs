@@ -8,6 +8,7 @@ pub mod auth;
 mod background;
 mod funnel;
 mod http;
+mod matcher;
 mod metrics;
 mod operator;
 mod planning;
@@ -26,7 +27,6 @@ use hlsfarm_common::queue::QueueConfig;
 use hlsfarm_common::store::RedisQueue;
 use hlsfarm_proto::v1::operator_server::OperatorServer;
 use hlsfarm_proto::v1::worker_server::WorkerServer;
-use tokio::sync::Notify;
 use tonic::Status;
 
 /// The coordinator's shared state: connections and caches of immutable facts.
@@ -34,8 +34,12 @@ pub struct Coordinator {
     queue: RedisQueue,
     blobs: Blobs,
     config: Config,
-    /// Wakes long-polling leases when work arrives through this process.
-    work: Notify,
+    /// Parked lease calls, matched to work when it may have appeared.
+    matcher: matcher::Matcher,
+    /// Wakes the claims loops (commits, aggregates) when a trial ends.
+    claims: tokio::sync::watch::Sender<u64>,
+    /// This process's name on the wake channel (its own messages are skipped).
+    instance: String,
     /// Capability classes (immutable once written), refreshed from Redis.
     classes: Mutex<(Instant, HashMap<String, Requirement>)>,
     /// Workers' capabilities by id (a worker re-registers under a new id when they change).
@@ -86,7 +90,15 @@ impl Coordinator {
             queue,
             blobs,
             config,
-            work: Notify::new(),
+            matcher: matcher::Matcher::new(),
+            claims: tokio::sync::watch::Sender::new(0),
+            instance: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
             classes: Mutex::new((Instant::now() - Duration::from_secs(3600), HashMap::new())),
             caps: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),

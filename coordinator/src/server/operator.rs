@@ -424,7 +424,7 @@ impl Operator for OperatorApi {
             .retry(&r.sweep_id, &r.trial_keys)
             .await
             .map_err(refused)?;
-        self.c.work.notify_waiters();
+        self.c.wake().await;
         Ok(Response::new(v1::RetryResponse { requeued }))
     }
 

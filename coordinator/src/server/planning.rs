@@ -254,7 +254,7 @@ impl Coordinator {
             .await
             .map_err(internal)?;
         self.forget_plan(&id);
-        self.work.notify_waiters();
+        self.wake().await;
         tracing::info!(sweep = %id, models = plan.models.len() - first_new, trials = trials.len(), queued = submitted.added, closed = request.done, "models added");
         Ok((trials.len() as u64, submitted))
     }
@@ -486,7 +486,7 @@ impl Coordinator {
             )
             .await
             .map_err(internal)?;
-        self.work.notify_waiters();
+        self.wake().await;
         tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, plan_ms, redis_ms = queueing.elapsed().as_millis(), "sweep submitted");
         Ok((id, total, submitted))
     }
@@ -565,7 +565,7 @@ impl Coordinator {
             )
             .await
             .map_err(internal)?;
-        self.work.notify_waiters();
+        self.wake().await;
         tracing::info!(sweep, from = %failed.trial_key, trial = %trial.key, fix = ?fix, "derived a trial with the fix applied (on_failure = apply-fix)");
         Ok(Some(trial.key))
     }

@@ -10,13 +10,14 @@ use hlsfarm_common::blob::Blobs;
 use hlsfarm_common::failure::{OomRetry, oom_retry};
 use hlsfarm_common::job::{Fence, TrialState};
 use hlsfarm_common::plan::{DerivedPoint, PlanIndex, WorkerCaps};
-use hlsfarm_common::queue::{Error as QueueError, Fit, Lease, Outcome};
+use hlsfarm_common::queue::{Error as QueueError, Lease, Outcome};
 use hlsfarm_common::results::{ResultSummary, TrialResult, TrialStatus};
 use hlsfarm_common::store::{Completion, Progress};
 use hlsfarm_proto::FromWire;
 use hlsfarm_proto::v1::{self, worker_server::Worker};
 use tonic::{Request, Response, Status};
 
+use super::matcher::{Ask, served};
 use super::{Coordinator, internal, lock};
 
 /// The longest a lease call waits for work.
@@ -162,46 +163,36 @@ impl Worker for WorkerApi {
         if max == 0 {
             return Ok(Response::new(v1::LeaseResponse::default()));
         }
-        loop {
-            let classes = self.c.classes().await?;
-            let served: Vec<String> = classes
-                .iter()
-                .filter(|(_, req)| req.served_by(&caps))
-                .map(|(id, _)| id.clone())
-                .collect();
-            let fit = Fit {
-                classes: Some(served),
-                memory_mib: r.free_memory_mib,
-                cores: r.free_cores,
-                seat_limits: self.c.config.coordinator.seats.clone(),
-            };
-            let leases = self
-                .c
-                .queue
-                .lease_fitting(&r.worker_id, max, &fit)
-                .await
-                .map_err(internal)?;
-            if !leases.is_empty() {
-                let mut trials = Vec::with_capacity(leases.len());
-                for lease in leases {
-                    tracing::info!(trial = %&lease.key[..12], sweep = %lease.sweep_id, worker = %r.worker_id, attempt = lease.fence.attempt, "leased");
-                    trials.push(self.c.leased_trial(lease).await?);
-                }
-                return Ok(Response::new(v1::LeaseResponse { trials }));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline || self.c.stop.is_cancelled() {
-                return Ok(Response::new(v1::LeaseResponse::default()));
-            }
-            // Work submitted here wakes us at once; work from another coordinator, a reaped
-            // lease or a backoff ending is seen within the poll period.
-            let nap = (deadline - now).min(Duration::from_millis(100));
-            tokio::select! {
-                _ = self.c.work.notified() => {}
-                _ = tokio::time::sleep(nap) => {}
-                _ = self.c.stop.cancelled() => {}
-            }
+        let ask = Ask {
+            worker: r.worker_id.clone(),
+            served: served(&self.c.classes().await?, &caps),
+            caps,
+            max,
+            memory_mib: r.free_memory_mib,
+            cores: r.free_cores,
+        };
+        let matcher = &self.c.matcher;
+        let epoch = matcher.epoch();
+        let mut leases = Vec::new();
+        // Classes seen without any queued trial since the last wake: nothing to ask Redis.
+        if !matcher.known_empty(&ask.served, epoch) {
+            let answer = self.c.lease_for(&ask).await?;
+            matcher.learn(&ask.served, epoch, &answer);
+            leases = answer.leases;
         }
+        if leases.is_empty() && !wait.is_zero() && !self.c.stop.is_cancelled() {
+            // Parked: a matching pass answers it when work may have appeared (DESIGN §2).
+            leases = matcher
+                .park(ask, deadline, epoch)
+                .wait(deadline, &self.c.stop)
+                .await;
+        }
+        let mut trials = Vec::with_capacity(leases.len());
+        for lease in leases {
+            tracing::info!(trial = %&lease.key[..12], sweep = %lease.sweep_id, worker = %r.worker_id, attempt = lease.fence.attempt, "leased");
+            trials.push(self.c.leased_trial(lease).await?);
+        }
+        Ok(Response::new(v1::LeaseResponse { trials }))
     }
 
     async fn heartbeat(
@@ -440,9 +431,9 @@ impl Worker for WorkerApi {
             // this fails or the coordinator dies here.
             self.c.commit_result(&key).await;
         }
-        if state == TrialState::Queued {
-            self.c.work.notify_waiters();
-        }
+        // Queued again, or ended: its seats, and any trial waiting on the sweep's end, are
+        // free for parked lease calls.
+        self.c.wake().await;
         if matches!(state, TrialState::Failed | TrialState::Dead) {
             // A funnel's primary that failed promotes its backup now, not at the sweep's end.
             self.c.after_failure(&key).await;
@@ -469,7 +460,7 @@ impl Worker for WorkerApi {
             }
         }
         if requeued > 0 {
-            self.c.work.notify_waiters();
+            self.c.wake().await;
         }
         Ok(Response::new(v1::HandBackResponse { requeued }))
     }

@@ -59,12 +59,29 @@ pub(super) fn tool_phase(path: &Path) -> String {
 /// answer), so the trials still running are killed and their work discarded instead of
 /// running on for hours to be refused. Trials already reporting are left to their
 /// completion's answer.
+///
+/// With nothing running there is no lease to keep: the worker only says it is alive (and
+/// hears a drain order), every `lease` (at most 5 s), so that an idle fleet costs Redis
+/// little.
 pub(super) async fn heartbeat_loop(shared: Arc<Shared>, period: Duration, lease: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_period = lease.min(Duration::from_secs(5)).max(period);
     let mut answered = tokio::time::Instant::now();
+    let mut sent: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        if lock(&shared.running).is_empty() {
+            // No lease held: none can be lost to silence. A trial leased now starts with a
+            // whole lease ahead of it.
+            answered = tokio::time::Instant::now();
+            if sent.is_some_and(|at| at.elapsed() + period / 2 < idle_period)
+                && !shared.draining.is_cancelled()
+            {
+                continue;
+            }
+        }
+        sent = Some(tokio::time::Instant::now());
         if answered.elapsed() > lease {
             let mut running = lock(&shared.running);
             for (key, r) in running.iter_mut() {

@@ -114,9 +114,9 @@ pub(super) async fn lease_loop(
             free_cores: cores.saturating_sub(used_cores),
             free_disk_mib: free_disk / (1024 * 1024),
             // While trials run, a slot or core may free at any moment: poll briefly so the
-            // next lease asks with what is free then. Idle, wait long (the coordinator
-            // answers at once when work arrives).
-            wait_ms: if busy > 0 { 1_000 } else { 10_000 },
+            // next lease asks with what is free then. Idle, wait long: the call is parked in
+            // the coordinator, which answers it when work appears and costs nothing meanwhile.
+            wait_ms: if busy > 0 { 1_000 } else { 20_000 },
         };
         let mut client = shared.client.clone();
         let leased = tokio::select! {

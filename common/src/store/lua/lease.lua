@@ -5,7 +5,11 @@
 -- cores and the seats (a feature held down after a licence refusal counts as limited to the
 -- seats in use then, until the hold ends), and that this worker is not to avoid (it failed
 -- the trial for reasons of its own, an infrastructure failure, a short while ago, and
--- another worker is about).
+-- another worker is about). Then, for a call that found nothing, what the caller may cache:
+-- whether any queued trial of those classes was seen at all (none: nothing can be leased
+-- until a trial is queued), whether one was left for this worker alone (it avoids it), and
+-- in how many ms the soonest trial held back by time (retry backoff, avoidance, a seat hold)
+-- may be leased (-1: none).
 local worker, max, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local mem, cpu = tonumber(ARGV[5]), tonumber(ARGV[6])
 local any = ARGV[7] == '*'
@@ -22,11 +26,16 @@ local deadline = now + lease_ms
 local others = redis.call('ZCOUNT', P .. ':wseen', now - 10000, '+inf')
 local seen = tonumber(redis.call('ZSCORE', P .. ':wseen', worker) or '0')
 if seen >= now - 10000 then others = others - 1 end
+local seen_any, personal, soonest, hold_end = 0, 0, nil, nil
+local function sooner(at)
+  if at > now and (soonest == nil or at < soonest) then soonest = at end
+end
 local holds = redis.call('HGETALL', P .. ':hold')
 for i = 1, #holds, 2 do
   local cap, until_ms = string.match(holds[i + 1], '(%d+):(%d+)')
   if cap and tonumber(until_ms) > now then
     local f = holds[i]
+    if hold_end == nil or tonumber(until_ms) < hold_end then hold_end = tonumber(until_ms) end
     if not limits[f] or tonumber(cap) < limits[f] then limits[f] = tonumber(cap) end
   else
     redis.call('HDEL', P .. ':hold', holds[i])
@@ -56,12 +65,22 @@ while #out < max do
         local f = redis.call('HMGET', tkey(k), 'st', 's', 'mem', 'cpu', 'seat', 'nb', 'xw', 'xu')
         if f[1] ~= 'queued' or f[2] ~= sweep then
           redis.call('ZREM', ready, top[i])
-        elseif tonumber(f[3] or '0') <= mem and tonumber(f[4] or '0') <= cpu
-            and tonumber(f[6] or '0') <= now and seats_free(f[5])
-            and not (others > 0 and f[7] == worker and tonumber(f[8] or '0') > now) then
-          pick = {k = k, sweep = sweep, cost = cost, ready = ready, member = top[i],
-            mem = tonumber(f[3] or '0'), cpu = tonumber(f[4] or '0'), seat = f[5]}
-          break
+        else
+          seen_any = 1
+          local nb, avoided = tonumber(f[6] or '0'), others > 0 and f[7] == worker
+            and tonumber(f[8] or '0') > now
+          if tonumber(f[3] or '0') <= mem and tonumber(f[4] or '0') <= cpu
+              and nb <= now and seats_free(f[5]) and not avoided then
+            pick = {k = k, sweep = sweep, cost = cost, ready = ready, member = top[i],
+              mem = tonumber(f[3] or '0'), cpu = tonumber(f[4] or '0'), seat = f[5]}
+            break
+          end
+          sooner(nb)
+          if avoided then
+            personal = 1
+            sooner(tonumber(f[8]))
+          end
+          if hold_end then sooner(hold_end) end
         end
       end
     end
@@ -88,4 +107,6 @@ while #out < max do
     redis.call('HGET', t, 'p') or 'null', pick.mem}
 end
 redis.call('ZADD', P .. ':wseen', now, worker)
-return out
+local wait = -1
+if soonest then wait = soonest - now end
+return {out, seen_any, personal, wait}

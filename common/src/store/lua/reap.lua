@@ -1,5 +1,6 @@
 -- ARGV: P, max_attempts. Leases past their deadline end: queued again at once, or dead when
--- out of attempts, or cancelled when a cancel was ordered. Returns how many.
+-- out of attempts, or cancelled when a cancel was ordered. Returns how many, and in how many
+-- ms the soonest lease left expires (-1: none is left).
 local now = now_ms()
 local n = 0
 for _, k in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', now)) do
@@ -13,4 +14,7 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', now)) do
     redis.call('ZREM', P .. ':leases', k)
   end
 end
-return n
+local first = redis.call('ZRANGE', P .. ':leases', 0, 0, 'WITHSCORES')
+local next_ms = -1
+if #first == 2 then next_ms = math.max(0, tonumber(first[2]) - now) end
+return {n, next_ms}

@@ -22,6 +22,7 @@ mod claims;
 mod events;
 mod reads;
 mod records;
+mod wakes;
 
 pub use events::EventReader;
 pub use records::{
@@ -64,6 +65,22 @@ impl Scripts {
             trials: script(include_str!("../lua/trials.lua")),
         }
     }
+}
+
+/// What one lease call found.
+#[derive(Debug, Default)]
+pub struct LeaseAnswer {
+    /// The trials leased.
+    pub leases: Vec<Lease>,
+    /// Whether any queued trial of the worker's classes was looked at: when none was, no
+    /// worker of those classes can lease until a trial is queued.
+    pub queued_seen: bool,
+    /// Whether a trial was left because this worker is to avoid it (another worker may
+    /// take it: the answer says nothing of other workers).
+    pub avoided: bool,
+    /// When the soonest trial held back by time (retry backoff, avoidance, a seat hold) may
+    /// be leased; `None` when none is.
+    pub retry_in: Option<std::time::Duration>,
 }
 
 /// Trials sent to Redis per submit script call; the calls of one submit go in one pipeline.
@@ -229,6 +246,16 @@ impl RedisQueue {
         max: usize,
         fit: &Fit,
     ) -> Result<Vec<Lease>, Error> {
+        Ok(self.lease_matching(worker, max, fit).await?.leases)
+    }
+
+    /// [`RedisQueue::lease_fitting`], with what a call that found nothing says of the queue.
+    pub async fn lease_matching(
+        &self,
+        worker: &str,
+        max: usize,
+        fit: &Fit,
+    ) -> Result<LeaseAnswer, Error> {
         let mut connection = self.connection.clone();
         let mut invocation = self.invocation(&self.scripts.lease);
         let classes = match &fit.classes {
@@ -250,11 +277,13 @@ impl RedisQueue {
             .arg(fit.cores)
             .arg(classes)
             .arg(limits);
-        let rows: Vec<(String, String, u32, u64, String, u64)> = invocation
+        type Row = (String, String, u32, u64, String, u64);
+        let (rows, seen, personal, wait): (Vec<Row>, u8, u8, i64) = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
-        rows.into_iter()
+        let leases = rows
+            .into_iter()
             .map(|(key, sweep_id, attempt, epoch, payload, memory_mib)| {
                 let payload = if payload.is_empty() {
                     serde_json::Value::Null
@@ -270,7 +299,33 @@ impl RedisQueue {
                     memory_mib,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<Lease>, Error>>()?;
+        Ok(LeaseAnswer {
+            leases,
+            queued_seen: seen == 1,
+            avoided: personal == 1,
+            retry_in: u64::try_from(wait)
+                .ok()
+                .map(std::time::Duration::from_millis),
+        })
+    }
+
+    /// Ends the leases past their deadline (as [`Queue::reap_expired`]); also says in how
+    /// long the soonest lease left expires (`None`: no trial is leased).
+    pub async fn reap(&self) -> Result<(u64, Option<std::time::Duration>), Error> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.invocation(&self.scripts.reap);
+        invocation.arg(self.config.max_attempts);
+        let (n, next): (u64, i64) = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok((
+            n,
+            u64::try_from(next)
+                .ok()
+                .map(std::time::Duration::from_millis),
+        ))
     }
 
     /// Extends `worker`'s leases, records their stage and phase; says which are stale, which
@@ -470,13 +525,7 @@ impl Queue for RedisQueue {
     }
 
     async fn reap_expired(&self) -> Result<u64, Error> {
-        let mut connection = self.connection.clone();
-        let mut invocation = self.invocation(&self.scripts.reap);
-        invocation.arg(self.config.max_attempts);
-        invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(backend)
+        Ok(self.reap().await?.0)
     }
 
     async fn counts(&self, sweep_id: &str) -> Result<Counts, Error> {
