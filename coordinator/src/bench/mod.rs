@@ -14,6 +14,7 @@ mod makespan;
 mod pool;
 mod recovery;
 mod rig;
+mod scale;
 mod trial;
 
 use dispatch::dispatch;
@@ -141,6 +142,35 @@ pub enum Bench {
         #[arg(long)]
         path_tools: bool,
     },
+    /// The cluster at scale, by simulation: N simulated workers in this process (each its own
+    /// gRPC connection, registering, heartbeating and leasing as `hlsfarm worker` does)
+    /// against one and two coordinators on one Redis, with trials that sleep log-normal
+    /// durations. Prints, per run: idle Redis commands/s per worker (target ≤ 1.5), the
+    /// first lease after a submit (p50, p99; target p50 ≤ 100 ms), trials/s sustained
+    /// against the offered load, and coordinator and Redis CPU per trial.
+    Scale {
+        /// Simulated workers; a list runs each count in turn.
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
+        workers: Vec<u32>,
+        /// Slots per worker.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Coordinators sharing the Redis; a list runs each count in turn.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+        coordinators: Vec<u32>,
+        /// Trials per run [default: 3 per slot].
+        #[arg(long)]
+        trials: Option<u32>,
+        /// Median trial duration, ms (log-normal).
+        #[arg(long, default_value_t = 1000)]
+        trial_ms: u64,
+        /// Log-normal sigma of the durations.
+        #[arg(long, default_value_t = 0.5)]
+        sigma: f64,
+        /// Seconds over which the idle fleet's cost is measured.
+        #[arg(long, default_value_t = 10)]
+        idle_s: u64,
+    },
     /// Resubmitting an identical sweep of N trials whose results are stored: reruns (target
     /// 0) and time (target ≤ 1 s for 1,000).
     Cache {
@@ -265,6 +295,30 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        Bench::Scale {
+            workers,
+            slots,
+            coordinators,
+            trials,
+            trial_ms,
+            sigma,
+            idle_s,
+        } => {
+            for &n in &workers {
+                for &c in &coordinators {
+                    scale::scale(scale::ScaleRun {
+                        workers: n,
+                        slots: slots.max(1),
+                        coordinators: c,
+                        trials: trials.unwrap_or(n * slots.max(1) * 3),
+                        trial_ms,
+                        sigma,
+                        idle_s,
+                    })
+                    .await?;
+                }
+            }
         }
         Bench::Makespan {
             trials,

@@ -54,6 +54,8 @@ pub(crate) struct Rig {
     _dir: tempfile::TempDir,
     _redis: Proc,
     pub(super) coordinator: Proc,
+    /// More coordinators on the same Redis ([`Rig::add_coordinator`]), with their URLs.
+    more: Vec<(Proc, String)>,
     /// The Redis URL.
     pub redis_url: String,
     /// The coordinator's URL.
@@ -94,37 +96,38 @@ impl Rig {
         );
         wait_port(redis_port, "redis-server")?;
         let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
-        let port = free_port()?;
         let store = dir.path().join("store");
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--redis-url",
-                &redis_url,
-            ])
-            .arg("--store")
-            .arg(&store)
-            .env("HLSFARM_COORDINATOR__OPERATOR_TOKEN", OPERATOR)
-            .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(child_log());
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        let coordinator = Proc(command.spawn()?);
-        wait_port(port, "the coordinator")?;
+        let (coordinator, url) = spawn_coordinator(&redis_url, &store, extra_env)?;
         Ok(Rig {
             _dir: dir,
             _redis: redis,
             coordinator,
+            more: Vec::new(),
             redis_url,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             store,
         })
+    }
+
+    /// Starts one more coordinator on the same Redis and store; returns its URL.
+    pub(super) fn add_coordinator(&mut self) -> anyhow::Result<String> {
+        let (proc, url) = spawn_coordinator(&self.redis_url, &self.store, &[])?;
+        self.more.push((proc, url.clone()));
+        Ok(url)
+    }
+
+    /// Every coordinator's URL, the first one's first.
+    pub(super) fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone())
+            .chain(self.more.iter().map(|(_, u)| u.clone()))
+            .collect()
+    }
+
+    /// Every coordinator's process id.
+    pub(super) fn coordinator_pids(&self) -> Vec<u32> {
+        std::iter::once(self.coordinator.0.id())
+            .chain(self.more.iter().map(|(p, _)| p.0.id()))
+            .collect()
     }
 
     pub(crate) fn operator(
@@ -198,6 +201,37 @@ impl Rig {
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     }
+}
+
+/// `hlsfarm serve` on a free port against `redis_url` and `store`; returns it and its URL.
+fn spawn_coordinator(
+    redis_url: &str,
+    store: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<(Proc, String)> {
+    let port = free_port()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            redis_url,
+        ])
+        .arg("--store")
+        .arg(store)
+        .env("HLSFARM_COORDINATOR__OPERATOR_TOKEN", OPERATOR)
+        .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(child_log());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let coordinator = Proc(command.spawn()?);
+    wait_port(port, "the coordinator")?;
+    Ok((coordinator, format!("http://127.0.0.1:{port}")))
 }
 
 /// Uploads one small model (distinct per `tag`) and returns it.
