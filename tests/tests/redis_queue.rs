@@ -122,3 +122,80 @@ async fn a_state_that_does_not_exist_is_an_unknown_trial() {
         Err(hlsfarm_common::queue::Error::UnknownSweep(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_script_call_leases_for_many_workers_each_by_its_own_fit() {
+    use hlsfarm_common::queue::{Fit, Needs};
+    use hlsfarm_common::store::SweepSubmit;
+    let dir = TestDir::new("redis-batch").unwrap();
+    let redis = RedisServer::start(dir.path(), RedisOptions::default()).unwrap();
+    let q = RedisQueue::connect(&redis.url(), "batch", QueueConfig::default())
+        .await
+        .unwrap();
+    let trial = |key: &str, class: &str, memory_mib: u64| NewTrial {
+        key: key.to_owned(),
+        cost: memory_mib as f64,
+        payload: serde_json::json!({ "k": key }),
+        needs: Needs {
+            class: class.to_owned(),
+            memory_mib,
+            ..Needs::default()
+        },
+    };
+    q.submit_sweep(
+        &SweepSubmit {
+            id: "s".into(),
+            priority: 1,
+            ..SweepSubmit::default()
+        },
+        &[
+            trial("a1", "a", 100),
+            trial("a2", "a", 200),
+            trial("b1", "b", 5000),
+        ],
+    )
+    .await
+    .unwrap();
+    let fit = |classes: &[&str], memory_mib: u64| Fit {
+        classes: Some(classes.iter().map(|c| (*c).to_owned()).collect()),
+        memory_mib,
+        cores: 8,
+        seat_limits: Default::default(),
+    };
+    let (small, big_a, big_b, other) = (
+        fit(&["a"], 50),
+        fit(&["a"], 1000),
+        fit(&["b"], 10_000),
+        fit(&["c"], 10_000),
+    );
+    let answers = q
+        .lease_batch(&[
+            ("small", 2, &small),
+            ("big-a", 2, &big_a),
+            ("big-b", 2, &big_b),
+            ("other", 2, &other),
+        ])
+        .await
+        .unwrap();
+    let keys =
+        |i: usize| -> Vec<String> { answers[i].leases.iter().map(|l| l.key.clone()).collect() };
+    assert_eq!(answers.len(), 4);
+    // Too small for either `a` trial, which it saw.
+    assert!(keys(0).is_empty());
+    assert!(answers[0].queued_seen);
+    // The costliest first, both within its memory.
+    assert_eq!(keys(1), ["a2", "a1"]);
+    assert_eq!(keys(2), ["b1"]);
+    // A class with nothing queued: nothing seen, so nothing to look at until a submit.
+    assert!(keys(3).is_empty());
+    assert!(!answers[3].queued_seen);
+    assert_eq!(answers[3].retry_in, None);
+    for (i, worker) in ["big-a", "big-a", "big-b"].iter().enumerate() {
+        let key = ["a2", "a1", "b1"][i];
+        assert_eq!(
+            q.trial(key).await.unwrap().state,
+            "leased",
+            "{key} for {worker}"
+        );
+    }
+}

@@ -42,6 +42,9 @@ struct Fleet {
     first_leases: Mutex<Vec<Duration>>,
     last_completion: Mutex<Option<Instant>>,
     errors: AtomicU64,
+    /// The trials' simulated durations, ms: their sum and the longest.
+    slept_ms: AtomicU64,
+    longest_ms: AtomicU64,
     store: std::path::PathBuf,
     trial_ms: u64,
     sigma: f64,
@@ -154,8 +157,11 @@ async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
                 id.clone(),
             );
             tokio::spawn(async move {
-                tokio::time::sleep(duration_of(&token.trial_key, fleet.trial_ms, fleet.sigma))
-                    .await;
+                let d = duration_of(&token.trial_key, fleet.trial_ms, fleet.sigma);
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                fleet.slept_ms.fetch_add(ms, Ordering::Relaxed);
+                fleet.longest_ms.fetch_max(ms, Ordering::Relaxed);
+                tokio::time::sleep(d).await;
                 let result = minimal_result(
                     &token.trial_key,
                     t.model.as_ref().map_or("", |m| m.name.as_str()),
@@ -280,6 +286,8 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
         first_leases: Mutex::new(Vec::new()),
         last_completion: Mutex::new(None),
         errors: AtomicU64::new(0),
+        slept_ms: AtomicU64::new(0),
+        longest_ms: AtomicU64::new(0),
         store: rig.store.clone(),
         trial_ms: run.trial_ms,
         sigma: run.sigma,
@@ -367,9 +375,12 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let slots = run.workers * run.slots;
     let mean_ms = run.trial_ms as f64 * (run.sigma * run.sigma / 2.0).exp();
-    let lower = (f64::from(run.trials) / f64::from(slots)).ceil() * mean_ms / 1000.0;
+    // No schedule ends sooner than the work over the slots, or than the longest trial.
+    let lower = (fleet.slept_ms.load(Ordering::Relaxed) as f64 / f64::from(slots))
+        .max(fleet.longest_ms.load(Ordering::Relaxed) as f64)
+        / 1000.0;
     println!(
-        "scale: {} workers × {} slots, {} coordinator{}: idle {:.2} Redis commands/s per worker ({:.0}/s in all; coordinators {:.1}% CPU, Redis {:.1}%); first lease after a submit p50 {:.1} ms, p99 {:.1} ms ({} workers; the submit of {} trials took {:.0} ms); {} trials of {} ms median in {:.2} s: {:.0} trials/s (offered about {:.0}/s; lower bound {:.2} s); CPU µs per trial: coordinators {:.0}, Redis {:.0}; {} errors",
+        "scale: {} workers × {} slots, {} coordinator{}: idle {:.2} Redis commands/s per worker ({:.0}/s in all; coordinators {:.1}% CPU, Redis {:.1}%); first lease after a submit p50 {:.1} ms, p99 {:.1} ms ({} workers; the submit of {} trials took {:.0} ms); {} trials of {} ms median in {:.2} s: {:.0} trials/s (the slots could take about {:.0}/s; makespan lower bound {:.2} s); CPU µs per trial: coordinators {:.0}, Redis {:.0}; {} errors",
         run.workers,
         run.slots,
         run.coordinators,

@@ -24,6 +24,9 @@ use super::{Coordinator, lock};
 /// A pass runs at least this often while calls are parked, wakes or not.
 const SAFETY_PASS: Duration = Duration::from_secs(30);
 
+/// The most parked calls one script call leases for.
+const MAX_WAVE: usize = 256;
+
 /// What a parked lease call asks for.
 #[derive(Debug, Clone)]
 pub(super) struct Ask {
@@ -267,47 +270,99 @@ impl Coordinator {
             (b.memory_mib, b.cores, b.served.len()).cmp(&(a.memory_mib, a.cores, a.served.len()))
         });
         let mut fruitless: Vec<Ask> = Vec::new();
-        for (id, ask) in order {
-            if fruitless.iter().any(|f| ask.dominated_by(f)) || m.known_empty(&ask.served, epoch) {
-                continue;
+        let mut order = order.into_iter();
+        // Waves of parked calls leased for in one script call: one first (an empty queue
+        // costs one small script), then twice as many after each wave that leased, up to
+        // MAX_WAVE.
+        let mut wave_size = 1;
+        loop {
+            let mut wave = Vec::new();
+            for (id, ask) in order.by_ref() {
+                if fruitless.iter().any(|f| ask.dominated_by(f))
+                    || m.known_empty(&ask.served, epoch)
+                {
+                    continue;
+                }
+                if let Some(parked) = m.take(id) {
+                    wave.push((parked, ask));
+                    if wave.len() == wave_size {
+                        break;
+                    }
+                }
             }
-            let Some(parked) = m.take(id) else { continue };
-            let answer = match self.lease_for(&ask).await {
-                Ok(a) => a,
+            if wave.is_empty() {
+                return;
+            }
+            let answers = match self.lease_wave(&wave).await {
+                Ok(answers) => answers,
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "matching parked leases: Redis unreachable; retrying in 1 s");
-                    lock(&m.parked).push(parked);
+                    lock(&m.parked).extend(wave.into_iter().map(|(parked, _)| parked));
                     *lock(&m.due) = Some(Instant::now() + Duration::from_secs(1));
                     return;
                 }
             };
-            if !answer.leases.is_empty() {
-                if let Err(leases) = parked.tx.send(answer.leases) {
-                    // The worker hung up meanwhile: nobody runs these.
-                    self.give_back(&ask.worker, leases).await;
+            let mut leased_any = false;
+            for ((parked, ask), answer) in wave.into_iter().zip(answers) {
+                if !answer.leases.is_empty() {
+                    leased_any = true;
+                    if let Err(leases) = parked.tx.send(answer.leases) {
+                        // The worker hung up meanwhile: nobody runs these.
+                        self.give_back(&ask.worker, leases).await;
+                    }
+                    continue;
                 }
-                continue;
+                m.learn(&ask.served, epoch, &answer);
+                if !answer.avoided {
+                    fruitless.push(ask);
+                }
+                if parked.deadline <= Instant::now() || parked.tx.is_closed() {
+                    // Given up while this pass held it: dropping the sender answers it.
+                    continue;
+                }
+                lock(&m.parked).push(parked);
             }
-            m.learn(&ask.served, epoch, &answer);
-            if !answer.avoided {
-                fruitless.push(ask);
+            if leased_any {
+                wave_size = (wave_size * 2).min(MAX_WAVE);
             }
-            if parked.deadline <= Instant::now() || parked.tx.is_closed() {
-                // Given up while this pass held it: dropping the sender answers it.
-                continue;
-            }
-            lock(&m.parked).push(parked);
+        }
+    }
+
+    /// One script call leasing for every call of a wave, in order.
+    async fn lease_wave(&self, wave: &[(Parked, Ask)]) -> Result<Vec<LeaseAnswer>, tonic::Status> {
+        let fits: Vec<Fit> = wave.iter().map(|(_, ask)| self.fit(ask)).collect();
+        let asks: Vec<(&str, usize, &Fit)> = wave
+            .iter()
+            .zip(&fits)
+            .map(|((_, ask), fit)| (ask.worker.as_str(), ask.max, fit))
+            .collect();
+        let answers = self
+            .queue
+            .lease_batch(&asks)
+            .await
+            .map_err(super::internal)?;
+        if answers.len() != wave.len() {
+            return Err(super::internal(format!(
+                "the lease script answered {} of {} workers",
+                answers.len(),
+                wave.len()
+            )));
+        }
+        Ok(answers)
+    }
+
+    fn fit(&self, ask: &Ask) -> Fit {
+        Fit {
+            classes: Some(ask.served.clone()),
+            memory_mib: ask.memory_mib,
+            cores: ask.cores,
+            seat_limits: self.config.coordinator.seats.clone(),
         }
     }
 
     /// One lease attempt for `ask`.
     pub(super) async fn lease_for(&self, ask: &Ask) -> Result<LeaseAnswer, tonic::Status> {
-        let fit = Fit {
-            classes: Some(ask.served.clone()),
-            memory_mib: ask.memory_mib,
-            cores: ask.cores,
-            seat_limits: self.config.coordinator.seats.clone(),
-        };
+        let fit = self.fit(ask);
         self.queue
             .lease_matching(&ask.worker, ask.max, &fit)
             .await

@@ -256,58 +256,78 @@ impl RedisQueue {
         max: usize,
         fit: &Fit,
     ) -> Result<LeaseAnswer, Error> {
+        let mut answers = self.lease_batch(&[(worker, max, fit)]).await?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    /// Leases for several workers in one script call, in the order given (a matching pass's
+    /// wave); the seat limits are the first ask's (they are the cluster's).
+    pub async fn lease_batch(
+        &self,
+        asks: &[(&str, usize, &Fit)],
+    ) -> Result<Vec<LeaseAnswer>, Error> {
+        let Some((_, _, first)) = asks.first() else {
+            return Ok(Vec::new());
+        };
         let mut connection = self.connection.clone();
         let mut invocation = self.invocation(&self.scripts.lease);
-        let classes = match &fit.classes {
-            None => "*".to_owned(),
-            Some(list) if list.is_empty() => ",".to_owned(),
-            Some(list) => list.join(","),
-        };
-        let limits = fit
+        let limits = first
             .seat_limits
             .iter()
             .map(|(f, n)| format!("{f}={n}"))
             .collect::<Vec<_>>()
             .join(",");
-        invocation
-            .arg(worker)
-            .arg(max)
-            .arg(self.lease_ms())
-            .arg(fit.memory_mib)
-            .arg(fit.cores)
-            .arg(classes)
-            .arg(limits);
+        invocation.arg(self.lease_ms()).arg(limits);
+        for (worker, max, fit) in asks {
+            let classes = match &fit.classes {
+                None => "*".to_owned(),
+                Some(list) if list.is_empty() => ",".to_owned(),
+                Some(list) => list.join(","),
+            };
+            invocation
+                .arg(*worker)
+                .arg(*max)
+                .arg(fit.memory_mib)
+                .arg(fit.cores)
+                .arg(classes);
+        }
         type Row = (String, String, u32, u64, String, u64);
-        let (rows, seen, personal, wait): (Vec<Row>, u8, u8, i64) = invocation
+        let answers: Vec<(Vec<Row>, u8, u8, i64)> = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
-        let leases = rows
+        answers
             .into_iter()
-            .map(|(key, sweep_id, attempt, epoch, payload, memory_mib)| {
-                let payload = if payload.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    serde_json::from_str(&payload)
-                        .map_err(|e| Error::Backend(format!("stored payload is not JSON: {e}")))?
-                };
-                Ok(Lease {
-                    key,
-                    sweep_id,
-                    fence: Fence { attempt, epoch },
-                    payload,
-                    memory_mib,
+            .map(|(rows, seen, personal, wait)| {
+                let leases = rows
+                    .into_iter()
+                    .map(|(key, sweep_id, attempt, epoch, payload, memory_mib)| {
+                        let payload = if payload.is_empty() {
+                            serde_json::Value::Null
+                        } else {
+                            serde_json::from_str(&payload).map_err(|e| {
+                                Error::Backend(format!("stored payload is not JSON: {e}"))
+                            })?
+                        };
+                        Ok(Lease {
+                            key,
+                            sweep_id,
+                            fence: Fence { attempt, epoch },
+                            payload,
+                            memory_mib,
+                        })
+                    })
+                    .collect::<Result<Vec<Lease>, Error>>()?;
+                Ok(LeaseAnswer {
+                    leases,
+                    queued_seen: seen == 1,
+                    avoided: personal == 1,
+                    retry_in: u64::try_from(wait)
+                        .ok()
+                        .map(std::time::Duration::from_millis),
                 })
             })
-            .collect::<Result<Vec<Lease>, Error>>()?;
-        Ok(LeaseAnswer {
-            leases,
-            queued_seen: seen == 1,
-            avoided: personal == 1,
-            retry_in: u64::try_from(wait)
-                .ok()
-                .map(std::time::Duration::from_millis),
-        })
+            .collect()
     }
 
     /// Ends the leases past their deadline (as [`Queue::reap_expired`]); also says in how
