@@ -1,6 +1,8 @@
 //! `deploy/`: the local cluster script runs a sweep and leaves nothing behind; the Kubernetes
 //! manifests pass an offline schema validator; the systemd units pass `systemd-analyze
-//! verify`; the shell scripts pass shellcheck; the configs embedded in the manifests parse.
+//! verify`; the shell scripts pass shellcheck; the configs embedded in the manifests parse; the
+//! Containerfiles copy what exists, install venvs that have lock files, are the images the
+//! manifests name, and their entrypoint runs the binary and finds the host's Xilinx tools.
 
 #![allow(clippy::unwrap_used)]
 
@@ -214,6 +216,198 @@ fn shell_scripts_pass_shellcheck() {
         root.join(".ci/test"),
         root.join(".ci/run"),
         root.join("tests/bench/dispatch-vs-celery.sh"),
+        root.join("deploy/container/entrypoint.sh"),
     ]);
     run_ok(command).unwrap_or_else(|e| panic!("shellcheck (installed by `make setup`): {e}"));
+}
+
+/// A Containerfile's instructions, continuation lines joined, comments dropped.
+fn instructions(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        current.push_str(line.trim_end_matches('\\'));
+        current.push(' ');
+        if !line.ends_with('\\') {
+            let (word, rest) = current
+                .trim()
+                .split_once(' ')
+                .unwrap_or((current.trim(), ""));
+            out.push((word.to_uppercase(), rest.trim().to_owned()));
+            current.clear();
+        }
+    }
+    out
+}
+
+#[test]
+fn container_files_build_what_the_manifests_name_and_the_entrypoint_runs_the_binary() {
+    let root = tests_dir().join("..");
+    let container = deploy().join("container");
+    let version = env!("CARGO_PKG_VERSION");
+    let mut built = Vec::new();
+    for (file, image, command) in [
+        ("Containerfile.coordinator", "hlsfarm-coordinator", "serve"),
+        ("Containerfile.worker", "hlsfarm-worker", "worker"),
+    ] {
+        let path = container.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Its header's build command is the one the operations guide gives.
+        let build = format!("build -f deploy/container/{file} -t {image}:{version} .");
+        assert!(text.contains(&build), "{file} does not say `{build}`");
+        let steps = instructions(&path);
+        for (word, rest) in &steps {
+            if word == "COPY" && !rest.starts_with("--from") {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                for source in &parts[..parts.len() - 1] {
+                    if *source == "." {
+                        continue;
+                    }
+                    assert!(
+                        root.join(source).exists(),
+                        "{file} copies {source}, which is not in the repository"
+                    );
+                }
+            }
+        }
+        let entrypoint = steps
+            .iter()
+            .rfind(|(w, _)| w == "ENTRYPOINT")
+            .map(|(_, r)| r.clone())
+            .unwrap();
+        assert_eq!(
+            entrypoint, r#"["/usr/local/bin/hlsfarm-entrypoint"]"#,
+            "{file}"
+        );
+        assert!(
+            steps.iter().any(|(w, r)| w == "COPY"
+                && r == "deploy/container/entrypoint.sh /usr/local/bin/hlsfarm-entrypoint"),
+            "{file} does not install the entrypoint"
+        );
+        assert!(
+            steps.iter().any(|(w, r)| w == "COPY"
+                && r.starts_with("--from=build")
+                && r.ends_with(" /usr/local/bin/hlsfarm")),
+            "{file} does not install the binary where the entrypoint runs it"
+        );
+        let cmd = steps
+            .iter()
+            .rfind(|(w, _)| w == "CMD")
+            .map(|(_, r)| r.clone());
+        assert_eq!(
+            cmd.as_deref(),
+            Some(format!("[\"{command}\"]").as_str()),
+            "{file}"
+        );
+        built.push(format!("{image}:{version}"));
+    }
+    // The worker's venvs: each format it installs has a lock file, and the Python the
+    // worker is pointed at is one of them.
+    let worker = std::fs::read_to_string(container.join("Containerfile.worker")).unwrap();
+    let formats = worker
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG FORMATS="))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    for format in formats.split_whitespace() {
+        assert!(
+            root.join(format!("worker/python/requirements-{format}.lock"))
+                .is_file(),
+            "no lock file for the {format} venv"
+        );
+        assert!(worker.contains(&format!("/opt/hlsfarm/venvs/{format}/bin/python")));
+    }
+    // The manifests name exactly the images built here.
+    for manifest in files(&deploy().join("kubernetes"), "yaml") {
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        for image in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+        {
+            let image = image.split_whitespace().next().unwrap();
+            if image.starts_with("hlsfarm") {
+                assert!(
+                    built.iter().any(|b| b == image),
+                    "{} names {image}, which no Containerfile builds ({built:?})",
+                    manifest.display()
+                );
+            }
+        }
+    }
+
+    // The entrypoint runs the binary it is given, with the arguments it is given.
+    let entrypoint = container.join("entrypoint.sh");
+    let dir = TestDir::new("deploy-container").unwrap();
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut command = Command::new("bash");
+        command
+            .arg(&entrypoint)
+            .args(args)
+            .env("HLSFARM_BIN", hlsfarm_bin().unwrap())
+            .env("XILINX_ROOT", dir.join("no-xilinx"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hlsfarm {version}")
+    );
+    for command in ["serve", "worker"] {
+        let out = run(&[command, "--help"], &[]);
+        assert!(out.status.success(), "{command} --help: {out:?}");
+    }
+    // The host's Xilinx installation: the newest settings64.sh of each tool, in both layouts.
+    let xilinx = dir.join("xilinx");
+    for (folder, marker) in [
+        ("Vitis_HLS/2023.1", "old-hls"),
+        ("Vitis_HLS/2023.2", "hls"),
+        ("Vivado/2023.2", "vivado"),
+        ("2025.1/Vitis", "vitis"),
+    ] {
+        let bin = xilinx.join(folder).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(
+            xilinx.join(folder).join("settings64.sh"),
+            format!(
+                "export PATH=\"{}:$PATH\"\nexport HLSFARM_TEST_{}=1\n",
+                bin.display(),
+                marker.replace('-', "_").to_uppercase()
+            ),
+        )
+        .unwrap();
+    }
+    let probe = dir.join("probe.sh");
+    std::fs::write(&probe, "#!/bin/sh\nenv | grep '^HLSFARM_TEST_' | sort\n").unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(&[], &[("XILINX_ROOT", &xilinx), ("HLSFARM_BIN", &probe)]);
+    assert!(out.status.success(), "{out:?}");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [
+            "HLSFARM_TEST_HLS=1",
+            "HLSFARM_TEST_VITIS=1",
+            "HLSFARM_TEST_VIVADO=1"
+        ],
+        "{seen}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A settings file named but missing is named in the error.
+    let missing = dir.join("nowhere/settings64.sh");
+    let out = run(&["--version"], &[("HLSFARM_XILINX_SETTINGS", &missing)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&missing.display().to_string()),
+        "{out:?}"
+    );
 }
