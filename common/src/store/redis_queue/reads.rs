@@ -105,19 +105,27 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let mut connection = self.connection.clone();
+        // One transaction: counts read before a funnel queues its next phase and a pending
+        // flag read after it (the submit clears it) would say the sweep had finished.
         let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ZMSCORE").arg(self.keys.finished()).arg(ids);
         for id in ids {
             pipe.cmd("HGETALL").arg(self.keys.sweep(id));
             pipe.cmd("HGETALL").arg(self.keys.counts(id));
         }
-        let maps: Vec<HashMap<String, String>> =
+        let mut values: Vec<redis::Value> =
             pipe.query_async(&mut connection).await.map_err(backend)?;
-        let pending: Vec<Option<f64>> = redis::cmd("ZMSCORE")
-            .arg(self.keys.finished())
-            .arg(ids)
-            .query_async(&mut connection)
-            .await
-            .map_err(backend)?;
+        if values.is_empty() {
+            return Err(Error::Backend("an empty answer to a sweep read".into()));
+        }
+        let pending: Vec<Option<f64>> =
+            redis::from_redis_value(values.remove(0)).map_err(|e| Error::Backend(e.to_string()))?;
+        let maps: Vec<HashMap<String, String>> = values
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Backend(e.to_string()))?;
         let mut out = Vec::new();
         for ((id, pair), pending) in ids.iter().zip(maps.chunks(2)).zip(pending) {
             let [meta, counts] = pair else { continue };
