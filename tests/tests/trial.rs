@@ -98,10 +98,12 @@ async fn full_flow_keeps_the_essential_files_and_records_everything() {
     )
     .await;
     assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+    // One tool run for the four stages: C simulation (co-simulation's reference) comes first.
     assert_eq!(
         *heard.lock().unwrap(),
         [
             Stage::Convert,
+            Stage::Cosim,
             Stage::Csynth,
             Stage::Cosim,
             Stage::Export,
@@ -311,4 +313,72 @@ async fn cancel_mid_run_stops_the_tool() {
     assert!(!hlsfarm_worker::process::group_alive(
         call["pgid"].as_i64().unwrap() as i32
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tool_stages_run_in_one_tool_start_and_each_keeps_its_own_limit() {
+    let dir = TestDir::new("trial-one-run").unwrap();
+    let record = dir.join("calls.jsonl");
+    let spec = spec(&dir, Stage::FULL_FLOW, Backend::Vitis);
+    let heard = std::sync::Mutex::new(Vec::new());
+    // Export takes 4 s against a 3 s limit per stage: the run as a whole (csynth, cosim and
+    // export well inside 3 × 4 s) would not stop it, the stage's own clock does.
+    let env = env(
+        &[
+            ("STANDIN_SLEEP", "4"),
+            ("STANDIN_AT", "export"),
+            ("STANDIN_RECORD", record.to_str().unwrap()),
+        ],
+        Duration::from_secs(3),
+    )
+    .await;
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|stage| {
+        heard.lock().unwrap().push(stage)
+    })
+    .await;
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.class, FailureClass::Timeout, "{failure:?}");
+    assert_eq!(failure.stage, Some(Stage::Export), "{failure:?}");
+    assert!(failure.reason.contains("stage export"), "{failure:?}");
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hls: Vec<_> = calls.iter().filter(|c| c["tool"] != "vivado").collect();
+    assert_eq!(hls.len(), 1, "one tool start for every stage: {calls:?}");
+    for step in ["csim", "synth", "cosim", "validation", "export", "vsynth"] {
+        assert_eq!(hls[0]["steps"][step], 1, "{step} in {:?}", hls[0]["steps"]);
+    }
+    assert!(
+        !hlsfarm_worker::process::group_alive(hls[0]["pgid"].as_i64().unwrap() as i32),
+        "the tool outlived its stage's limit"
+    );
+    // The stages before export finished and have their own figures; the reports they wrote
+    // are read.
+    let timed: Vec<Stage> = result.timings.iter().map(|t| t.stage).collect();
+    assert_eq!(
+        timed,
+        [Stage::Convert, Stage::Emulate, Stage::Csynth, Stage::Cosim]
+    );
+    assert!(
+        result
+            .timings
+            .iter()
+            .filter(|t| t.stage.needs_xilinx_tools())
+            .all(|t| t.seconds < 3.0),
+        "{:?}",
+        result.timings
+    );
+    assert!(result.reports.csynth.is_some());
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            Stage::Convert,
+            Stage::Cosim,
+            Stage::Csynth,
+            Stage::Cosim,
+            Stage::Export
+        ]
+    );
 }

@@ -183,6 +183,20 @@ pub async fn run_tree_limited(
     limits: Limits,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
+    run_tree_watched(command, log, limits, cancel, &mut |_| false).await
+}
+
+/// [`run_tree_limited`] with a watcher: at every memory sample (every 100 ms, and once when
+/// the tree has exited) it hears the group's resident memory in MiB; when it answers `true`
+/// the group is killed as on a timeout and the run ends as [`Ending::TimedOut`]. A tool that
+/// runs several steps in one process uses it to hold each step to its own limit.
+pub async fn run_tree_watched(
+    command: Command,
+    log: &Path,
+    limits: Limits,
+    cancel: &CancellationToken,
+    watch: &mut (dyn FnMut(u64) -> bool + Send),
+) -> Result<Outcome, Error> {
     let timeout = limits.timeout;
     let program = format!("{:?}", command.as_std().get_program());
     let mut command = guarded(command);
@@ -225,6 +239,10 @@ pub async fn run_tree_limited(
                 let _ = child.wait().await;
                 break Ending::MemoryLimit(limit);
             }
+            if watch(now_kib / 1024) {
+                kill_group(&mut child, Some(pgid)).await;
+                break Ending::TimedOut;
+            }
         }
         tokio::select! {
             status = child.wait() => {
@@ -247,6 +265,10 @@ pub async fn run_tree_limited(
     // Whatever the leader's fate, nothing of the group may outlive the stage.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    // The watcher hears the end too (what the tree wrote last).
+    if matches!(ending, Ending::Exited(_)) {
+        watch(0);
     }
     Ok(Outcome {
         ending,

@@ -27,7 +27,7 @@ mod keep;
 mod tool_stage;
 
 use keep::{dir_bytes, disk_full, keep_files, write_tarball};
-use tool_stage::{ToolFailure, hls_log_name, run_tool_stage};
+use tool_stage::{ToolFailure, hls_log_name, run_tool_stages};
 
 /// hls4ml's project (and top function) name.
 pub const PROJECT_NAME: &str = "myproject";
@@ -190,35 +190,47 @@ pub async fn run_trial(
     }
 
     let mut tool_used: Option<ToolVersion> = None;
-    for stage in stages.iter().copied().filter(|s| s.needs_xilinx_tools()) {
-        if failure.is_some() || cancel.is_cancelled() {
-            break;
-        }
+    let tool_stages: Vec<Stage> = stages
+        .iter()
+        .copied()
+        .filter(|s| s.needs_xilinx_tools())
+        .collect();
+    if !tool_stages.is_empty() && failure.is_none() && !cancel.is_cancelled() {
         if let Some((tool, _)) = tool_command(spec.settings.backend, &env.tools) {
             tool_used = Some(ToolVersion {
                 name: tool.name.clone(),
                 version: tool.version.clone(),
             });
         }
-        on_stage(stage);
-        match run_tool_stage(env, spec.settings.backend, stage, &project, cancel).await {
-            Ok(timing) => timings.push(timing),
-            Err(ToolFailure {
+        let run = run_tool_stages(
+            env,
+            spec.settings.backend,
+            &tool_stages,
+            &project,
+            cancel,
+            on_stage,
+        )
+        .await;
+        timings.extend(run.timings);
+        if let Some((
+            stage,
+            ToolFailure {
                 failure: f,
                 log_tail,
                 peak_memory_mib,
                 fix,
-            }) => {
-                failure = Some(TrialFailure {
-                    class: f.class,
-                    reason: f.reason,
-                    stage: Some(stage),
-                    log_tail,
-                    suggestion: f.suggestion,
-                    peak_memory_mib,
-                    fix,
-                });
-            }
+            },
+        )) = run.failed
+        {
+            failure = Some(TrialFailure {
+                class: f.class,
+                reason: f.reason,
+                stage: Some(stage),
+                log_tail,
+                suggestion: f.suggestion,
+                peak_memory_mib,
+                fix,
+            });
         }
     }
 

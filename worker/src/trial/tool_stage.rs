@@ -12,7 +12,7 @@ use hlsfarm_common::stage::Stage;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::log_tail;
-use crate::process::{Ending, Limits, run_tree_limited};
+use crate::process::{Ending, Limits, run_tree_watched};
 use crate::tools::DetectedTool;
 
 use super::{TrialEnv, tool_command};
@@ -42,28 +42,117 @@ pub(super) fn hls_log_name(backend: Backend) -> &'static str {
     }
 }
 
-/// The `build_prj.tcl` steps for one stage. Co-simulation needs C simulation's results to
+/// The `build_prj.tcl` steps for these stages. Co-simulation needs C simulation's results to
 /// validate against, so it runs csim and validation too.
-pub(super) fn steps(stage: Stage) -> [(&'static str, u8); 7] {
-    let on = |yes: bool| u8::from(yes);
+pub(super) fn steps(stages: &[Stage]) -> [(&'static str, u8); 7] {
+    let on = |stage: Stage| u8::from(stages.contains(&stage));
     [
-        ("csim", on(stage == Stage::Cosim)),
-        ("synth", on(stage == Stage::Csynth)),
-        ("cosim", on(stage == Stage::Cosim)),
-        ("validation", on(stage == Stage::Cosim)),
-        ("export", on(stage == Stage::Export)),
-        ("vsynth", on(stage == Stage::Vsynth)),
+        ("csim", on(Stage::Cosim)),
+        ("synth", on(Stage::Csynth)),
+        ("cosim", on(Stage::Cosim)),
+        ("validation", on(Stage::Cosim)),
+        ("export", on(Stage::Export)),
+        ("vsynth", on(Stage::Vsynth)),
         ("fifo_opt", 0),
     ]
 }
 
-pub(super) fn build_opt_tcl(stage: Stage) -> String {
+pub(super) fn build_opt_tcl(stages: &[Stage]) -> String {
     let mut text = String::from("array set opt {\n    reset      0\n");
-    for (name, value) in steps(stage) {
+    for (name, value) in steps(stages) {
         text.push_str(&format!("    {name:<10} {value}\n"));
     }
     text.push_str("}\n");
     text
+}
+
+/// The stage a `build_prj.tcl` step belongs to, from the line the script prints as it starts
+/// the step (`***** C/RTL SYNTHESIS *****`; the `... COMPLETED IN ...` lines are not starts).
+/// C simulation and validation are co-simulation's, as [`steps`] runs them.
+fn step_start(line: &str) -> Option<Stage> {
+    let name = line.trim().strip_prefix("***** ")?.strip_suffix(" *****")?;
+    match name {
+        "C SIMULATION" | "C/RTL SIMULATION" | "C/RTL VALIDATION" => Some(Stage::Cosim),
+        "C/RTL SYNTHESIS" => Some(Stage::Csynth),
+        "EXPORT IP" => Some(Stage::Export),
+        "VIVADO SYNTHESIS" => Some(Stage::Vsynth),
+        _ => None,
+    }
+}
+
+/// The clock of one tool run over several stages: reads the tool's output as it grows, moves
+/// to the next stage at each step's start line, and keeps each stage's time and peak memory
+/// so that every stage is held to its own limit.
+struct StageClock {
+    output: PathBuf,
+    read: u64,
+    partial: Vec<u8>,
+    current: Stage,
+    entered: std::time::Instant,
+    spent: std::collections::BTreeMap<Stage, std::time::Duration>,
+    peaks: std::collections::BTreeMap<Stage, u64>,
+    limit: std::time::Duration,
+}
+
+impl StageClock {
+    fn new(output: PathBuf, first: Stage, limit: std::time::Duration) -> StageClock {
+        StageClock {
+            output,
+            read: 0,
+            partial: Vec::new(),
+            current: first,
+            entered: std::time::Instant::now(),
+            spent: Default::default(),
+            peaks: Default::default(),
+            limit,
+        }
+    }
+
+    /// New output read, the stage moved on where it says so, and `rss_mib` counted to the
+    /// stage it is in; true when that stage has run past its limit.
+    fn tick(&mut self, rss_mib: u64, on_stage: &(dyn Fn(Stage) + Send + Sync)) -> bool {
+        use std::io::{Read, Seek};
+        if let Ok(mut file) = std::fs::File::open(&self.output)
+            && file.seek(std::io::SeekFrom::Start(self.read)).is_ok()
+        {
+            let mut new = Vec::new();
+            if let Ok(n) = file.read_to_end(&mut new) {
+                self.read += n as u64;
+                self.partial.extend_from_slice(&new);
+            }
+        }
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            if let Some(stage) = step_start(&String::from_utf8_lossy(&line))
+                && stage != self.current
+            {
+                *self.spent.entry(self.current).or_default() += self.entered.elapsed();
+                self.current = stage;
+                self.entered = std::time::Instant::now();
+                on_stage(stage);
+            }
+        }
+        let peak = self.peaks.entry(self.current).or_default();
+        *peak = (*peak).max(rss_mib);
+        self.spent_in(self.current) > self.limit
+    }
+
+    fn spent_in(&self, stage: Stage) -> std::time::Duration {
+        let before = self.spent.get(&stage).copied().unwrap_or_default();
+        if stage == self.current {
+            before + self.entered.elapsed()
+        } else {
+            before
+        }
+    }
+
+    fn timing(&self, stage: Stage) -> StageTiming {
+        StageTiming {
+            stage,
+            seconds: self.spent_in(stage).as_secs_f64(),
+            peak_memory_mib: self.peaks.get(&stage).copied().unwrap_or(0),
+        }
+    }
 }
 
 pub(super) fn fail(
@@ -98,66 +187,135 @@ impl From<(Failure, String)> for ToolFailure {
     }
 }
 
-/// Runs one tool stage in `project`; the tool's log is appended to `project/<hls log>` after
-/// each run (the tools overwrite it), so the kept log covers every stage.
-pub(super) async fn run_tool_stage(
+/// What a run of the tool stages gave: the timings of the stages that finished, and the
+/// stage that failed with its failure.
+pub(super) struct ToolRun {
+    pub(super) timings: Vec<StageTiming>,
+    pub(super) failed: Option<(Stage, ToolFailure)>,
+}
+
+/// Runs the tool stages `stages` (in [`Stage`] order) in `project` in one tool invocation, as
+/// hls4ml's `build()` does: the tool starts once, not once per stage (seconds each with the
+/// real tools). `on_stage` hears each stage as the tool's output shows it starting (C
+/// simulation, which co-simulation validates against, runs before C synthesis and counts as
+/// co-simulation), and each stage is held to the tool stage time limit on its own. The tool's
+/// log is appended to `project/<hls log>.all` (the tools overwrite theirs on every run), so the
+/// kept log covers retries too.
+pub(super) async fn run_tool_stages(
     env: &TrialEnv,
     backend: Backend,
-    stage: Stage,
+    stages: &[Stage],
     project: &Path,
     cancel: &CancellationToken,
-) -> Result<StageTiming, ToolFailure> {
+    on_stage: &(dyn Fn(Stage) + Send + Sync),
+) -> ToolRun {
+    let mut stages: Vec<Stage> = stages.to_vec();
+    // Without Vivado the stages before vsynth still run; vsynth then fails with the fix.
+    let no_vivado =
+        stages.contains(&Stage::Vsynth) && !env.tools.iter().any(|t| t.name == "vivado");
+    if no_vivado {
+        stages.retain(|&s| s != Stage::Vsynth);
+    }
+    let mut run = if stages.is_empty() {
+        ToolRun {
+            timings: Vec::new(),
+            failed: None,
+        }
+    } else {
+        match one_tool_run(env, backend, &stages, project, cancel, on_stage).await {
+            Ok(timings) => ToolRun {
+                timings,
+                failed: None,
+            },
+            Err((timings, stage, failure)) => ToolRun {
+                timings,
+                failed: Some((stage, failure)),
+            },
+        }
+    };
+    if no_vivado && run.failed.is_none() && !cancel.is_cancelled() {
+        on_stage(Stage::Vsynth);
+        run.failed = Some((
+            Stage::Vsynth,
+            (
+                fail(
+                    FailureClass::BadInput,
+                    "stage vsynth needs vivado on PATH, and this host has none",
+                    Some(
+                        "install Vivado (or source its settings64.sh), or leave out vsynth".into(),
+                    ),
+                ),
+                String::new(),
+            )
+                .into(),
+        ));
+    }
+    run
+}
+
+type StagesFailure = (Vec<StageTiming>, Stage, ToolFailure);
+
+async fn one_tool_run(
+    env: &TrialEnv,
+    backend: Backend,
+    stages: &[Stage],
+    project: &Path,
+    cancel: &CancellationToken,
+    on_stage: &(dyn Fn(Stage) + Send + Sync),
+) -> Result<Vec<StageTiming>, StagesFailure> {
+    // The step build_prj.tcl runs first: C simulation when co-simulation is asked for.
+    let first = if stages.contains(&Stage::Cosim) {
+        Stage::Cosim
+    } else {
+        stages[0]
+    };
+    let early = |failure: ToolFailure| (Vec::new(), first, failure);
     let no_tool = || {
         let wanted = match backend {
             Backend::Vitis => "vitis-run or vitis_hls",
             Backend::Vivado => "vivado_hls",
         };
+        let stage = stages[0];
         (
-            fail(
-                FailureClass::BadInput,
-                format!(
-                    "stage {stage} needs {wanted} for the {backend} backend, and this host has none"
+            Vec::new(),
+            stage,
+            ToolFailure::from((
+                fail(
+                    FailureClass::BadInput,
+                    format!(
+                        "stage {stage} needs {wanted} for the {backend} backend, and this host has none"
+                    ),
+                    Some(format!(
+                        "put {wanted} on PATH (source the Xilinx settings64.sh), or leave out the tool stages"
+                    )),
                 ),
-                Some(format!(
-                    "put {wanted} on PATH (source the Xilinx settings64.sh), or leave out the tool stages"
-                )),
-            ),
-            String::new(),
+                String::new(),
+            )),
         )
     };
     let (tool, mut args) = tool_command(backend, &env.tools).ok_or_else(no_tool)?;
-    if stage == Stage::Vsynth && !env.tools.iter().any(|t| t.name == "vivado") {
-        return Err((
-            fail(
-                FailureClass::BadInput,
-                "stage vsynth needs vivado on PATH, and this host has none",
-                Some("install Vivado (or source its settings64.sh), or leave out vsynth".into()),
-            ),
-            String::new(),
-        )
-            .into());
-    }
-    let infra = |e: std::io::Error| {
-        (
-            fail(
-                FailureClass::Infrastructure,
-                format!("cannot write build_opt.tcl: {e}"),
-                None,
-            ),
-            String::new(),
+    let infra = |what: String| {
+        early(
+            (
+                fail(FailureClass::Infrastructure, what, None),
+                String::new(),
+            )
+                .into(),
         )
     };
-    std::fs::write(project.join("build_opt.tcl"), build_opt_tcl(stage)).map_err(infra)?;
+    std::fs::write(project.join("build_opt.tcl"), build_opt_tcl(stages))
+        .map_err(|e| infra(format!("cannot write build_opt.tcl: {e}")))?;
     if backend == Backend::Vivado {
         // Vivado HLS's build_prj.tcl takes its steps as arguments.
-        let steps: Vec<String> = steps(stage)
+        let steps: Vec<String> = steps(stages)
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         args.push(format!("reset=0 {}", steps.join(" ")));
     }
     let log_name = hls_log_name(backend);
-    let stage_log = project.join(format!("{stage}.tool.log"));
+    let output = project.join("build.tool.log");
+    let _ = std::fs::remove_file(&output);
     let mut command = tokio::process::Command::new(&tool.path);
     command
         .args(&args)
@@ -166,19 +324,29 @@ pub(super) async fn run_tool_stage(
         .env("PATH", tool_path(&env.tools))
         // Parallel Vivado runs otherwise collide in ~/.Xilinx.
         .env("XILINX_LOCAL_USER_DATA", "no");
+    // Each stage is held to the limit by the clock; the whole run to all of them.
+    let distinct = stages.len().max(1) as u32;
     let limits = Limits {
-        timeout: env.tool_timeout,
+        timeout: env.tool_timeout.saturating_mul(distinct),
         memory_mib: env.driver.memory_limit_mib,
     };
-    let outcome = run_tree_limited(command, &stage_log, limits, cancel)
-        .await
-        .map_err(|e| {
-            (
-                fail(FailureClass::Infrastructure, e.to_string(), None),
-                String::new(),
-            )
-        })?;
-    // Keep the tool's own log across stages: append this run's to the kept one.
+    on_stage(first);
+    let mut clock = StageClock::new(output.clone(), first, env.tool_timeout);
+    let outcome = run_tree_watched(command, &output, limits, cancel, &mut |rss| {
+        clock.tick(rss, on_stage)
+    })
+    .await
+    .map_err(|e| infra(e.to_string()))?;
+    let stage = clock.current;
+    // The stages before the one the run ended in, in stage order, finished.
+    let finished = |upto: Option<Stage>| -> Vec<StageTiming> {
+        stages
+            .iter()
+            .filter(|&&s| upto.is_none_or(|u| s < u))
+            .map(|&s| clock.timing(s))
+            .collect()
+    };
+    // Keep the tool's own log across runs: append this run's to the kept one.
     let tool_log = project.join(log_name);
     let this_run = std::fs::read(&tool_log).unwrap_or_default();
     let kept = project.join(format!("{log_name}.all"));
@@ -191,40 +359,49 @@ pub(super) async fn run_tool_stage(
         let _ = all.write_all(&this_run);
     }
     let mut digest_text = if this_run.is_empty() {
-        std::fs::read(&stage_log).unwrap_or_default()
+        std::fs::read(&output).unwrap_or_default()
     } else {
         this_run
     };
     let mut tail_source = if tool_log.is_file() {
         tool_log
     } else {
-        stage_log
+        output.clone()
     };
-    if stage == Stage::Vsynth {
-        // Vivado writes its own log; its errors (a licence, say) are the stage's.
+    if stages.contains(&Stage::Vsynth) {
+        // Vivado writes its own log; its errors (a licence, say) are vsynth's.
         let vivado_log = project.join("vivado.log");
         if let Ok(text) = std::fs::read(&vivado_log) {
             digest_text.push(b'\n');
             digest_text.extend_from_slice(&text);
-            tail_source = vivado_log;
+            if stage == Stage::Vsynth {
+                tail_source = vivado_log;
+            }
         }
     }
     let digest = log::parse(&String::from_utf8_lossy(&digest_text));
     let tail = log_tail(&tail_source, 20);
     // The stage's peak: what the worker sampled, or what the tool printed if more.
-    let peak = outcome
+    let peak = clock
+        .timing(stage)
         .peak_memory_mib
         .max(digest.peak_memory_mib.unwrap_or(0));
-    let with_peak = |(failure, log_tail): (Failure, String)| ToolFailure {
-        failure,
-        log_tail,
-        peak_memory_mib: (peak > 0).then_some(peak),
-        fix: digest.fix.clone(),
+    let failed = |(failure, log_tail): (Failure, String)| {
+        (
+            finished(Some(stage)),
+            stage,
+            ToolFailure {
+                failure,
+                log_tail,
+                peak_memory_mib: (peak > 0).then_some(peak),
+                fix: digest.fix.clone(),
+            },
+        )
     };
     let status = match outcome.ending {
         Ending::Exited(status) => status,
         Ending::TimedOut => {
-            return Err(with_peak((
+            return Err(failed((
                 fail(
                     FailureClass::Timeout,
                     format!(
@@ -240,13 +417,13 @@ pub(super) async fn run_tool_stage(
             )));
         }
         Ending::Cancelled => {
-            return Err(with_peak((
+            return Err(failed((
                 fail(FailureClass::Infrastructure, "cancelled", None),
                 tail,
             )));
         }
         Ending::MemoryLimit(limit) => {
-            return Err(with_peak((
+            return Err(failed((
                 fail(
                     FailureClass::Oom,
                     format!(
@@ -281,10 +458,10 @@ pub(super) async fn run_tool_stage(
                 failure.reason
             );
         }
-        return Err(with_peak((failure, tail)));
+        return Err(failed((failure, tail)));
     }
     if status.signal() == Some(9) {
-        return Err(with_peak((
+        return Err(failed((
             fail(
                 FailureClass::Oom,
                 format!(
@@ -297,7 +474,7 @@ pub(super) async fn run_tool_stage(
         )));
     }
     if !status.success() || !digest.completed {
-        return Err(with_peak((
+        return Err(failed((
             fail(
                 FailureClass::ToolError,
                 format!("{} exited with {status} in stage {stage}", tool.name),
@@ -306,9 +483,81 @@ pub(super) async fn run_tool_stage(
             tail,
         )));
     }
-    Ok(StageTiming {
-        stage,
-        seconds: outcome.elapsed.as_secs_f64(),
-        peak_memory_mib: outcome.peak_memory_mib,
-    })
+    Ok(finished(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_starts_are_read_from_build_prj_tcl_banners_not_their_completions() {
+        assert_eq!(step_start("***** C SIMULATION *****"), Some(Stage::Cosim));
+        assert_eq!(
+            step_start("***** C/RTL SYNTHESIS *****\r"),
+            Some(Stage::Csynth)
+        );
+        assert_eq!(
+            step_start("***** C/RTL VALIDATION *****"),
+            Some(Stage::Cosim)
+        );
+        assert_eq!(step_start("***** EXPORT IP *****"), Some(Stage::Export));
+        assert_eq!(
+            step_start("***** VIVADO SYNTHESIS *****"),
+            Some(Stage::Vsynth)
+        );
+        assert_eq!(
+            step_start("***** C/RTL SYNTHESIS COMPLETED IN 0h0m13s *****"),
+            None
+        );
+        assert_eq!(step_start("****** Vitis HLS - High-Level Synthesis"), None);
+    }
+
+    #[test]
+    fn the_steps_of_several_stages_are_one_build_opt() {
+        let text = build_opt_tcl(&[Stage::Csynth, Stage::Export]);
+        assert!(text.contains("synth      1"), "{text}");
+        assert!(text.contains("export     1"), "{text}");
+        assert!(text.contains("cosim      0"), "{text}");
+        assert!(text.contains("csim       0"), "{text}");
+        let text = build_opt_tcl(&[Stage::Cosim]);
+        for step in [
+            "csim       1",
+            "cosim      1",
+            "validation 1",
+            "synth      0",
+        ] {
+            assert!(text.contains(step), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_clock_moves_with_the_output_and_holds_each_stage_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.log");
+        let heard = std::sync::Mutex::new(Vec::new());
+        let on = |s: Stage| heard.lock().unwrap().push(s);
+        let mut clock = StageClock::new(
+            out.clone(),
+            Stage::Cosim,
+            std::time::Duration::from_millis(200),
+        );
+        std::fs::write(&out, "start\n***** C SIMULATION *****\n***** C/RTL SYN").unwrap();
+        assert!(!clock.tick(10, &on));
+        assert_eq!(clock.current, Stage::Cosim);
+        std::fs::write(
+            &out,
+            "start\n***** C SIMULATION *****\n***** C/RTL SYNTHESIS *****\nmore\n",
+        )
+        .unwrap();
+        assert!(!clock.tick(50, &on));
+        assert_eq!(clock.current, Stage::Csynth);
+        assert_eq!(*heard.lock().unwrap(), [Stage::Csynth]);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(clock.tick(20, &on), "csynth ran past its own limit");
+        assert_eq!(clock.timing(Stage::Cosim).peak_memory_mib, 10);
+        assert_eq!(clock.timing(Stage::Csynth).peak_memory_mib, 50);
+        assert!(clock.timing(Stage::Csynth).seconds >= 0.25);
+        assert!(clock.timing(Stage::Cosim).seconds < 0.2);
+    }
 }
