@@ -488,6 +488,8 @@ async fn one_tool_run(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
