@@ -4,12 +4,19 @@
 //!
 //! Layout (under the store URL's prefix):
 //! - `inputs/<sha256>`: model files and companions, content-addressed.
-//! - `staging/<trial key>/<attempt>-<epoch>/<file>`: a worker's upload under its lease.
-//! - `results/<trial key>/<file>`: the committed result (`result.json`, `artifacts.tar.gz`).
+//! - `results/<trial key>/attempts/<attempt>-<epoch>/<file>`: what a worker uploaded under
+//!   one lease (`result.json`, `artifacts.tar.gz`), straight into the trial's results.
+//! - `results/<trial key>/result.json`: the committed result, a copy of the winning
+//!   attempt's; the trial record's result prefix names that attempt's folder, where the
+//!   tarball is read from ([`Blobs::artifact_path`]).
 //! - `sweeps/<sweep id>/<file>`: a sweep's aggregate.
 //!
-//! A result is committed from staging with create-only puts, so the first commit of a key
-//! wins and a second (a worker that lost its lease) can never overwrite it.
+//! The fence is Redis: a completion is accepted only from the lease that holds the trial, and
+//! the coordinator commits only the attempt Redis accepted ([`Blobs::commit_attempt`]: one
+//! copy of a small file; the files of earlier attempts of the trial are deleted then). A
+//! worker that lost its lease can upload, but its attempt is never committed, and is collected
+//! when a later one is. Stores written before this layout (`staging/<key>/<attempt>-<epoch>/`,
+//! committed by copying every file) are still committed and read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +24,7 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::config::StoreConfig;
@@ -158,14 +165,42 @@ impl Blobs {
         format!("inputs/{sha256}")
     }
 
-    /// The staging folder of one lease of a trial.
-    pub fn staging_prefix(trial_key: &str, fence: Fence) -> String {
-        format!("staging/{trial_key}/{}-{}", fence.attempt, fence.epoch)
+    /// The folder one lease of a trial uploads to.
+    pub fn attempt_prefix(trial_key: &str, fence: Fence) -> String {
+        format!(
+            "{}/attempts/{}-{}",
+            Self::result_prefix(trial_key),
+            fence.attempt,
+            fence.epoch
+        )
     }
 
-    /// The committed result folder of a trial.
+    /// The committed result folder of a trial: its `result.json`.
     pub fn result_prefix(trial_key: &str) -> String {
         format!("results/{trial_key}")
+    }
+
+    /// Where a committed trial's `file` is: `result.json` in its result folder, any other in
+    /// the committed attempt's folder `result_prefix` (the trial record's), or in the result
+    /// folder for results committed before attempt folders.
+    pub fn artifact_path(trial_key: &str, result_prefix: &str, file: &str) -> String {
+        if file != "result.json" && Self::attempt_fence(trial_key, result_prefix).is_some() {
+            format!("{result_prefix}/{file}")
+        } else {
+            format!("{}/{file}", Self::result_prefix(trial_key))
+        }
+    }
+
+    /// The fence of an attempt folder of this trial, `None` for any other prefix.
+    fn attempt_fence(trial_key: &str, prefix: &str) -> Option<Fence> {
+        let rest = prefix
+            .strip_prefix(&Self::result_prefix(trial_key))?
+            .strip_prefix("/attempts/")?;
+        let (attempt, epoch) = rest.split_once('-')?;
+        Some(Fence {
+            attempt: attempt.parse().ok()?,
+            epoch: epoch.parse().ok()?,
+        })
     }
 
     /// Writes `bytes` at `relative`, retrying with exponential backoff within `budget`, then
@@ -230,10 +265,67 @@ impl Blobs {
         }
     }
 
+    /// The files under `prefix` with their sizes in bytes (names relative to it).
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        use futures_util::TryStreamExt;
+        let from = self.path(prefix);
+        let listed: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&from)).try_collect().await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.as_ref().strip_prefix(from.as_ref())?;
+                Some((name.trim_start_matches('/').to_owned(), meta.size))
+            })
+            .collect())
+    }
+
+    /// Commits the attempt folder `prefix` (the trial record's result prefix, which Redis
+    /// accepted: that is the fence; only the coordinator calls this) as the trial's result:
+    /// its `result.json` is copied into the result folder, replacing an earlier commit (a
+    /// forced re-run), and the files of the trial's earlier attempts are deleted. A first
+    /// attempt's commit is one copy request. Returns how many objects were deleted.
+    pub async fn commit_attempt(&self, prefix: &str, trial_key: &str) -> Result<u64, Error> {
+        let Some(fence) = Self::attempt_fence(trial_key, prefix) else {
+            // Staged before attempt folders: every file is copied.
+            self.promote(prefix, trial_key).await?;
+            return Ok(0);
+        };
+        let result = Self::result_prefix(trial_key);
+        self.store
+            .copy(
+                &self.path(&format!("{prefix}/result.json")),
+                &self.path(&format!("{result}/result.json")),
+            )
+            .await?;
+        // Leases come in (epoch, attempt) order: a refund or a re-run starts a new epoch, a
+        // lease after a lost one is the next attempt. Nothing precedes the first.
+        if fence.epoch == 0 && fence.attempt <= 1 {
+            return Ok(0);
+        }
+        let attempts = format!("{result}/attempts");
+        let mut deleted = 0;
+        for (name, _) in self.list_sizes(&attempts).await? {
+            let folder = name.split('/').next().unwrap_or_default();
+            let Some(other) = Self::attempt_fence(trial_key, &format!("{attempts}/{folder}"))
+            else {
+                continue;
+            };
+            if (other.epoch, other.attempt) < (fence.epoch, fence.attempt) {
+                self.store
+                    .delete(&self.path(&format!("{attempts}/{name}")))
+                    .await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Copies the files under `staging` (a lease's staging prefix) into the trial's result
     /// folder, replacing what is there, then deletes the staged copies. Only the coordinator
     /// calls this, and only after Redis accepted that lease's completion: that is the fence.
-    /// Returns the files copied, with their sizes in bytes.
+    /// Returns the files copied, with their sizes in bytes. The commit of stores written before
+    /// attempt folders ([`Blobs::commit_attempt`] calls it for them).
     pub async fn promote(
         &self,
         staging: &str,
@@ -273,30 +365,6 @@ impl Blobs {
         }
         Ok(listed.len() as u64)
     }
-
-    /// Commits the staged `files` of a lease as the trial's result, each with a create-only
-    /// put: when a result is committed already, nothing is overwritten and
-    /// [`Error::AlreadyExists`] says so.
-    pub async fn commit(&self, trial_key: &str, fence: Fence, files: &[&str]) -> Result<(), Error> {
-        let staging = Self::staging_prefix(trial_key, fence);
-        let result = Self::result_prefix(trial_key);
-        for file in files {
-            let bytes = self.get(&format!("{staging}/{file}")).await?;
-            let target = self.path(&format!("{result}/{file}"));
-            match self
-                .store
-                .put_opts(&target, PutPayload::from(bytes), PutMode::Create.into())
-                .await
-            {
-                Ok(_) => {}
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    return Err(Error::AlreadyExists(target.to_string()));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -313,38 +381,92 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn staged_results_commit_once() {
+    async fn the_accepted_attempt_commits_with_one_copy_and_earlier_attempts_are_collected() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = local(dir.path());
         let key = "ab".repeat(32);
-        let winner = Fence {
-            attempt: 2,
-            epoch: 0,
+        let fence = |attempt, epoch| Fence { attempt, epoch };
+        let (lost, winner, rerun) = (fence(1, 0), fence(2, 0), fence(1, 1));
+        for (f, text) in [(lost, "lost"), (winner, "winner"), (rerun, "rerun")] {
+            let prefix = Blobs::attempt_prefix(&key, f);
+            for file in ["result.json", "artifacts.tar.gz"] {
+                blobs
+                    .put_checked(
+                        &format!("{prefix}/{file}"),
+                        text.into(),
+                        RetryBudget::default(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let read = |path: String| {
+            let blobs = blobs.clone();
+            async move { blobs.get(&path).await.ok() }
         };
-        let loser = Fence {
-            attempt: 1,
-            epoch: 0,
-        };
-        for (fence, text) in [(winner, "winner"), (loser, "loser")] {
-            let path = format!("{}/result.json", Blobs::staging_prefix(&key, fence));
+        let winner_prefix = Blobs::attempt_prefix(&key, winner);
+        // The lease that lost its trial (attempt 1) is collected when attempt 2 commits; the
+        // re-run (a later epoch) is not touched.
+        assert_eq!(blobs.commit_attempt(&winner_prefix, &key).await.unwrap(), 2);
+        assert_eq!(
+            read(format!("results/{key}/result.json")).await.unwrap(),
+            b"winner"
+        );
+        let tarball = Blobs::artifact_path(&key, &winner_prefix, "artifacts.tar.gz");
+        assert_eq!(tarball, format!("{winner_prefix}/artifacts.tar.gz"));
+        assert_eq!(read(tarball.clone()).await.unwrap(), b"winner");
+        assert!(
+            read(format!("{}/result.json", Blobs::attempt_prefix(&key, lost)))
+                .await
+                .is_none()
+        );
+        // A forced re-run replaces the commit and collects the attempt before it.
+        let rerun_prefix = Blobs::attempt_prefix(&key, rerun);
+        assert_eq!(blobs.commit_attempt(&rerun_prefix, &key).await.unwrap(), 2);
+        assert_eq!(
+            read(format!("results/{key}/result.json")).await.unwrap(),
+            b"rerun"
+        );
+        assert!(read(tarball).await.is_none());
+        // A first attempt's commit lists nothing and deletes nothing.
+        let first = "cd".repeat(32);
+        let prefix = Blobs::attempt_prefix(&first, fence(1, 0));
+        blobs
+            .put_checked(
+                &format!("{prefix}/result.json"),
+                b"one".to_vec(),
+                RetryBudget::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(blobs.commit_attempt(&prefix, &first).await.unwrap(), 0);
+        assert_eq!(
+            read(format!("results/{first}/result.json")).await.unwrap(),
+            b"one"
+        );
+    }
+
+    #[tokio::test]
+    async fn results_staged_before_attempt_folders_still_commit_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = local(dir.path());
+        let key = "ef".repeat(32);
+        let staging = format!("staging/{key}/1-0");
+        for file in ["result.json", "artifacts.tar.gz"] {
             blobs
-                .put_checked(&path, text.into(), RetryBudget::default())
+                .put_checked(
+                    &format!("{staging}/{file}"),
+                    file.into(),
+                    RetryBudget::default(),
+                )
                 .await
                 .unwrap();
         }
-        blobs.commit(&key, winner, &["result.json"]).await.unwrap();
-        let late = blobs.commit(&key, loser, &["result.json"]).await;
-        assert!(matches!(late, Err(Error::AlreadyExists(_))), "{late:?}");
-        let stored = blobs
-            .get(&format!("{}/result.json", Blobs::result_prefix(&key)))
-            .await
-            .unwrap();
-        assert_eq!(stored, b"winner");
-        assert!(
-            dir.path()
-                .join(format!("results/{key}/result.json"))
-                .is_file()
-        );
+        blobs.commit_attempt(&staging, &key).await.unwrap();
+        let tarball = Blobs::artifact_path(&key, &staging, "artifacts.tar.gz");
+        assert_eq!(tarball, format!("results/{key}/artifacts.tar.gz"));
+        assert_eq!(blobs.get(&tarball).await.unwrap(), b"artifacts.tar.gz");
+        assert!(blobs.list_sizes(&staging).await.unwrap().is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The object store on a real S3-compatible server: checked uploads, commits that only the
-//! first lease wins, retries with backoff through an outage, and a bounded retry budget.
+//! The object store on a real S3-compatible server: checked uploads, the accepted attempt's
+//! commit (one copy, earlier attempts collected), retries with backoff through an outage, and
+//! a bounded retry budget.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,7 +23,7 @@ fn blobs(s3: &S3Server) -> Blobs {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn uploads_are_checked_and_results_commit_once() {
+async fn uploads_are_checked_and_the_accepted_attempt_commits_with_one_copy() {
     let dir = TestDir::new("s3-commit").unwrap();
     let s3 = server(&dir).await;
     let blobs = blobs(&s3);
@@ -39,10 +40,10 @@ async fn uploads_are_checked_and_results_commit_once() {
     );
     let tarball: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
     for fence in [winner, loser] {
-        let staging = Blobs::staging_prefix(&key, fence);
+        let prefix = Blobs::attempt_prefix(&key, fence);
         let sha = blobs
             .put_checked(
-                &format!("{staging}/artifacts.tar.gz"),
+                &format!("{prefix}/artifacts.tar.gz"),
                 tarball.clone(),
                 RetryBudget::default(),
             )
@@ -51,31 +52,50 @@ async fn uploads_are_checked_and_results_commit_once() {
         assert_eq!(sha.len(), 64);
         blobs
             .put_checked(
-                &format!("{staging}/result.json"),
+                &format!("{prefix}/result.json"),
                 format!("{{\"attempt\":{}}}", fence.attempt).into_bytes(),
                 RetryBudget::default(),
             )
             .await
             .unwrap();
     }
-    blobs
-        .commit(&key, winner, &["result.json", "artifacts.tar.gz"])
-        .await
-        .unwrap();
-    let late = blobs
-        .commit(&key, loser, &["result.json", "artifacts.tar.gz"])
-        .await;
-    assert!(matches!(late, Err(Error::AlreadyExists(_))), "{late:?}");
+    // Redis accepted attempt 2: its commit copies its result.json and collects attempt 1.
+    let winner_prefix = Blobs::attempt_prefix(&key, winner);
+    assert_eq!(blobs.commit_attempt(&winner_prefix, &key).await.unwrap(), 2);
     let result = blobs
         .get(&format!("{}/result.json", Blobs::result_prefix(&key)))
         .await
         .unwrap();
     assert_eq!(result, b"{\"attempt\":2}");
-    assert!(
+    let stored = blobs
+        .get(&Blobs::artifact_path(
+            &key,
+            &winner_prefix,
+            "artifacts.tar.gz",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored, tarball);
+    let left: Vec<String> = blobs
+        .list_sizes(&format!("{}/attempts", Blobs::result_prefix(&key)))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        left,
+        ["2-0/artifacts.tar.gz", "2-0/result.json"],
+        "{left:?}"
+    );
+    // Committing again (a coordinator that died before releasing the claim) changes nothing.
+    blobs.commit_attempt(&winner_prefix, &key).await.unwrap();
+    assert_eq!(
         blobs
-            .exists(&format!("{}/artifacts.tar.gz", Blobs::result_prefix(&key)))
+            .get(&format!("{}/result.json", Blobs::result_prefix(&key)))
             .await
-            .unwrap()
+            .unwrap(),
+        b"{\"attempt\":2}"
     );
 }
 

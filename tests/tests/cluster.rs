@@ -60,11 +60,19 @@ fn a_sweep_runs_end_to_end_through_a_worker_daemon() {
             "{json}"
         );
         assert!(json["fidelity"]["max_abs_diff"].is_f64(), "{json}");
-        let tarball = std::fs::metadata(r.join("artifacts.tar.gz")).unwrap();
+        // One attempt, uploaded straight into its folder; the commit copied its result.json.
+        let attempts: Vec<_> = std::fs::read_dir(r.join("attempts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_eq!(
+            std::fs::read(attempts[0].join("result.json")).unwrap(),
+            std::fs::read(r.join("result.json")).unwrap()
+        );
+        let tarball = std::fs::metadata(attempts[0].join("artifacts.tar.gz")).unwrap();
         assert!(tarball.len() > 100);
     }
-    let staged = walk_files(&cluster.store().join("staging"));
-    assert!(staged.is_empty(), "left in staging: {staged:?}");
     let aggregate = cluster
         .store()
         .join(format!("sweeps/{sweep}/synthesis_results.json"));
@@ -249,19 +257,23 @@ fn a_worker_cut_off_past_its_lease_discards_its_work() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", w2.stderr()));
     let results = walk_files(&cluster.store().join("results"));
-    assert_eq!(
+    let committed = |p: &&std::path::PathBuf| {
+        p.ends_with("result.json") && !p.to_string_lossy().contains("/attempts/")
+    };
+    assert_eq!(results.iter().filter(committed).count(), 1, "{results:?}");
+    // The winner's attempt stays (its tarball is the result's); the loser's, refused as
+    // stale, is deleted.
+    assert!(
         results
             .iter()
-            .filter(|p| p.ends_with("result.json"))
-            .count(),
-        1
+            .any(|p| p.to_string_lossy().contains("/attempts/2-0/")),
+        "{results:?}"
     );
-    let staged = walk_files(&cluster.store().join("staging"));
     assert!(
-        staged
+        results
             .iter()
-            .all(|p| !p.to_string_lossy().contains("/2-0/")),
-        "the winner's staging should have been promoted: {staged:?}"
+            .all(|p| !p.to_string_lossy().contains("/attempts/1-0/")),
+        "the lost lease's uploads should have been collected: {results:?}"
     );
 }
 
@@ -376,7 +388,7 @@ fn a_redis_restart_mid_sweep_loses_no_trial() {
     assert_eq!(
         results
             .iter()
-            .filter(|p| p.ends_with("result.json"))
+            .filter(|p| p.ends_with("result.json") && !p.to_string_lossy().contains("/attempts/"))
             .count(),
         2
     );

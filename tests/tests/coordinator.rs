@@ -263,7 +263,14 @@ async fn lifecycle_expiry_fencing_dead_and_retry() {
 
     let t1 = lease(&mut w1, "w1", 4, 1000).await.pop().unwrap();
     assert_eq!(t1.token.as_ref().unwrap().attempt, 1);
-    assert!(t1.staging_prefix.starts_with("staging/"));
+    assert!(
+        t1.staging_prefix.starts_with(&format!(
+            "results/{}/attempts/",
+            t1.token.as_ref().unwrap().trial_key
+        )),
+        "{}",
+        t1.staging_prefix
+    );
     // A heartbeat extends the lease; then w1 goes silent and loses it.
     let hb = w1
         .heartbeat(v1::HeartbeatRequest {
@@ -307,7 +314,15 @@ async fn lifecycle_expiry_fencing_dead_and_retry() {
     let late = succeed(&mut w1, "w1", &t1, &cluster.store()).await;
     assert_eq!(late.unwrap_err().code(), Code::FailedPrecondition);
     let results = cluster.store().join("results").join(key(&t1));
-    assert!(!results.exists(), "a stale lease's files were committed");
+    assert!(
+        !results.join("result.json").exists(),
+        "a stale lease's result was committed"
+    );
+    let left = hlsfarm_tests::walk_files(&cluster.store().join(&t1.staging_prefix));
+    assert!(
+        left.is_empty(),
+        "a stale lease's uploads were kept: {left:?}"
+    );
 
     // w2 goes silent too: attempts run out, the trial is dead.
     hlsfarm_tests::wait_until("the trial to die", Duration::from_secs(10), || {

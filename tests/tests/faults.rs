@@ -73,10 +73,11 @@ fn only_trial(cluster: &Cluster, sweep: &str) -> serde_json::Value {
     trials[0].clone()
 }
 
+/// The committed results (`results/<key>/result.json`), not the attempts' uploads.
 fn result_files(cluster: &Cluster) -> Vec<PathBuf> {
     walk_files(&cluster.store().join("results"))
         .into_iter()
-        .filter(|p| p.ends_with("result.json"))
+        .filter(|p| p.ends_with("result.json") && !p.to_string_lossy().contains("/attempts/"))
         .collect()
 }
 
@@ -216,16 +217,20 @@ fn a_worker_cut_off_fences_itself_and_its_late_result_is_refused() {
         || std::fs::read(&committed).ok(),
     )
     .unwrap();
-    for staged in walk_files(&cluster.store().join(format!("staging/{key}"))) {
-        if staged.ends_with("result.json") {
-            assert_ne!(
-                std::fs::read(&staged).unwrap(),
-                committed,
-                "the refused lease's result ({}) was committed",
-                staged.display()
-            );
-        }
-    }
+    // The refused lease's uploads were deleted when its completion was refused: what is left
+    // is the accepted attempt's, and the committed result is its.
+    let uploaded = walk_files(&cluster.store().join(format!("results/{key}/attempts")));
+    assert!(
+        uploaded
+            .iter()
+            .all(|p| p.to_string_lossy().contains("/attempts/2-")),
+        "{uploaded:?}"
+    );
+    let accepted = uploaded
+        .iter()
+        .find(|p| p.ends_with("result.json"))
+        .unwrap();
+    assert_eq!(std::fs::read(accepted).unwrap(), committed);
     assert_eq!(result_files(&cluster).len(), 1);
 
     // 2. Cut mid-synthesis: with no heartbeat answered for a lease, w1 kills its own tool
@@ -433,8 +438,23 @@ fn a_store_outage_is_ridden_out_and_past_its_budget_nothing_is_half_committed() 
     )
     .unwrap();
     assert_eq!(result["status"], "success", "{result}");
+    // The tarball stays in the committed attempt's folder; the earlier attempt's uploads were
+    // collected at the commit.
+    let uploaded = rt
+        .block_on(blobs.list_sizes(&format!("results/{key}/attempts")))
+        .unwrap();
+    let tarballs: Vec<&String> = uploaded
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.ends_with("/artifacts.tar.gz"))
+        .collect();
+    assert_eq!(tarballs.len(), 1, "{uploaded:?}");
+    assert!(
+        tarballs[0].starts_with(&format!("{attempt}-")),
+        "{uploaded:?}"
+    );
     let tarball = rt
-        .block_on(blobs.get(&format!("results/{key}/artifacts.tar.gz")))
+        .block_on(blobs.get(&format!("results/{key}/attempts/{}", tarballs[0])))
         .unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tarball[..]));
     let names: Vec<String> = archive
@@ -1306,7 +1326,13 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
             found
         })
     };
-    let committed = listed("soak/results", true);
+    // Committed results only: `results/<key>/result.json`, not the attempts' uploads.
+    let (uploads, committed): (Vec<String>, Vec<String>) = listed("soak/results", true)
+        .into_iter()
+        .partition(|p| p.contains("/attempts/"));
+    // Uploads of attempts that were never committed and not collected (a lease lost while
+    // its upload ran past the winner's commit, a trial failed for good then re-run...).
+    let uncollected = uploads.len().saturating_sub(committed.len());
     for path in &committed {
         let key = path.split('/').rev().nth(1).unwrap();
         let result: serde_json::Value = serde_json::from_slice(
@@ -1336,7 +1362,8 @@ fn soak_2000_trials_under_random_faults_ends_every_trial_once() {
         "soak: {TRIALS} trials, 2 workers x 8 slots, seed {seed}, faults {injected:?}, \
          {:.1} s: {succeeded} succeeded, {} failed, {} dead, {lost} lost, {twice} recorded \
          twice; {} committed results; {executions} successful executions ({} re-run after \
-         faults); at least {upload_retries} upload and {commit_retries} commit retries",
+         faults); {uncollected} attempts' uploads beside them; at least {upload_retries} upload \
+         and {commit_retries} commit retries",
         elapsed.as_secs_f64(),
         counts["failed"].as_u64().unwrap_or(0),
         counts["dead"].as_u64().unwrap_or(0),

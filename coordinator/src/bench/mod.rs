@@ -15,6 +15,7 @@ mod pool;
 mod recovery;
 mod rig;
 mod scale;
+mod store;
 mod trial;
 
 use dispatch::dispatch;
@@ -170,6 +171,18 @@ pub enum Bench {
         /// Seconds over which the idle fleet's cost is measured.
         #[arg(long, default_value_t = 10)]
         idle_s: u64,
+    },
+    /// Results committed per second on the S3-compatible servers found (moto; s3s-fs, a Rust
+    /// server `make setup` installs) and the local folder: the commit into attempt folders
+    /// (list, then one copy) beside the one before it (HEAD, list, copy and delete every
+    /// file), interleaved in one run; each trial also does the worker's checked uploads.
+    Store {
+        /// Trials per run.
+        #[arg(long, default_value_t = 300)]
+        trials: u32,
+        /// Trials at once (a fleet's completions arriving together).
+        #[arg(long, default_value_t = 16)]
+        concurrency: u32,
     },
     /// Resubmitting an identical sweep of N trials whose results are stored: reruns (target
     /// 0) and time (target ≤ 1 s for 1,000).
@@ -328,6 +341,10 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
             seed,
         } => makespan(trials, slots, median_ms, sigma, seed).await?,
         Bench::Recovery { lease_ms } => recovery(lease_ms).await?,
+        Bench::Store {
+            trials,
+            concurrency,
+        } => store::store(trials, concurrency).await?,
         Bench::Hold { url } => hold(&url).await?,
         Bench::Dispatch {
             trials,

@@ -138,7 +138,18 @@ pub(super) async fn trial(
     let mut kept = Vec::new();
     for t in &results.trials {
         let dir = rig.store.join("results").join(&t.trial_key);
-        let bytes = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+        // The tarball stays in the attempt folder it was uploaded to (one attempt here).
+        let attempt = std::fs::read_dir(dir.join("attempts"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+            .unwrap_or_default();
+        let bytes = |f: &str| {
+            std::fs::metadata(dir.join(f))
+                .or_else(|_| std::fs::metadata(attempt.join(f)))
+                .map_or(0, |m| m.len())
+        };
         let json = std::fs::read(dir.join("result.json"))
             .with_context(|| format!("trial {} has no result.json", t.trial_key))?;
         let result: hlsfarm_common::results::TrialResult = serde_json::from_slice(&json)?;

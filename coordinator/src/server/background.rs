@@ -223,8 +223,9 @@ impl Coordinator {
         }
     }
 
-    /// Copies an accepted result from its staging prefix into `results/<key>/`. The trial's
-    /// record names the prefix Redis accepted, so a stale lease's files are never copied.
+    /// Commits an accepted result: its attempt folder's `result.json` copied to
+    /// `results/<key>/`, earlier attempts' files deleted. The trial's record names the
+    /// prefix Redis accepted, so a stale lease's files are never committed.
     pub(super) async fn commit_result(&self, key: &str) {
         let record = match self.queue.trial(key).await {
             Ok(r) => r,
@@ -237,16 +238,9 @@ impl Coordinator {
             let _ = self.queue.release(ClaimSet::Commits, key).await;
             return;
         }
-        match self.blobs.promote(&record.result_prefix, key).await {
-            Ok(files) => {
-                let bytes: u64 = files.iter().map(|(_, size)| size).sum();
-                self.metrics
-                    .store_bytes
-                    .get_or_create(&super::metrics::Writer {
-                        by: "worker".into(),
-                    })
-                    .inc_by(bytes);
-                tracing::debug!(trial = %key, files = files.len(), bytes, "result committed");
+        match self.blobs.commit_attempt(&record.result_prefix, key).await {
+            Ok(collected) => {
+                tracing::debug!(trial = %key, prefix = %record.result_prefix, collected, "result committed");
                 let _ = self.queue.release(ClaimSet::Commits, key).await;
             }
             Err(e) => {
@@ -262,6 +256,19 @@ impl Coordinator {
                     .defer(ClaimSet::Commits, key, Duration::from_secs(2))
                     .await;
             }
+        }
+    }
+
+    /// Deletes the uploads of an attempt that lost its trial (a completion refused as stale),
+    /// unless the trial's record names it (it cannot, but a commit must never lose its files).
+    pub(super) async fn collect_attempt(&self, key: &str, prefix: &str) {
+        match self.queue.trial(key).await {
+            Ok(record) if record.result_prefix != prefix => {
+                if let Err(e) = self.blobs.delete_prefix(prefix).await {
+                    tracing::warn!(trial = %key, %prefix, error = %e, "cannot delete a stale attempt's uploads");
+                }
+            }
+            _ => {}
         }
     }
 

@@ -202,7 +202,8 @@ impl Coordinator {
                 .await
                 .ok();
             if bytes.is_none() {
-                // A commit copies, then deletes the staged copy: read the committed again.
+                // A commit of a result staged before attempt folders deletes the staged
+                // copy after copying it: read the committed again.
                 bytes = self.blobs.get(&committed).await.ok();
             }
         }

@@ -321,7 +321,16 @@ async fn artifact(
             ));
         }
     };
-    let path = format!("{}/{file}", Blobs::result_prefix(&key));
+    // The tarball stays in the committed attempt's folder, which the trial's record names.
+    let committed = if file == "result.json" {
+        String::new()
+    } else {
+        match state.c.queue.trial(&key).await {
+            Ok(record) => record.result_prefix,
+            Err(e) => return error(&tonic::Status::not_found(e.to_string())),
+        }
+    };
+    let path = Blobs::artifact_path(&key, &committed, &file);
     match state.c.blobs.get(&path).await {
         Ok(bytes) => {
             let mut response = (

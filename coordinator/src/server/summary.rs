@@ -61,16 +61,15 @@ impl Coordinator {
                 None => super::background::unreported(plan, &record),
             };
             let dir = Blobs::result_prefix(&record.key);
+            let tarball =
+                Blobs::artifact_path(&record.key, &record.result_prefix, "artifacts.tar.gz");
             let mut entry = SeedEntry::new(
                 std::path::Path::new(&result.model.name.clone()),
                 std::path::Path::new(&dir),
                 result,
                 reused,
             );
-            entry.tarball = entry
-                .tarball
-                .as_ref()
-                .map(|_| format!("{dir}/artifacts.tar.gz"));
+            entry.tarball = entry.tarball.as_ref().map(|_| tarball);
             entry.selection = decisions;
             entries.push(entry);
         }

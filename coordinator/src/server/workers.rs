@@ -108,7 +108,7 @@ impl Coordinator {
                 .collect(),
             emulation_samples: plan.emulation.samples,
             emulation_seed: plan.emulation.seed,
-            staging_prefix: Blobs::staging_prefix(&lease.key, lease.fence),
+            staging_prefix: Blobs::attempt_prefix(&lease.key, lease.fence),
             resources: Some(v1::TrialResources {
                 // Raised above the plan's after an out-of-memory failure.
                 memory_mib: plan.resources.memory_mib.max(lease.memory_mib),
@@ -253,7 +253,7 @@ impl Worker for WorkerApi {
     ) -> Result<Response<v1::CompleteResponse>, Status> {
         let r = request.into_inner();
         let (key, fence) = token(r.token)?;
-        let staging = Blobs::staging_prefix(&key, fence);
+        let staging = Blobs::attempt_prefix(&key, fence);
         let result_json = r
             .result
             .as_ref()
@@ -336,15 +336,23 @@ impl Worker for WorkerApi {
                 "a completion carries a successful result, a failure, or cancelled",
             ));
         };
-        // The worker uploads result.json (and the tarball) before it completes; the commit
-        // copies what is staged, so it must be there.
-        let has_files = parsed.is_some()
-            && self
-                .c
-                .blobs
-                .exists(&format!("{staging}/result.json"))
-                .await
-                .map_err(internal)?;
+        // The worker uploads result.json (and the tarball) into its attempt folder before it
+        // completes; the commit copies that result.json, so it must be there.
+        let uploaded = if parsed.is_some() {
+            self.c.blobs.list_sizes(&staging).await.map_err(internal)?
+        } else {
+            Vec::new()
+        };
+        let has_files = uploaded.iter().any(|(name, _)| name == "result.json");
+        if has_files {
+            self.c
+                .metrics
+                .store_bytes
+                .get_or_create(&super::metrics::Writer {
+                    by: "worker".into(),
+                })
+                .inc_by(uploaded.iter().map(|(_, size)| size).sum());
+        }
         if parsed.is_some() && !has_files && outcome == Outcome::Succeeded {
             return Err(Status::failed_precondition(format!(
                 "{staging}/result.json is not in the store: upload the results before completing"
@@ -397,11 +405,25 @@ impl Worker for WorkerApi {
             .c
             .queue
             .complete_with(&key, fence, outcome, &completion)
-            .await
-            .map_err(|e| {
+            .await;
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
                 tracing::warn!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, error = %e, "completion refused");
-                refused(e)
-            })?;
+                if has_files
+                    && matches!(
+                        e,
+                        QueueError::Transition(
+                            hlsfarm_common::job::TransitionError::StaleFence { .. }
+                        )
+                    )
+                {
+                    // This token lost the trial: its uploads are never committed.
+                    self.c.collect_attempt(&key, &staging).await;
+                }
+                return Err(refused(e));
+            }
+        };
         tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
         if let Some(p) = &parsed {
             for t in &p.timings {
