@@ -256,6 +256,15 @@ impl Blobs {
         Ok(bytes.to_vec())
     }
 
+    /// The object's size in bytes, `None` when it does not exist.
+    pub async fn size(&self, relative: &str) -> Result<Option<u64>, Error> {
+        match self.store.head(&self.path(relative)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// True when the object exists.
     pub async fn exists(&self, relative: &str) -> Result<bool, Error> {
         match self.store.head(&self.path(relative)).await {

@@ -173,8 +173,8 @@ pub enum Bench {
         idle_s: u64,
     },
     /// Results committed per second on the S3-compatible servers found (moto; s3s-fs, a Rust
-    /// server `make setup` installs) and the local folder: the commit into attempt folders
-    /// (list, then one copy) beside the one before it (HEAD, list, copy and delete every
+    /// server `make bench-deps` builds) and the local folder: the commit into attempt folders
+    /// (a HEAD per file, then one copy) beside the one before it (HEAD, list, copy and delete every
     /// file), interleaved in one run; each trial also does the worker's checked uploads.
     Store {
         /// Trials per run.

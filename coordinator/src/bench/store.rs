@@ -5,7 +5,7 @@
 //! worker's checked uploads of `result.json` and a tarball (a put and a read-back each), then
 //! the coordinator's check that the upload is there and its commit. Before: a HEAD, then the
 //! staging folder listed, each file copied into `results/<key>/` and deleted (6 requests).
-//! Now: the attempt folder listed, its `result.json` copied (2 requests).
+//! Now: a HEAD of each uploaded file, the attempt's `result.json` copied (3 requests).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -89,9 +89,16 @@ fn moto() -> anyhow::Result<Option<Target>> {
 }
 
 fn s3s_fs() -> anyhow::Result<Option<Target>> {
-    let Some(program) = program("HLSFARM_S3S_FS", "s3s-fs") else {
+    let installed = std::env::var_os("HLSFARM_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share/hlsfarm"))
+        })
+        .map(|home| home.join("s3s-fs/bin/s3s-fs"))
+        .filter(|p| p.is_file());
+    let Some(program) = program("HLSFARM_S3S_FS", "s3s-fs").or(installed) else {
         println!(
-            "store: s3s-fs not found (HLSFARM_S3S_FS, or `cargo install s3s-fs --features binary`, which `make setup` does): skipped"
+            "store: s3s-fs not found (HLSFARM_S3S_FS, PATH, or `make bench-deps`, which builds it from crates.io): skipped"
         );
         return Ok(None);
     };
@@ -172,9 +179,10 @@ async fn one(
             blobs.promote(&prefix, key).await?;
         }
         Layout::Attempts => {
-            let listed = blobs.list_sizes(&prefix).await?;
-            if !listed.iter().any(|(name, _)| name == "result.json") {
-                bail!("{prefix}/result.json is missing");
+            for name in ["result.json", "artifacts.tar.gz"] {
+                if blobs.size(&format!("{prefix}/{name}")).await?.is_none() {
+                    bail!("{prefix}/{name} is missing");
+                }
             }
             blobs.commit_attempt(&prefix, key).await?;
         }

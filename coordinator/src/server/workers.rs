@@ -338,11 +338,30 @@ impl Worker for WorkerApi {
         };
         // The worker uploads result.json (and the tarball) into its attempt folder before it
         // completes; the commit copies that result.json, so it must be there.
-        let uploaded = if parsed.is_some() {
-            self.c.blobs.list_sizes(&staging).await.map_err(internal)?
-        } else {
-            Vec::new()
-        };
+        // HEADs, not a LIST: some servers list by walking everything under the bucket.
+        let mut uploaded = Vec::new();
+        if parsed.is_some() {
+            let names = r
+                .result
+                .as_ref()
+                .map(|x| x.artifacts.clone())
+                .unwrap_or_default();
+            for name in std::iter::once("result.json".to_owned())
+                .chain(names.into_iter().filter(|n| n != "result.json"))
+            {
+                let size = self
+                    .c
+                    .blobs
+                    .size(&format!("{staging}/{name}"))
+                    .await
+                    .map_err(internal)?;
+                match size {
+                    Some(size) => uploaded.push((name, size)),
+                    None if name == "result.json" => break,
+                    None => {}
+                }
+            }
+        }
         let has_files = uploaded.iter().any(|(name, _)| name == "result.json");
         if has_files {
             self.c
