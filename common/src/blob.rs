@@ -57,9 +57,6 @@ pub enum Error {
         /// The sha256 read back.
         read: String,
     },
-    /// The object exists already (a create-only put lost to an earlier one).
-    #[error("{0} exists already")]
-    AlreadyExists(String),
     /// A local file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

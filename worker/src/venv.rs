@@ -14,6 +14,14 @@ pub struct VenvInfo {
     pub formats: Vec<String>,
 }
 
+/// Where `make setup` installs what hlsfarm needs: `$HLSFARM_HOME`, default
+/// `~/.local/share/hlsfarm`.
+pub fn home() -> Option<PathBuf> {
+    std::env::var_os("HLSFARM_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm")))
+}
+
 /// Finds the hls4ml venv's Python: `flag`, `$HLSFARM_PYTHON`, or the newest venv `make
 /// setup` made under `$HLSFARM_HOME` (default `~/.local/share/hlsfarm`).
 pub fn find_python(flag: Option<&Path>) -> Result<PathBuf, String> {
@@ -23,11 +31,7 @@ pub fn find_python(flag: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("HLSFARM_PYTHON") {
         return Ok(PathBuf::from(path));
     }
-    let home = std::env::var_os("HLSFARM_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm"))
-        });
+    let home = home();
     if let Some(home) = home
         && let Ok(entries) = std::fs::read_dir(home.join("venvs"))
     {
@@ -50,11 +54,7 @@ pub fn find_python(flag: Option<&Path>) -> Result<PathBuf, String> {
 /// `$HLSFARM_PYTHON_ONNX` / `$HLSFARM_PYTHON_PYTORCH`.
 pub fn format_pythons() -> std::collections::BTreeMap<String, PathBuf> {
     let mut out = std::collections::BTreeMap::new();
-    let home = std::env::var_os("HLSFARM_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/hlsfarm"))
-        });
+    let home = home();
     for (format, env, prefix) in [
         ("onnx", "HLSFARM_PYTHON_ONNX", "hls4ml-onnx-"),
         ("pytorch", "HLSFARM_PYTHON_PYTORCH", "hls4ml-pytorch-"),

@@ -89,11 +89,7 @@ fn moto() -> anyhow::Result<Option<Target>> {
 }
 
 fn s3s_fs() -> anyhow::Result<Option<Target>> {
-    let installed = std::env::var_os("HLSFARM_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share/hlsfarm"))
-        })
+    let installed = hlsfarm_worker::venv::home()
         .map(|home| home.join("s3s-fs/bin/s3s-fs"))
         .filter(|p| p.is_file());
     let Some(program) = program("HLSFARM_S3S_FS", "s3s-fs").or(installed) else {
