@@ -5,6 +5,7 @@
 //! - [`sweep`]: what a user submits, parsed from TOML or JSON, and its expansion into trials.
 //! - [`trial_key`]: the sha256 that names a trial's work (DESIGN §1).
 //! - [`job`]: the trial state machine, the only code that changes a trial's state.
+//! - [`estimate`]: trial durations and peak memory learned from earlier results.
 //! - [`plan`]: a submitted sweep expanded into trials with keys, costs and worker needs.
 //! - [`blob`]: the object store (folder or S3) with hlsfarm's layout, checked uploads, commits.
 //! - [`aggregate`]: a sweep's `synthesis_results.json` and `results.csv`.
@@ -24,6 +25,7 @@ mod string_enum;
 pub mod aggregate;
 pub mod blob;
 pub mod config;
+pub mod estimate;
 pub mod failure;
 pub mod job;
 pub mod plan;

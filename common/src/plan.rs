@@ -225,8 +225,14 @@ impl DerivedPoint {
 }
 
 /// A relative cost estimate: bigger models and smaller reuse factors take longer, and each
-/// tool stage multiplies the work.
+/// tool stage multiplies the work. The static formula: what orders trials before there is a
+/// history to learn from ([`crate::estimate`]).
 pub fn cost_estimate(size_bytes: u64, settings: &Settings, stages: &[Stage]) -> f64 {
+    static_cost(size_bytes, settings.reuse_factor, stages)
+}
+
+/// [`cost_estimate`] from the two settings it reads.
+pub fn static_cost(size_bytes: u64, reuse_factor: u32, stages: &[Stage]) -> f64 {
     let weight: f64 = stages
         .iter()
         .map(|s| match s {
@@ -237,7 +243,7 @@ pub fn cost_estimate(size_bytes: u64, settings: &Settings, stages: &[Stage]) -> 
             Stage::Vsynth => 12.0,
         })
         .sum();
-    (size_bytes.max(1024) as f64) * weight.max(1.0) / f64::from(settings.reuse_factor.max(1)).sqrt()
+    (size_bytes.max(1024) as f64) * weight.max(1.0) / f64::from(reuse_factor.max(1)).sqrt()
 }
 
 impl SweepPlan {
