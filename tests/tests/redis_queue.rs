@@ -199,3 +199,82 @@ async fn one_script_call_leases_for_many_workers_each_by_its_own_fit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_estimates_reorder_queued_trials_and_set_reservations_the_lease_honours() {
+    use hlsfarm_common::estimate::{Observation, synthetic};
+    use hlsfarm_common::queue::{Fit, Needs};
+    use hlsfarm_common::store::{Reestimate, SweepSubmit};
+    let dir = TestDir::new("redis-estimates").unwrap();
+    let redis = RedisServer::start(dir.path(), RedisOptions::default()).unwrap();
+    let q = RedisQueue::connect(&redis.url(), "est", QueueConfig::default())
+        .await
+        .unwrap();
+    let trial = |key: &str, cost: f64| NewTrial {
+        key: key.to_owned(),
+        cost,
+        payload: serde_json::Value::Null,
+        needs: Needs {
+            class: "c".into(),
+            memory_mib: 1000,
+            ..Needs::default()
+        },
+    };
+    q.submit_sweep(
+        &SweepSubmit {
+            id: "s".into(),
+            priority: 1,
+            ..SweepSubmit::default()
+        },
+        &[trial("a", 3.0), trial("b", 2.0), trial("c", 1.0)],
+    )
+    .await
+    .unwrap();
+    let fit = |memory_mib: u64| Fit {
+        classes: Some(vec!["c".into()]),
+        memory_mib,
+        cores: 8,
+        seat_limits: Default::default(),
+    };
+    // `a` leases first by the static cost; then `c` is predicted the longest and to need
+    // more memory than the small worker has; `a`, leased, is not touched.
+    let first = q.lease_batch(&[("w", 1, &fit(4000))]).await.unwrap();
+    assert_eq!(first[0].leases[0].key, "a");
+    let estimate = |key: &str, cost: f64, memory_mib: Option<u64>| Reestimate {
+        key: key.into(),
+        cost,
+        memory_mib,
+    };
+    let changed = q
+        .reestimate(&[
+            estimate("a", 0.1, Some(1)),
+            estimate("b", 5.0, None),
+            estimate("c", 9.0, Some(3000)),
+            estimate("gone", 1.0, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(changed, 2, "the queued b and c only");
+    assert_eq!(q.trial("a").await.unwrap().state, "leased");
+    // The 2000 MiB worker may not take c (3000 predicted), and gets b.
+    let small = q.lease_batch(&[("small", 2, &fit(2000))]).await.unwrap();
+    let keys: Vec<&str> = small[0].leases.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(keys, ["b"]);
+    assert_eq!(
+        small[0].leases[0].memory_mib, 1000,
+        "b kept its reservation"
+    );
+    let big = q.lease_batch(&[("big", 2, &fit(8000))]).await.unwrap();
+    assert_eq!(big[0].leases[0].key, "c");
+    assert_eq!(big[0].leases[0].memory_mib, 3000);
+
+    // The history: bounded, oldest first.
+    let observations: Vec<Observation> = synthetic::sweep(1, 0.1, 5)
+        .iter()
+        .map(synthetic::SyntheticTrial::observation)
+        .collect();
+    for o in &observations {
+        q.push_observation(o).await.unwrap();
+    }
+    assert_eq!(q.observations().await.unwrap(), observations);
+}

@@ -101,6 +101,11 @@ impl Keys {
         format!("{}:events", self.base)
     }
 
+    /// What accepted trials cost, newest first (a bounded list of observations).
+    pub fn history(&self) -> String {
+        format!("{}:hist", self.base)
+    }
+
     /// The wake channel (pub/sub): work may have appeared.
     pub fn wake(&self) -> String {
         format!("{}:wake", self.base)

@@ -4,6 +4,6 @@ pub mod keys;
 pub mod redis_queue;
 
 pub use redis_queue::{
-    ClaimSet, Completion, EventReader, LeaseAnswer, Progress, RedisQueue, Snapshot, StreamEvent,
-    Submitted, SweepRecord, SweepSubmit, TrialRecord, WorkerRecord,
+    ClaimSet, Completion, EventReader, LeaseAnswer, Progress, RedisQueue, Reestimate, Snapshot,
+    StreamEvent, Submitted, SweepRecord, SweepSubmit, TrialRecord, WorkerRecord,
 };

@@ -27,6 +27,8 @@
 --   P:finished         zset: sweeps whose last trial ended, to aggregate; score = claimable from (ms)
 --   P:commits          zset: trials whose result awaits its copy into results/; score likewise
 --   P:seq              counter: arrival order of ready entries
+--   P:hist             list: what accepted trials cost (estimate::Observation JSON), newest
+--                      first, bounded (RedisQueue::push_observation; the scripts never do)
 --   P:wake             pub/sub channel, not a key: a coordinator publishes its id there when
 --                      work may have appeared (RedisQueue::publish_wake; the scripts never do)
 local P = ARGV[1]

@@ -19,11 +19,13 @@ use crate::queue::{
 };
 
 mod claims;
+mod estimates;
 mod events;
 mod reads;
 mod records;
 mod wakes;
 
+pub use estimates::Reestimate;
 pub use events::EventReader;
 pub use records::{
     ClaimSet, Completion, Progress, Snapshot, StreamEvent, Submitted, SweepRecord, SweepSubmit,
@@ -48,6 +50,7 @@ struct Scripts {
     claim: Script,
     register: Script,
     trials: Script,
+    reestimate: Script,
 }
 
 impl Scripts {
@@ -63,6 +66,7 @@ impl Scripts {
             claim: script(include_str!("../lua/claim.lua")),
             register: script(include_str!("../lua/register.lua")),
             trials: script(include_str!("../lua/trials.lua")),
+            reestimate: script(include_str!("../lua/reestimate.lua")),
         }
     }
 }
