@@ -147,6 +147,9 @@ pub struct SweepPlan {
     pub toolchains: BTreeMap<Backend, Toolchain>,
     /// What each trial holds on its worker.
     pub resources: TrialResources,
+    /// The sweep named its memory: a learned prediction does not replace it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_set: bool,
     /// Whether a deterministic failure with a known fix also runs the fixed trial.
     #[serde(default)]
     pub on_failure: crate::sweep::OnFailure,
@@ -440,6 +443,7 @@ mod tests {
             search: BTreeMap::new(),
             open: false,
             resources: TrialResources::default_for(&stages),
+            memory_set: false,
             stages,
             emulation: EmulationSpec::default(),
             toolchains: [(Backend::Vitis, toolchain)].into_iter().collect(),

@@ -47,7 +47,8 @@ pub struct SyntheticTrial {
     pub model: usize,
     /// The model's parameter count.
     pub parameters: u64,
-    /// The model file's size, bytes (4 per parameter plus a header).
+    /// The model file's size, bytes (4 per parameter, 12 for a file saved with its
+    /// optimizer's state, plus a header).
     pub size_bytes: u64,
     /// Its settings.
     pub settings: Settings,
@@ -149,11 +150,14 @@ pub fn sweep(models: usize, noise: f64, seed: u64) -> Vec<SyntheticTrial> {
     let points = grid();
     let mut out = Vec::with_capacity(models * points.len());
     for (m, p) in parameters.iter().enumerate() {
+        // A third of the files were saved with the optimizer's state (Adam's two moments
+        // beside each weight): three times the bytes for the same parameters.
+        let copies = *rng.pick(&[1, 1, 3]);
         for settings in &points {
             out.push(SyntheticTrial {
                 model: m,
                 parameters: *p,
-                size_bytes: 4 * p + 2048,
+                size_bytes: copies * 4 * p + 2048,
                 settings: settings.clone(),
                 stages: true_costs(*p, settings, noise, &mut rng),
             });

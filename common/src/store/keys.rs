@@ -106,6 +106,11 @@ impl Keys {
         format!("{}:hist", self.base)
     }
 
+    /// How many observations were ever pushed to [`Keys::history`] (a counter).
+    pub fn history_version(&self) -> String {
+        format!("{}:histn", self.base)
+    }
+
     /// The wake channel (pub/sub): work may have appeared.
     pub fn wake(&self) -> String {
         format!("{}:wake", self.base)

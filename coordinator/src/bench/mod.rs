@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hlsfarm_proto::v1;
 
 mod dispatch;
+mod learn;
 mod lifecycle;
 mod makespan;
 mod pool;
@@ -67,6 +68,30 @@ pub enum Bench {
         #[arg(long, default_value_t = 1.0)]
         sigma: f64,
         /// Seed of the durations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Makespan with estimates learned online: a generated sweep (MODELS models × 24 grid
+    /// points: reuse factor, io type, precision, strategy) whose true durations and peaks
+    /// follow its features with noise, through a coordinator whose estimator starts empty;
+    /// lessees sleep each trial's true duration and report what it cost. Prints the
+    /// estimator's error on generated histories, the makespan over its lower bound (target
+    /// ≤ 1.05) with static-formula and FIFO order beside it (simulated on the same
+    /// durations), and the ETA's error from 20 % finished (median, p90).
+    Learn {
+        /// Models (each runs the 24 grid points; 21 give 504 trials).
+        #[arg(long, default_value_t = 21)]
+        models: usize,
+        /// Slots (concurrent lessees).
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        /// Median trial duration, ms.
+        #[arg(long, default_value_t = 60)]
+        median_ms: u64,
+        /// Log-sd of the noise on each stage's true duration.
+        #[arg(long, default_value_t = 0.25)]
+        noise: f64,
+        /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -340,6 +365,13 @@ pub async fn run(bench: Bench) -> anyhow::Result<i32> {
             sigma,
             seed,
         } => makespan(trials, slots, median_ms, sigma, seed).await?,
+        Bench::Learn {
+            models,
+            slots,
+            median_ms,
+            noise,
+            seed,
+        } => learn::learn(models, slots, median_ms, noise, seed).await?,
         Bench::Recovery { lease_ms } => recovery(lease_ms).await?,
         Bench::Store {
             trials,

@@ -60,6 +60,11 @@ pub(super) fn spawn(c: Arc<Coordinator>, stop: CancellationToken) -> Vec<JoinHan
     }
     {
         let c = c.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move { c.learn_loop(stop).await }));
+    }
+    {
+        let c = c.clone();
         handles.push(tokio::spawn(async move { c.listen_for_wakes().await }));
     }
     {

@@ -8,6 +8,7 @@ pub mod auth;
 mod background;
 mod funnel;
 mod http;
+mod learn;
 mod matcher;
 mod metrics;
 mod operator;
@@ -57,6 +58,8 @@ pub struct Coordinator {
     funnel_keys: Mutex<HashMap<String, (usize, Arc<funnel::PhaseKeys>)>>,
     /// Ended trials' results, read once from the store.
     results: summary::ResultCache,
+    /// The latest fit of the duration and memory estimates.
+    learned: Mutex<learn::Learned>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -107,6 +110,7 @@ impl Coordinator {
             funnel_lock: tokio::sync::Mutex::new(()),
             funnel_keys: Mutex::new(HashMap::new()),
             results: summary::ResultCache::default(),
+            learned: Mutex::default(),
         }))
     }
 

@@ -62,7 +62,8 @@ pub(super) fn sweep_status(s: &SweepRecord) -> v1::SweepStatus {
 }
 
 /// Seconds left: the mean attempt's duration times the trials left, over the trials running
-/// at once. Unknown until one attempt has finished.
+/// at once. Unknown until one attempt has finished. (Once the estimates have learned
+/// anything, [`Coordinator::learned_eta`] replaces it.)
 pub(super) fn eta(s: &SweepRecord) -> Option<f64> {
     let c = &s.counts;
     if c.unfinished() == 0 {
@@ -269,6 +270,9 @@ impl Operator for OperatorApi {
         for s in &snap.sweeps {
             let mut status = sweep_status(s);
             status.gates = self.c.gate_lines(&s.id).await;
+            if let Some(eta) = self.c.learned_eta(s).await {
+                status.eta_seconds = Some(eta);
+            }
             sweeps.push(status);
         }
         Ok(Response::new(v1::GetStatusResponse {
@@ -380,6 +384,9 @@ impl Operator for OperatorApi {
             .collect();
         let mut status = sweep_status(&sweep);
         status.gates = self.c.gate_lines(&id).await;
+        if let Some(eta) = self.c.learned_eta(&sweep).await {
+            status.eta_seconds = Some(eta);
+        }
         // An open sweep's follower may add models yet.
         status.pending |= plan.open;
         Ok(Response::new(v1::GetResultsResponse {

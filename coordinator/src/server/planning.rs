@@ -239,7 +239,8 @@ impl Coordinator {
             .iter()
             .map(|(id, r)| (id.clone(), serde_json::to_string(r).unwrap_or_default()))
             .collect();
-        let trials = new_trials(&plan, fresh);
+        let mut trials = new_trials(&plan, fresh);
+        self.estimate_new(&plan, &mut trials);
         self.queue.put_classes(&classes).await.map_err(internal)?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;
         let submitted = self
@@ -411,6 +412,7 @@ impl Coordinator {
             }
             toolchains.insert(*backend, toolchain);
         }
+        let memory_set = spec.resources.is_some();
         let resources = spec.resources.map_or_else(
             || TrialResources::default_for(&stages),
             |r| TrialResources {
@@ -454,6 +456,7 @@ impl Coordinator {
             emulation,
             toolchains,
             resources,
+            memory_set,
             on_failure,
             search,
             gates,
@@ -466,7 +469,8 @@ impl Coordinator {
             .iter()
             .map(|(id, r)| (id.clone(), serde_json::to_string(r).unwrap_or_default()))
             .collect();
-        let trials = new_trials(&plan, planned.trials);
+        let mut trials = new_trials(&plan, planned.trials);
+        self.estimate_new(&plan, &mut trials);
         let total = trials.len() as u64;
         self.queue.put_classes(&classes).await.map_err(internal)?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;

@@ -110,8 +110,14 @@ impl Coordinator {
             emulation_seed: plan.emulation.seed,
             staging_prefix: Blobs::attempt_prefix(&lease.key, lease.fence),
             resources: Some(v1::TrialResources {
-                // Raised above the plan's after an out-of-memory failure.
-                memory_mib: plan.resources.memory_mib.max(lease.memory_mib),
+                // What the lease reserved: a prediction where the sweep left memory at its
+                // default, the sweep's own figure where it named one (raised above it after
+                // an out-of-memory failure).
+                memory_mib: if plan.memory_set {
+                    plan.resources.memory_mib.max(lease.memory_mib)
+                } else {
+                    lease.memory_mib.max(1)
+                },
                 cores: plan.resources.cores,
             }),
         })
@@ -445,6 +451,12 @@ impl Worker for WorkerApi {
         };
         tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
         if let Some(p) = &parsed {
+            // What it cost, for the estimates (whichever sweep runs the trial now).
+            if !p.timings.is_empty()
+                && let Ok(record) = self.c.queue.trial(&key).await
+            {
+                self.c.observe(&record.sweep, p).await;
+            }
             for t in &p.timings {
                 self.c
                     .metrics

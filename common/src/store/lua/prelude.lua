@@ -29,6 +29,7 @@
 --   P:seq              counter: arrival order of ready entries
 --   P:hist             list: what accepted trials cost (estimate::Observation JSON), newest
 --                      first, bounded (RedisQueue::push_observation; the scripts never do)
+--   P:histn            counter: observations ever pushed (a fit is current while unchanged)
 --   P:wake             pub/sub channel, not a key: a coordinator publishes its id there when
 --                      work may have appeared (RedisQueue::publish_wake; the scripts never do)
 local P = ARGV[1]

@@ -34,7 +34,33 @@ impl RedisQueue {
             .arg(0)
             .arg(HISTORY_LIMIT - 1)
             .ignore()
+            .cmd("INCR")
+            .arg(self.keys.history_version())
+            .ignore()
             .query_async::<()>(&mut connection)
+            .await
+            .map_err(backend)
+    }
+
+    /// How many observations were ever pushed: a fit is current while this is unchanged.
+    pub async fn history_version(&self) -> Result<u64, Error> {
+        let mut connection = self.connection.clone();
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.history_version())
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// The active sweeps (those with trials queued or leased), least served first.
+    pub async fn active_sweeps(&self) -> Result<Vec<String>, Error> {
+        let mut connection = self.connection.clone();
+        redis::cmd("ZRANGE")
+            .arg(self.keys.sweeps())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
             .await
             .map_err(backend)
     }
