@@ -1307,3 +1307,88 @@ async fn a_sweep_sharing_a_running_trial_aggregates_once_that_trial_ends() {
         .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
+    use hlsfarm_common::estimate::{Features, Observation, StageCost};
+    use hlsfarm_common::queue::QueueConfig;
+    use hlsfarm_common::store::RedisQueue;
+    let dir = TestDir::new("coord-predicted-memory").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    // Two models: earlier runs of the first peaked near 6 GB in conversion, of the second
+    // near 500 MB. The sweep leaves memory at its default (2 GiB for conversion alone).
+    let models = upload(&mut op, 2, "predicted").await;
+    let queue = RedisQueue::connect(&cluster.redis.url(), "test", QueueConfig::default())
+        .await
+        .unwrap();
+    for i in 0..12u32 {
+        for (m, peak) in [(&models[0], 6000), (&models[1], 500)] {
+            let settings = hlsfarm_common::Settings {
+                reuse_factor: 1 << (i % 4),
+                ..hlsfarm_common::Settings::default()
+            };
+            let o = Observation {
+                model: m.sha256.clone(),
+                features: Features::of(&settings, m.size_bytes, Some(m.size_bytes / 4), ""),
+                stages: vec![StageCost {
+                    stage: Stage::Convert,
+                    seconds: 1.0 + f64::from(i % 3),
+                    peak_mib: peak + u64::from(i % 3) * 20,
+                }],
+            };
+            queue.push_observation(&o).await.unwrap();
+        }
+    }
+    let sweep = submit(&mut op, spec(models.clone(), vec![1, 2], &[Stage::Convert])).await;
+    // Whether the fit came before the submit or after it, the queued trials get the
+    // predicted reservation.
+    let keys: Vec<(String, String)> = op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: sweep.sweep_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trials
+        .into_iter()
+        .map(|t| (t.trial_key, t.model_name))
+        .collect();
+    assert_eq!(keys.len(), 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut settled = true;
+        for (key, model) in &keys {
+            let mem = queue.trial(key).await.unwrap().memory_mib;
+            let big = *model == models[0].name;
+            settled &= if big { mem >= 6000 } else { mem < 2048 };
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservations never followed the history"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A 4 GiB worker gets only the small model's trials, and reserves the prediction.
+    let mut w = register(&url, "small", full_caps()).await;
+    let got = lease_with_memory(&mut w, "small", 4096).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for t in &got {
+        assert_eq!(t.model.as_ref().unwrap().name, models[1].name);
+        let reserved = t.resources.as_ref().unwrap().memory_mib;
+        assert!((512..2048).contains(&reserved), "{reserved}");
+    }
+    assert!(lease_with_memory(&mut w, "small", 4096).await.is_empty());
+    // A larger one gets the big model's.
+    let mut big = register(&url, "big", full_caps()).await;
+    let got = lease_with_memory(&mut big, "big", 65_536).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for t in &got {
+        assert_eq!(t.model.as_ref().unwrap().name, models[0].name);
+        assert!(t.resources.as_ref().unwrap().memory_mib >= 6000);
+    }
+}

@@ -138,6 +138,8 @@ pub struct TrialRecord {
     pub leased_at_ms: i64,
     /// A cancel was ordered.
     pub cancel_requested: bool,
+    /// The memory it reserves, MiB (read by [`super::RedisQueue::trial`] only; 0 elsewhere).
+    pub memory_mib: u64,
 }
 
 impl TrialRecord {
@@ -158,6 +160,7 @@ impl TrialRecord {
             result_prefix: get("res"),
             leased_at_ms: get("t0").parse().unwrap_or(0),
             cancel_requested: get("c") == "1",
+            memory_mib: get("mem").parse().unwrap_or(0),
         })
     }
 }
