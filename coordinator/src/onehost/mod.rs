@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod follow;
 mod funnel;
+mod history;
 mod memory;
 mod planned;
 mod planner;
@@ -383,6 +384,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         args.keep_scratch,
         spec.on_failure == hlsfarm_common::sweep::OnFailure::ApplyFix,
         funnel,
+        history::Learned::load(&output_dir.join(".hlsfarm/history.jsonl")),
     ));
     let started = Instant::now();
     runner.submit(to_run).await?;

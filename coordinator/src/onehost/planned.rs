@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hlsfarm_common::estimate::Estimator;
 use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::{TrialResult, TrialStatus};
 use hlsfarm_common::settings::Settings;
@@ -22,24 +23,33 @@ pub(super) struct Planned {
 }
 
 impl Planned {
-    /// It as the embedded queue takes it: key and cost.
-    pub(super) fn queued(&self) -> NewTrial {
+    /// It as the embedded queue takes it: key and cost, the cost as `estimator` predicts
+    /// it (the cluster's static formula before this output folder has any history), so both
+    /// modes put a sweep's longest trials first alike.
+    pub(super) fn queued(&self, estimator: &Estimator) -> NewTrial {
+        let tool = self
+            .toolchain
+            .tool
+            .as_ref()
+            .map(|t| format!("{} {}", t.name, t.version))
+            .unwrap_or_default();
+        let features = estimator.features(
+            &self.digest.sha256,
+            self.model_size(),
+            &self.spec.settings,
+            &tool,
+        );
         NewTrial {
             key: self.key.clone(),
-            cost: self.cost(),
+            cost: estimator.predict(&features, &self.spec.stages).seconds,
             payload: serde_json::Value::Null,
             needs: Default::default(),
         }
     }
 
-    /// Its expected cost, as the cluster estimates it (model size, reuse factor, stages), so
-    /// both modes put a sweep's longest trials first alike.
-    pub(super) fn cost(&self) -> f64 {
-        hlsfarm_common::plan::cost_estimate(
-            std::fs::metadata(&self.model_path).map_or(1, |m| m.len()),
-            &self.spec.settings,
-            &self.spec.stages,
-        )
+    /// The model file's size, bytes.
+    pub(super) fn model_size(&self) -> u64 {
+        std::fs::metadata(&self.model_path).map_or(1, |m| m.len())
     }
 
     /// The same trial cut to its stages up to `last` (a funnel's phase before a gate): its

@@ -42,6 +42,8 @@ pub(super) struct Runner {
     /// ending when the queue is empty.
     pub(super) open: AtomicBool,
     by_key: Mutex<HashMap<String, Planned>>,
+    /// What earlier trials in this output folder cost, and the estimates fitted on it.
+    pub(super) learned: Mutex<super::history::Learned>,
     tally: Mutex<(usize, usize)>,
     total: AtomicUsize,
     deciding: AtomicUsize,
@@ -58,6 +60,7 @@ impl Runner {
         keep_scratch: bool,
         apply_fix: bool,
         funnel: Funnel,
+        learned: super::history::Learned,
     ) -> Runner {
         Runner {
             queue: EmbeddedQueue::new(queue_config),
@@ -72,6 +75,7 @@ impl Runner {
             funnel: Mutex::new(funnel),
             open: AtomicBool::new(false),
             by_key: Mutex::new(HashMap::new()),
+            learned: Mutex::new(learned),
             tally: Mutex::new((0, 0)),
             total: AtomicUsize::new(0),
             deciding: AtomicUsize::new(0),
@@ -88,7 +92,13 @@ impl Runner {
         if trials.is_empty() {
             return Ok(());
         }
-        let new = trials.iter().map(Planned::queued).collect();
+        let new = {
+            let learned = lock(&self.learned);
+            trials
+                .iter()
+                .map(|t| t.queued(&learned.estimator))
+                .collect()
+        };
         {
             let mut by_key = lock(&self.by_key);
             for t in &trials {
@@ -163,6 +173,7 @@ impl Runner {
                 self.progress.stage(&line, stage)
             })
             .await;
+            lock(&self.learned).observe(&result, plan.model_size());
             let outcome = match result.status {
                 TrialStatus::Success => Outcome::Succeeded,
                 TrialStatus::Cancelled => Outcome::Cancelled,

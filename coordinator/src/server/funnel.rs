@@ -470,6 +470,7 @@ impl Coordinator {
                 needs: trial.needs,
             });
         }
+        self.estimate_new(plan, &mut trials);
         self.queue.put_classes(&classes).await?;
         self.queue
             .submit_sweep(&SweepSubmit::more_of(sweep), &trials)

@@ -557,16 +557,15 @@ impl Coordinator {
             serde_json::to_string(&requirement).map_err(internal)?,
         )]);
         self.queue.put_classes(&classes).await.map_err(internal)?;
+        let mut derived = [NewTrial {
+            key: trial.key.clone(),
+            cost: trial.cost,
+            payload: point.payload(m, g),
+            needs: trial.needs,
+        }];
+        self.estimate_new(&plan, &mut derived);
         self.queue
-            .submit_sweep(
-                &SweepSubmit::more_of(sweep),
-                &[NewTrial {
-                    key: trial.key.clone(),
-                    cost: trial.cost,
-                    payload: point.payload(m, g),
-                    needs: trial.needs,
-                }],
-            )
+            .submit_sweep(&SweepSubmit::more_of(sweep), &derived)
             .await
             .map_err(internal)?;
         self.wake().await;
