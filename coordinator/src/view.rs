@@ -152,6 +152,10 @@ pub struct TrialJson {
     pub reused: bool,
     /// Seconds of its last attempt, when ended.
     pub seconds: Option<f64>,
+    /// Predicted seconds, by the estimates learned from earlier results.
+    pub predicted_seconds: Option<f64>,
+    /// Predicted peak memory with margin, MiB.
+    pub predicted_memory_mib: Option<u64>,
     /// LUTs.
     pub lut: Option<f64>,
     /// Flip-flops.
@@ -368,6 +372,8 @@ impl From<&v1::GetResultsResponse> for SweepTrialsJson {
                         attempt: t.attempt,
                         reused: t.reused,
                         seconds: (summary.seconds > 0.0).then_some(summary.seconds),
+                        predicted_seconds: t.predicted_seconds,
+                        predicted_memory_mib: t.predicted_memory_mib,
                         lut: summary.lut,
                         ff: summary.ff,
                         dsp: summary.dsp,

@@ -33,6 +33,13 @@ function el(tag, attrs, ...children) {
 }
 
 function short(key) { return key ? key.slice(0, 12) : ""; }
+// What the estimates predicted for a trial, for its seconds cell's tooltip.
+function predicted(t) {
+  if (t.predicted_seconds === null || t.predicted_seconds === undefined) return "";
+  const memory = t.predicted_memory_mib === null || t.predicted_memory_mib === undefined ? "" : `, peak ${t.predicted_memory_mib} MiB`;
+  return `predicted ${t.predicted_seconds.toFixed(1)} s${memory}`;
+}
+
 function num(v, digits) {
   if (v === null || v === undefined) return "";
   return digits === undefined ? String(v) : Number(v).toFixed(digits);
@@ -256,7 +263,7 @@ function renderTrials() {
       el("td", { class: "wrap", title: t.phase || "" }, t.phase && t.state === "leased" ? `${t.stage}: ${t.phase.split(" · ").slice(0, 3).join(" · ")}` : t.stage),
       el("td", {}, t.worker),
       el("td", { class: "num" }, t.attempt),
-      el("td", { class: "num" }, num(t.seconds, 1)),
+      el("td", { class: "num", title: predicted(t) }, t.seconds == null && t.predicted_seconds != null ? `~${num(t.predicted_seconds, 1)}` : num(t.seconds, 1)),
       el("td", { class: "num" }, num(t.lut)),
       el("td", { class: "num" }, num(t.ff)),
       el("td", { class: "num" }, num(t.dsp)),

@@ -1373,6 +1373,23 @@ async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The results carry each trial's prediction.
+    let listed = op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: sweep.sweep_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trials;
+    for t in &listed {
+        assert!(
+            t.predicted_seconds.is_some_and(|s| s > 0.5 && s < 10.0),
+            "{t:?}"
+        );
+        let mib = t.predicted_memory_mib.unwrap();
+        assert_eq!(mib >= 6000, t.model_name == models[0].name, "{t:?}");
+    }
     // A 4 GiB worker gets only the small model's trials, and reserves the prediction.
     let mut w = register(&url, "small", full_caps()).await;
     let got = lease_with_memory(&mut w, "small", 4096).await;

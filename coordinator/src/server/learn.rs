@@ -168,6 +168,18 @@ impl Coordinator {
         Ok(true)
     }
 
+    /// The prediction for the trial of `plan` whose queue payload is `payload`, once
+    /// anything was learned.
+    pub(super) fn prediction_of(&self, plan: &SweepPlan, payload: &str) -> Option<Prediction> {
+        let estimator = lock(&self.learned).estimator.clone();
+        if estimator.observations == 0 {
+            return None;
+        }
+        let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
+        let (model, settings, phase) = trial_of(plan, &payload)?;
+        Some(Self::predict(&estimator, plan, model, &settings, phase))
+    }
+
     /// Seconds left in sweep `s` by the learned estimates: its queued trials' predictions and
     /// its leased trials' remainders spread over the trials it runs at once. None before
     /// anything was learned, or when it is unreadable (the mean-based ETA stands then).

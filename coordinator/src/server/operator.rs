@@ -124,6 +124,8 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         phase: r.phase.clone(),
         selection: String::new(),
         search_json: String::new(),
+        predicted_seconds: None,
+        predicted_memory_mib: None,
     }
 }
 
@@ -372,6 +374,10 @@ impl Operator for OperatorApi {
                     .and_then(|i| Some((plan.models.get(i.m)?, plan.points.get(i.g)?)))
                     .map_or((String::new(), None), |(m, s)| (m.name.clone(), Some(s)));
                 let mut info = trial_info(t, *reused, &model);
+                if let Some(p) = self.c.prediction_of(&plan, &t.payload) {
+                    info.predicted_seconds = Some(p.seconds);
+                    info.predicted_memory_mib = p.memory_mib;
+                }
                 info.settings = settings.map(Into::into);
                 info.selection = super::funnel::selection_text(decisions);
                 info.search_json = plan
