@@ -79,6 +79,15 @@ impl Features {
     }
 }
 
+/// The tool feature of a toolchain: `vitis_hls 2023.2`, empty without a tool.
+pub fn tool_label(toolchain: &crate::trial_key::Toolchain) -> String {
+    toolchain
+        .tool
+        .as_ref()
+        .map(|t| format!("{} {}", t.name, t.version))
+        .unwrap_or_default()
+}
+
 /// The total width of an hls4ml precision (`ap_fixed<16,6>` → 16, `ap_int<8>` → 8, `float`
 /// → 32); 16 when it names none.
 pub fn precision_bits(precision: &str) -> u32 {
@@ -146,12 +155,7 @@ impl Observation {
         if stages.is_empty() {
             return None;
         }
-        let tool = result
-            .toolchain
-            .tool
-            .as_ref()
-            .map(|t| format!("{} {}", t.name, t.version))
-            .unwrap_or_default();
+        let tool = tool_label(&result.toolchain);
         Some(Observation {
             model: result.model.sha256.clone(),
             features: Features::of(&result.settings, size_bytes, result.parameters, &tool),
@@ -362,8 +366,9 @@ impl Estimator {
     }
 
     /// The reservation a trial asks for: the prediction when every stage's memory is learned
-    /// and the sweep left memory at its default, else `default`; never above `largest` (the
-    /// largest worker's offer, when known), as a trial nobody may lease waits for ever.
+    /// and the sweep left memory at its default, else `default`; never above the larger of
+    /// `largest` (the largest worker's offer, when known) and `default`, as a trial nobody
+    /// may lease waits for ever.
     pub fn reservation(
         prediction: &Prediction,
         default: u64,

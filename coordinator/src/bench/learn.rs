@@ -13,7 +13,7 @@ use hlsfarm_common::estimate::synthetic;
 use hlsfarm_common::plan::static_cost;
 use hlsfarm_common::results::{StageTiming, TrialResult};
 use hlsfarm_common::stage::Stage;
-use hlsfarm_common::trial_key::{ToolVersion, Toolchain, sha256_hex};
+use hlsfarm_common::trial_key::{ToolVersion, Toolchain};
 use hlsfarm_proto::v1;
 
 use super::makespan::list_schedule;
@@ -64,30 +64,19 @@ pub(super) async fn learn(
         let Some(t) = trials.iter().find(|t| t.model == m) else {
             continue;
         };
-        let bytes: Vec<u8> = format!("learn {seed} {m} ")
-            .into_bytes()
-            .into_iter()
-            .cycle()
-            .take(t.size_bytes as usize)
-            .collect();
-        let sha = sha256_hex(&bytes);
         let name = format!("m{m:03}.h5");
-        op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
-            name: name.clone(),
-            sha256: sha.clone(),
-            data: bytes.clone(),
-        }]))
+        let input = super::rig::upload_model(
+            &mut op,
+            &name,
+            &format!("learn {seed} {m} "),
+            t.size_bytes as usize,
+        )
         .await?;
-        names.insert(m, (name.clone(), sha.clone()));
-        inputs.push(v1::ModelInput {
-            name,
-            sha256: sha,
-            size_bytes: bytes.len() as u64,
-            companions: Default::default(),
-        });
+        names.insert(m, name);
+        inputs.push(input);
     }
     for t in &trials {
-        let (name, _) = &names[&t.model];
+        let name = &names[&t.model];
         by_point.insert(point_key(name, &t.settings), t.clone());
     }
     let spec = v1::SweepSpec {

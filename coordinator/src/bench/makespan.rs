@@ -2,27 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::v1;
 
 use super::{Rig, failed, lease_request, sweep};
 
 /// Log-normal durations from a seeded generator (splitmix64 + Box-Muller), in ms.
 pub(super) fn lognormal_ms(n: u32, median_ms: u64, sigma: f64, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = hlsfarm_common::estimate::synthetic::Rng::new(seed);
     (0..n)
-        .map(|_| {
-            let (u1, u2) = (next().max(1e-12), next());
-            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            median_ms as f64 * (sigma * z).exp()
-        })
+        .map(|_| median_ms as f64 * (sigma * rng.normal()).exp())
         .collect()
 }
 
@@ -52,27 +40,12 @@ pub(super) async fn makespan(
     for (i, d) in durations.iter().enumerate() {
         // The model's size tracks its duration: the coordinator's cost estimate sees it.
         let size = 1024 + (*d * 100.0) as usize;
-        let bytes: Vec<u8> = format!("makespan {seed} {i} ")
-            .into_bytes()
-            .into_iter()
-            .cycle()
-            .take(size)
-            .collect();
-        let sha = sha256_hex(&bytes);
         let name = format!("m{i:04}.h5");
-        op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
-            name: name.clone(),
-            sha256: sha.clone(),
-            data: bytes.clone(),
-        }]))
-        .await?;
-        by_name.insert(name.clone(), *d);
-        models.push(v1::ModelInput {
-            name,
-            sha256: sha,
-            size_bytes: bytes.len() as u64,
-            companions: Default::default(),
-        });
+        let input =
+            super::rig::upload_model(&mut op, &name, &format!("makespan {seed} {i} "), size)
+                .await?;
+        by_name.insert(name, *d);
+        models.push(input);
     }
     let mut spec = sweep(models.remove(0), 1);
     spec.models.extend(models);

@@ -239,22 +239,33 @@ pub(crate) async fn model(
     op: &mut OperatorClient<InterceptedService<Channel, Bearer>>,
     tag: &str,
 ) -> anyhow::Result<v1::ModelInput> {
-    let bytes: Vec<u8> = format!("bench model {tag}")
-        .into_bytes()
-        .into_iter()
-        .cycle()
-        .take(20_000)
-        .collect();
+    upload_model(
+        op,
+        &format!("bench_{tag}.h5"),
+        &format!("bench model {tag}"),
+        20_000,
+    )
+    .await
+}
+
+/// Uploads a model file `name` of `size` bytes (`seed` repeated, so distinct seeds give
+/// distinct files) and returns it.
+pub(super) async fn upload_model(
+    op: &mut OperatorClient<InterceptedService<Channel, Bearer>>,
+    name: &str,
+    seed: &str,
+    size: usize,
+) -> anyhow::Result<v1::ModelInput> {
+    let bytes: Vec<u8> = seed.bytes().cycle().take(size).collect();
     let sha = sha256_hex(&bytes);
-    let name = format!("bench_{tag}.h5");
     op.upload_model(tokio_stream::iter(vec![v1::UploadChunk {
-        name: name.clone(),
+        name: name.to_owned(),
         sha256: sha.clone(),
         data: bytes.clone(),
     }]))
     .await?;
     Ok(v1::ModelInput {
-        name,
+        name: name.to_owned(),
         sha256: sha,
         size_bytes: bytes.len() as u64,
         companions: Default::default(),

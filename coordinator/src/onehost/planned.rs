@@ -27,12 +27,7 @@ impl Planned {
     /// it (the cluster's static formula before this output folder has any history), so both
     /// modes put a sweep's longest trials first alike.
     pub(super) fn queued(&self, estimator: &Estimator) -> NewTrial {
-        let tool = self
-            .toolchain
-            .tool
-            .as_ref()
-            .map(|t| format!("{} {}", t.name, t.version))
-            .unwrap_or_default();
+        let tool = hlsfarm_common::estimate::tool_label(&self.toolchain);
         let features = estimator.features(
             &self.digest.sha256,
             self.model_size(),

@@ -55,8 +55,7 @@ impl Coordinator {
     ) -> Prediction {
         let tool = plan
             .toolchain(settings.backend)
-            .and_then(|t| t.tool.as_ref())
-            .map(|t| format!("{} {}", t.name, t.version))
+            .map(hlsfarm_common::estimate::tool_label)
             .unwrap_or_default();
         let features = estimator.features(&model.digest.sha256, model.size_bytes, settings, &tool);
         estimator.predict(&features, &plan.stages_for(phase))
