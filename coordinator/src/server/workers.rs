@@ -112,11 +112,12 @@ impl Coordinator {
             resources: Some(v1::TrialResources {
                 // What the lease reserved: a prediction where the sweep left memory at its
                 // default, the sweep's own figure where it named one (raised above it after
-                // an out-of-memory failure).
-                memory_mib: if plan.memory_set {
+                // an out-of-memory failure). A trial queued without a reservation (by an older
+                // coordinator) gets the sweep's.
+                memory_mib: if plan.memory_set || lease.memory_mib == 0 {
                     plan.resources.memory_mib.max(lease.memory_mib)
                 } else {
-                    lease.memory_mib.max(1)
+                    lease.memory_mib
                 },
                 cores: plan.resources.cores,
             }),
