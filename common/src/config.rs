@@ -124,6 +124,13 @@ pub struct CoordinatorConfig {
     pub tls_cert: PathBuf,
     /// PEM private key of `tls_cert`.
     pub tls_key: PathBuf,
+    /// Time limits learned from history: on a trial's first attempt, a stage with its own
+    /// fit is held to this multiple of the duration the fit puts at its 99.9th percentile
+    /// (never below `learned_limit_floor_s`, never above the worker's own limit); a retry
+    /// runs under the worker's limit. 0 turns them off. Default 4.
+    pub learned_limit_multiple: f64,
+    /// The least time a learned limit gives a stage, seconds. Default 1800.
+    pub learned_limit_floor_s: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -145,6 +152,8 @@ impl Default for CoordinatorConfig {
             max_upload_mib: 512,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            learned_limit_multiple: crate::estimate::LIMIT_MULTIPLE,
+            learned_limit_floor_s: crate::estimate::LIMIT_FLOOR_S,
         }
     }
 }
@@ -411,6 +420,17 @@ impl Config {
                 format!(
                     "must be above 0 and at most half of lease_ms ({}), got {}",
                     c.lease_ms, c.heartbeat_ms
+                ),
+            );
+        }
+        if !(c.learned_limit_multiple.is_finite()
+            && (c.learned_limit_multiple == 0.0 || c.learned_limit_multiple >= 1.0))
+        {
+            errors.push(
+                "coordinator.learned_limit_multiple",
+                format!(
+                    "must be 0 (off) or at least 1, got {}",
+                    c.learned_limit_multiple
                 ),
             );
         }

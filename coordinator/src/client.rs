@@ -430,7 +430,7 @@ pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<
             c("cancelled"),
             c("reused"),
             w.eta_seconds
-                .map(|e| format!("  ETA {}", humantime_secs(e)))
+                .map(|_| format!("  ETA {}", w.eta_text()))
                 .unwrap_or_default()
         );
         for line in &w.gates {
@@ -461,10 +461,11 @@ pub async fn status(args: &ClientArgs, all: bool, json: bool) -> anyhow::Result<
         );
         for t in &w.trials {
             println!(
-                "      {}  {}  attempt {}",
+                "      {}  {}  attempt {}  {}",
                 &t.trial[..t.trial.len().min(12)],
                 t.stage,
-                t.attempt
+                t.attempt,
+                t.elapsed_text()
             );
         }
     }

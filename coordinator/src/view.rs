@@ -34,6 +34,9 @@ pub struct SweepJson {
     pub counts: BTreeMap<String, u64>,
     /// Seconds to go, when known.
     pub eta_seconds: Option<f64>,
+    /// The standard deviation of `eta_seconds`, when it came from the learned estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_sd_seconds: Option<f64>,
     /// When it was submitted, ms since the Unix epoch.
     pub submitted_unix_ms: i64,
     /// A funnel's gate decisions, a line each.
@@ -74,6 +77,34 @@ pub struct RunningJson {
     pub phase: String,
     /// Attempt.
     pub attempt: u32,
+    /// Seconds since it was leased.
+    pub seconds: Option<f64>,
+    /// Its predicted wall time by the learned estimates, seconds.
+    pub predicted_seconds: Option<f64>,
+}
+
+impl RunningJson {
+    /// How long it has run against its prediction: `3m07s`, `3m07s of ~5m00s`.
+    pub fn elapsed_text(&self) -> String {
+        let ran = self.seconds.map(humantime_secs).unwrap_or_default();
+        match self.predicted_seconds {
+            Some(p) => format!("{ran} of ~{}", humantime_secs(p)),
+            None => ran,
+        }
+    }
+}
+
+impl SweepJson {
+    /// The ETA as text: `12m30s`, `12m30s ± 2m10s`, `…` when unknown.
+    pub fn eta_text(&self) -> String {
+        match (self.eta_seconds, self.eta_sd_seconds) {
+            (Some(e), Some(sd)) if sd >= 1.0 => {
+                format!("{} ± {}", humantime_secs(e), humantime_secs(sd))
+            }
+            (Some(e), _) => humantime_secs(e),
+            (None, _) => "…".into(),
+        }
+    }
 }
 
 /// One worker.
@@ -260,6 +291,7 @@ impl From<&v1::SweepStatus> for SweepJson {
             priority: w.priority,
             counts: w.counts.clone().into_iter().collect(),
             eta_seconds: w.eta_seconds,
+            eta_sd_seconds: w.eta_sd_seconds,
             submitted_unix_ms: w.submitted_unix_ms,
             gates: w.gates.clone(),
         }
@@ -287,6 +319,8 @@ impl From<&v1::GetStatusResponse> for StatusJson {
                                 stage: stage_name(t.current_stage),
                                 phase: t.phase.clone(),
                                 attempt: t.attempt,
+                                seconds: t.running_seconds,
+                                predicted_seconds: t.predicted_seconds,
                             })
                             .collect(),
                         heartbeat_age_seconds: w.heartbeat_age_seconds,

@@ -17,7 +17,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, List, ListItem, Paragraph, Row, Table};
 
 use crate::client::{ClientArgs, connect, status_error};
-use crate::view::{StatusJson, SweepJson, humantime_secs, state_name};
+use crate::view::{StatusJson, SweepJson, state_name};
 
 /// Events kept on screen.
 const EVENTS: usize = 200;
@@ -160,7 +160,7 @@ fn draw_sweeps(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
             if unfinished == 0 {
                 "done".into()
             } else {
-                w.eta_seconds.map_or("…".into(), humantime_secs)
+                w.eta_text()
             },
         ])
     });
@@ -176,7 +176,7 @@ fn draw_sweeps(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
                 Constraint::Length(10),
                 Constraint::Length(7),
                 Constraint::Length(7),
-                Constraint::Length(8),
+                Constraint::Length(16),
             ],
         )
         .header(
@@ -208,8 +208,9 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
             w.trials
                 .iter()
                 .map(|t| {
+                    let elapsed = t.elapsed_text();
                     format!(
-                        "{}:{}",
+                        "{}:{}{}",
                         t.trial.chars().take(8).collect::<String>(),
                         if t.stage.is_empty() {
                             "starting".to_owned()
@@ -219,6 +220,11 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
                             format!("{} ({phase})", t.stage)
                         } else {
                             t.stage.clone()
+                        },
+                        if elapsed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {elapsed}")
                         }
                     )
                 })
@@ -243,7 +249,7 @@ fn draw_workers(frame: &mut Frame<'_>, area: Rect, s: &StatusJson) {
                 "busy",
                 "heard",
                 "state",
-                "trials (key:stage)",
+                "trials (key:stage time of ~predicted)",
             ])
             .style(header()),
         )
@@ -428,6 +434,7 @@ mod tests {
                     .map(|(k, v)| (k.to_owned(), v))
                     .collect(),
                 eta_seconds: Some(125.0),
+                eta_sd_seconds: Some(30.0),
                 submitted_unix_ms: 0,
                 ..Default::default()
             }],
@@ -443,6 +450,8 @@ mod tests {
                     sweep_id: "sw-1".into(),
                     current_stage: v1::Stage::Csynth as i32,
                     attempt: 1,
+                    running_seconds: Some(65.0),
+                    predicted_seconds: Some(300.0),
                     ..Default::default()
                 }],
                 heartbeat_age_seconds: 0.4,
@@ -479,10 +488,10 @@ mod tests {
             "jets",
             "sw-1",
             "70%",
-            "2m05s",
+            "2m05s ± 30s",
             "host-a-1",
             "draining",
-            "abcdef01:csynth",
+            "abcdef01:csynth 1m05s of ~5m00s",
             "vsynth",
             "leased attempt 1",
             "q, Esc or Ctrl-C quits",

@@ -51,6 +51,18 @@ function duration(s) {
   if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
   return `${s}s`;
 }
+// A sweep's ETA, with its spread where the learned estimates gave one.
+function eta(s) {
+  if (s.eta_seconds === null || s.eta_seconds === undefined) return "…";
+  const sd = s.eta_sd_seconds;
+  return sd !== null && sd !== undefined && sd >= 1 ? `${duration(s.eta_seconds)} ± ${duration(sd)}` : duration(s.eta_seconds);
+}
+// How long a running trial has run, against its prediction.
+function elapsed(t) {
+  if (t.seconds === null || t.seconds === undefined) return "";
+  const of = t.predicted_seconds === null || t.predicted_seconds === undefined ? "" : ` of ~${duration(t.predicted_seconds)}`;
+  return `, ${duration(t.seconds)}${of}`;
+}
 function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
 function count(s, k) { return s.counts[k] || 0; }
 
@@ -134,7 +146,7 @@ function renderSweeps(status) {
     el("td", { class: "num" }, count(s, "succeeded")),
     el("td", { class: "num" }, failed + count(s, "cancelled")),
     el("td", { class: "num" }, count(s, "reused")),
-    el("td", {}, unfinished === 0 ? "done" : (s.eta_seconds === null ? "…" : duration(s.eta_seconds))),
+    el("td", {}, unfinished === 0 ? "done" : eta(s)),
     el("td", {}, when(s.submitted_unix_ms)),
     buttons);
     body.append(row);
@@ -290,7 +302,7 @@ function renderWorkers(status) {
   $("no-workers").hidden = status.workers.length > 0;
   for (const w of status.workers) {
     const running = el("td", {});
-    for (const t of w.trials) running.append(el("div", {}, el("code", {}, short(t.trial)), ` ${t.stage || "starting"}${t.phase ? ` — ${t.phase}` : ""} (attempt ${t.attempt})`));
+    for (const t of w.trials) running.append(el("div", {}, el("code", {}, short(t.trial)), ` ${t.stage || "starting"}${t.phase ? ` — ${t.phase}` : ""} (attempt ${t.attempt}${elapsed(t)})`));
     const tools = Object.entries(w.tools).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
     const buttons = el("td", {});
     if (state.operator && !w.draining) {

@@ -1409,3 +1409,81 @@ async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
         assert!(t.resources.as_ref().unwrap().memory_mib >= 6000);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_attempt_runs_under_learned_stage_limits_and_its_retry_does_not() {
+    use hlsfarm_common::FailureClass;
+    use hlsfarm_common::estimate::{Features, Observation, StageCost};
+    use hlsfarm_common::queue::QueueConfig;
+    use hlsfarm_common::store::RedisQueue;
+    let dir = TestDir::new("coord-learned-limits").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "limits").await;
+    let queue = RedisQueue::connect(&cluster.redis.url(), "test", QueueConfig::default())
+        .await
+        .unwrap();
+    // Earlier runs: conversion about 2 s, C synthesis about 10 s.
+    for i in 0..12u32 {
+        let settings = hlsfarm_common::Settings {
+            reuse_factor: 1 << (i % 4),
+            ..hlsfarm_common::Settings::default()
+        };
+        let m = &models[0];
+        let o = Observation {
+            model: m.sha256.clone(),
+            features: Features::of(&settings, m.size_bytes, Some(m.size_bytes / 4), ""),
+            stages: vec![
+                StageCost {
+                    stage: Stage::Convert,
+                    seconds: 2.0 + f64::from(i % 3) * 0.1,
+                    peak_mib: 600,
+                },
+                StageCost {
+                    stage: Stage::Csynth,
+                    seconds: 10.0 + f64::from(i % 3),
+                    peak_mib: 900,
+                },
+            ],
+        };
+        queue.push_observation(&o).await.unwrap();
+    }
+    let sweep = submit(
+        &mut op,
+        spec(models.clone(), vec![1], &[Stage::Convert, Stage::Csynth]),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: sweep.sweep_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trials
+        .iter()
+        .any(|t| t.predicted_seconds.is_none())
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing was learned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut w = register(&url, "w", full_caps()).await;
+    let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    assert_eq!(t.token.as_ref().unwrap().attempt, 1);
+    // The tool stage gets a limit (4 × its 99.9th percentile is far below the 30-minute
+    // floor here); conversion, held by the driver's limit, gets none.
+    assert_eq!(t.stage_limits.len(), 1, "{:?}", t.stage_limits);
+    let limit = &t.stage_limits[0];
+    assert_eq!(limit.stage, v1::Stage::Csynth as i32);
+    assert_eq!(limit.seconds, 1800.0);
+    assert!((8.0..14.0).contains(&limit.predicted_seconds), "{limit:?}");
+    // It timed out at that limit: the retry runs under the worker's own.
+    let state = fail_with(&mut w, &t, FailureClass::Timeout, Stage::Csynth, 900).await;
+    assert_eq!(state, v1::TrialState::Queued as i32);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the retry backoff
+    let again = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    assert_eq!(again.token.as_ref().unwrap().attempt, 2);
+    assert!(again.stage_limits.is_empty(), "{:?}", again.stage_limits);
+}

@@ -70,6 +70,7 @@ fn spec(dir: &TestDir, stages: &[Stage], backend: Backend) -> TrialSpec {
         output_dir: dir.join("out/hls_qkeras_3layer"),
         tarball: dir.join("out/hls_qkeras_3layer.tar.gz"),
         derived_from: None,
+        stage_limits: Vec::new(),
     }
 }
 
@@ -313,6 +314,43 @@ async fn cancel_mid_run_stops_the_tool() {
     assert!(!hlsfarm_worker::process::group_alive(
         call["pgid"].as_i64().unwrap() as i32
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learned_limit_stops_its_stage_well_below_the_workers_limit() {
+    let dir = TestDir::new("trial-learned-limit").unwrap();
+    let mut spec = spec(&dir, &[Stage::Csynth, Stage::Cosim], Backend::Vitis);
+    // The estimates expected csynth to take 0.5 s and allowed it 2 s; it takes 30.
+    spec.stage_limits = vec![hlsfarm_common::estimate::StageLimit {
+        stage: Stage::Csynth,
+        seconds: 2.0,
+        predicted_seconds: 0.5,
+    }];
+    let env = env(
+        &[("STANDIN_SLEEP", "30"), ("STANDIN_AT", "synth")],
+        Duration::from_secs(600),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.class, FailureClass::Timeout, "{failure:?}");
+    assert_eq!(failure.stage, Some(Stage::Csynth), "{failure:?}");
+    assert!(
+        failure
+            .reason
+            .contains("ran past its learned limit of 2.0 s (the estimates expected 0.5 s)"),
+        "{failure:?}"
+    );
+    let fix = failure.suggestion.as_deref().unwrap_or_default();
+    assert!(
+        fix.contains("its retry runs under the worker's limit of 600 s"),
+        "{fix}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(28),
+        "stopped at the learned limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,6 +32,12 @@ pub const HISTORY_LIMIT: usize = 5000;
 const MAX_CATEGORIES: usize = 6;
 /// Memory predictions: the fitted value plus this many spreads, times [`MEMORY_MARGIN`].
 const MEMORY_SPREADS: f64 = 2.0;
+/// Spreads above the log-scale duration estimate a stage's time limit starts from (99.9 %).
+const LIMIT_SPREADS: f64 = 3.0;
+/// The default multiple of a learned stage's 99.9th-percentile duration it may run.
+pub const LIMIT_MULTIPLE: f64 = 4.0;
+/// The default least time a learned limit gives a stage, seconds.
+pub const LIMIT_FLOOR_S: u64 = 1800;
 /// Headroom on a predicted peak.
 pub const MEMORY_MARGIN: f64 = 1.25;
 /// The smallest reservation a prediction asks for, MiB.
@@ -379,6 +385,50 @@ impl Estimator {
             Some(mib) if !explicit => mib.min(largest.unwrap_or(u64::MAX).max(default)),
             _ => default,
         }
+    }
+}
+
+/// A stage's time limit from its fit (see [`Estimator::stage_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StageLimit {
+    /// The stage.
+    pub stage: Stage,
+    /// The limit, seconds.
+    pub seconds: f64,
+    /// The fit's expected duration, seconds.
+    pub predicted_seconds: f64,
+}
+
+impl Estimator {
+    /// Time limits for the tool stages of a trial with `features` that have their own fit
+    /// (convert and emulate are held by the driver's one limit):
+    /// `multiple` × the duration the fit puts at its 99.9th percentile (3 spreads above its
+    /// log-scale estimate), never below `floor_seconds`. None when `multiple` is not positive.
+    pub fn stage_limits(
+        &self,
+        features: &Features,
+        stages: &[Stage],
+        multiple: f64,
+        floor_seconds: f64,
+    ) -> Vec<StageLimit> {
+        if multiple.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Vec::new();
+        }
+        let row = self.row(features);
+        stages
+            .iter()
+            .filter(|s| s.needs_xilinx_tools())
+            .filter_map(|stage| {
+                let fit = &self.stages.get(stage)?.seconds;
+                let mu = fit.predict(&row);
+                let upper = (mu + LIMIT_SPREADS * fit.sigma).exp();
+                Some(StageLimit {
+                    stage: *stage,
+                    seconds: (multiple * upper).max(floor_seconds),
+                    predicted_seconds: (mu + fit.sigma * fit.sigma / 2.0).exp(),
+                })
+            })
+            .collect()
     }
 }
 

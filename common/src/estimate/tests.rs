@@ -180,3 +180,45 @@ fn eta_spreads_the_work_over_the_slots_and_waits_for_the_longest() {
     let (running, _) = eta(&[], &[(p(10.0), 4.0)], 1);
     assert!((running - 6.0).abs() < 1e-9);
 }
+
+#[test]
+fn learned_stage_limits_cover_held_out_stages_and_respect_the_floor() {
+    let all = synthetic::sweep(40, 0.2, 5);
+    let (train, test) = all.split_at(300);
+    let history: Vec<Observation> = train.iter().map(SyntheticTrial::observation).collect();
+    let e = Estimator::fit(&history);
+    let (mut within, mut stages) = (0, 0);
+    for t in test {
+        let f = t.features(true);
+        let limits = e.stage_limits(&f, &stages_of(t), 1.0, 0.0);
+        let tool: Vec<&StageCost> = t
+            .stages
+            .iter()
+            .filter(|s| s.stage.needs_xilinx_tools())
+            .collect();
+        assert_eq!(limits.len(), tool.len(), "every tool stage is learned");
+        assert!(!tool.is_empty());
+        for (limit, truth) in limits.iter().zip(tool) {
+            assert_eq!(limit.stage, truth.stage);
+            assert!(limit.seconds > limit.predicted_seconds);
+            stages += 1;
+            within += usize::from(truth.seconds <= limit.seconds);
+        }
+    }
+    let share = within as f64 / stages as f64;
+    assert!(share > 0.97, "1× the 99.9th percentile covered {share}");
+    let t = &test[0];
+    let floored = e.stage_limits(&t.features(true), &stages_of(t), 4.0, 1e9);
+    assert!(floored.iter().all(|l| l.seconds == 1e9));
+    assert!(
+        e.stage_limits(&t.features(true), &stages_of(t), 0.0, 1.0)
+            .is_empty()
+    );
+    let unfitted = Estimator::fit(&history[..MIN_ROWS - 1]);
+    assert!(
+        unfitted
+            .stage_limits(&t.features(true), &stages_of(t), 4.0, 1.0)
+            .is_empty(),
+        "no limit from the static formula"
+    );
+}

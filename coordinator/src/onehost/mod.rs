@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Time limit of each tool stage, seconds.
     #[arg(long = "stage-timeout", default_value_t = 24 * 3600)]
     pub stage_timeout: u64,
+    /// Time limits learned from this output folder's history: on a trial's first attempt, a
+    /// tool stage the estimates have learned is stopped past this multiple of its
+    /// 99.9th-percentile duration (at least 30 minutes, at most --stage-timeout); its retry
+    /// runs under --stage-timeout. 0 turns them off.
+    #[arg(long = "learned-limit-multiple", default_value_t = hlsfarm_common::estimate::LIMIT_MULTIPLE, value_name = "X")]
+    pub learned_limit_multiple: f64,
     /// Keep each trial's scratch project after it succeeds (it is always kept on failure).
     #[arg(long = "keep-scratch")]
     pub keep_scratch: bool,
@@ -384,7 +390,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         args.keep_scratch,
         spec.on_failure == hlsfarm_common::sweep::OnFailure::ApplyFix,
         funnel,
-        history::Learned::load(&output_dir.join(".hlsfarm/history.jsonl")),
+        {
+            let mut learned = history::Learned::load(&output_dir.join(".hlsfarm/history.jsonl"));
+            learned.limit_multiple = args.learned_limit_multiple;
+            learned.memory_explicit = args.trial_memory_mib.is_some();
+            learned
+        },
     ));
     let started = Instant::now();
     runner.submit(to_run).await?;

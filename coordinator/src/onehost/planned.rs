@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hlsfarm_common::estimate::Estimator;
+use hlsfarm_common::estimate::{Estimator, Features};
 use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::{TrialResult, TrialStatus};
 use hlsfarm_common::settings::Settings;
@@ -27,19 +27,25 @@ impl Planned {
     /// it (the cluster's static formula before this output folder has any history), so both
     /// modes put a sweep's longest trials first alike.
     pub(super) fn queued(&self, estimator: &Estimator) -> NewTrial {
+        NewTrial {
+            key: self.key.clone(),
+            cost: estimator
+                .predict(&self.features(estimator), &self.spec.stages)
+                .seconds,
+            payload: serde_json::Value::Null,
+            needs: Default::default(),
+        }
+    }
+
+    /// Its features as `estimator` sees them.
+    pub(super) fn features(&self, estimator: &Estimator) -> Features {
         let tool = hlsfarm_common::estimate::tool_label(&self.toolchain);
-        let features = estimator.features(
+        estimator.features(
             &self.digest.sha256,
             self.model_size(),
             &self.spec.settings,
             &tool,
-        );
-        NewTrial {
-            key: self.key.clone(),
-            cost: estimator.predict(&features, &self.spec.stages).seconds,
-            payload: serde_json::Value::Null,
-            needs: Default::default(),
-        }
+        )
     }
 
     /// The model file's size, bytes.

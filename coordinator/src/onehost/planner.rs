@@ -129,6 +129,7 @@ impl Planner {
                     tarball: self.output_dir.join(format!("{name}.tar.gz")),
                     output_dir: self.output_dir.join(&name),
                     derived_from,
+                    stage_limits: Vec::new(),
                 },
                 digest: digest.clone(),
                 toolchain: toolchain_of(point),

@@ -156,7 +156,19 @@ impl Runner {
                 bail!("leased an unknown trial {}", lease.key);
             };
             let name = plan.name();
-            let limit = self.memory.reservation(&lease.key, self.trial_limit);
+            // The estimates' say: a predicted peak above the per-slot share reserves more
+            // (fewer run beside it), and learned limits hold the tool stages of a first try.
+            let admission = {
+                let learned = lock(&self.learned);
+                learned.admit(
+                    &plan.features(&learned.estimator),
+                    &plan.spec.stages,
+                    lease.fence.attempt,
+                    self.trial_limit,
+                    self.memory.total_mib,
+                )
+            };
+            let limit = self.memory.reservation(&lease.key, admission.memory_mib);
             let Some(_reserved) = self.memory.reserve(limit, &self.cancel).await else {
                 let _ = self.queue.hand_back(&lease.key, lease.fence).await;
                 return Ok(());
@@ -169,7 +181,9 @@ impl Runner {
                 raised.driver.memory_limit_mib = Some(limit);
                 Arc::new(raised)
             };
-            let mut result = run_trial(&trial_env, &plan.spec, &self.cancel, &|stage| {
+            let mut spec = plan.spec.clone();
+            spec.stage_limits = admission.stage_limits;
+            let mut result = run_trial(&trial_env, &spec, &self.cancel, &|stage| {
                 self.progress.stage(&line, stage)
             })
             .await;

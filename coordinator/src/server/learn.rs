@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hlsfarm_common::estimate::{Estimator, Observation, Prediction};
+use hlsfarm_common::estimate::{Estimator, Features, Observation, Prediction, StageLimit};
 use hlsfarm_common::plan::{DerivedPoint, PlanIndex, SweepPlan};
 use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::TrialResult;
@@ -18,12 +18,16 @@ use super::{Coordinator, lock};
 
 /// How often the loop looks for new history.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long a sweep's learned ETA is reused (status pages poll every second or two).
+const ETA_FRESH: Duration = Duration::from_secs(2);
 
 /// The latest fit and the history version it was fitted on.
 #[derive(Default)]
 pub(super) struct Learned {
     pub(super) estimator: Arc<Estimator>,
     version: u64,
+    /// Sweeps' learned ETAs (mean, standard deviation) and when they were computed.
+    etas: std::collections::HashMap<String, (std::time::Instant, (f64, f64))>,
 }
 
 /// The model, settings and stages a queued trial's payload points at.
@@ -45,6 +49,20 @@ fn trial_of<'a>(
 }
 
 impl Coordinator {
+    /// The features of model `model` of `plan` at `settings`.
+    fn features(
+        estimator: &Estimator,
+        plan: &SweepPlan,
+        model: &hlsfarm_common::plan::PlanModel,
+        settings: &hlsfarm_common::Settings,
+    ) -> Features {
+        let tool = plan
+            .toolchain(settings.backend)
+            .map(hlsfarm_common::estimate::tool_label)
+            .unwrap_or_default();
+        estimator.features(&model.digest.sha256, model.size_bytes, settings, &tool)
+    }
+
     /// The prediction for model `model` of `plan` at `settings` in phase `phase`.
     fn predict(
         estimator: &Estimator,
@@ -53,11 +71,7 @@ impl Coordinator {
         settings: &hlsfarm_common::Settings,
         phase: usize,
     ) -> Prediction {
-        let tool = plan
-            .toolchain(settings.backend)
-            .map(hlsfarm_common::estimate::tool_label)
-            .unwrap_or_default();
-        let features = estimator.features(&model.digest.sha256, model.size_bytes, settings, &tool);
+        let features = Self::features(estimator, plan, model, settings);
         estimator.predict(&features, &plan.stages_for(phase))
     }
 
@@ -79,10 +93,9 @@ impl Coordinator {
 
     /// New trials of `plan` with the latest fit's costs and reservations.
     pub(super) fn estimate_new(&self, plan: &SweepPlan, trials: &mut [NewTrial]) {
-        let estimator = lock(&self.learned).estimator.clone();
-        if estimator.observations == 0 {
+        let Some(estimator) = self.estimator() else {
             return;
-        }
+        };
         for t in trials {
             if let Some((model, settings, phase)) = trial_of(plan, &t.payload) {
                 let prediction = Self::predict(&estimator, plan, model, &settings, phase);
@@ -138,21 +151,15 @@ impl Coordinator {
             let mut learned = lock(&self.learned);
             learned.estimator = estimator.clone();
             learned.version = version;
+            learned.etas.clear();
         }
         let mut estimates = Vec::new();
         for sweep in self.queue.active_sweeps().await? {
             let Ok(plan) = self.plan(&sweep).await else {
                 continue;
             };
-            for (record, shared) in self.queue.sweep_trials(&sweep).await? {
-                if shared || record.state != "queued" {
-                    continue;
-                }
-                let Ok(payload) = serde_json::from_str::<serde_json::Value>(&record.payload) else {
-                    continue;
-                };
-                if let Some((model, settings, phase)) = trial_of(&plan, &payload) {
-                    let prediction = Self::predict(&estimator, &plan, model, &settings, phase);
+            for (record, prediction) in self.sweep_estimates(&sweep, &estimator, &plan).await? {
+                if record.state == "queued" {
                     let (cost, memory_mib) = self.estimated(&plan, &prediction);
                     estimates.push(Reestimate {
                         key: record.key,
@@ -167,63 +174,106 @@ impl Coordinator {
         Ok(true)
     }
 
-    /// The prediction for the trial of `plan` whose queue payload is `payload`, once
-    /// anything was learned.
-    pub(super) fn prediction_of(&self, plan: &SweepPlan, payload: &str) -> Option<Prediction> {
+    /// The latest fit, once anything was learned.
+    pub(super) fn estimator(&self) -> Option<Arc<Estimator>> {
         let estimator = lock(&self.learned).estimator.clone();
-        if estimator.observations == 0 {
-            return None;
-        }
+        (estimator.observations > 0).then_some(estimator)
+    }
+
+    /// The prediction by `estimator` for the trial of `plan` whose queue payload is
+    /// `payload`.
+    pub(super) fn prediction_of(
+        estimator: &Estimator,
+        plan: &SweepPlan,
+        payload: &str,
+    ) -> Option<Prediction> {
         let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
         let (model, settings, phase) = trial_of(plan, &payload)?;
-        Some(Self::predict(&estimator, plan, model, &settings, phase))
+        Some(Self::predict(estimator, plan, model, &settings, phase))
     }
 
-    /// Seconds left in sweep `s` by the learned estimates: its queued trials' predictions and
-    /// its leased trials' remainders spread over the trials it runs at once. None before
-    /// anything was learned, or when it is unreadable (the mean-based ETA stands then).
-    pub(super) async fn learned_eta(&self, s: &hlsfarm_common::store::SweepRecord) -> Option<f64> {
-        if s.counts.unfinished() == 0 || lock(&self.learned).estimator.observations == 0 {
+    /// The learned time limits of the trial of `plan` whose queue payload is `payload`, on
+    /// its first attempt (`coordinator.learned_limit_multiple`); none on a retry, which may
+    /// be one because a learned limit was too tight.
+    pub(super) fn stage_limits(
+        &self,
+        plan: &SweepPlan,
+        payload: &serde_json::Value,
+        attempt: u32,
+    ) -> Vec<StageLimit> {
+        let c = &self.config.coordinator;
+        if attempt > 1 || c.learned_limit_multiple <= 0.0 {
+            return Vec::new();
+        }
+        let (Some(estimator), Some((model, settings, phase))) =
+            (self.estimator(), trial_of(plan, payload))
+        else {
+            return Vec::new();
+        };
+        let features = Self::features(&estimator, plan, model, &settings);
+        estimator.stage_limits(
+            &features,
+            &plan.stages_for(phase),
+            c.learned_limit_multiple,
+            c.learned_limit_floor_s as f64,
+        )
+    }
+
+    /// Seconds left in sweep `s` by the learned estimates, with their standard deviation:
+    /// its queued trials' predictions and its leased trials' remainders spread over the
+    /// trials it runs at once. None before anything was learned, or when it is unreadable
+    /// (the mean-based ETA stands then). Reused for [`ETA_FRESH`] and until the next refit.
+    pub(super) async fn learned_eta(
+        &self,
+        s: &hlsfarm_common::store::SweepRecord,
+    ) -> Option<(f64, f64)> {
+        if s.counts.unfinished() == 0 {
             return None;
         }
-        let (left, running) = self.sweep_predictions(&s.id).await.ok()?;
-        let slots = running.len().max(1);
-        Some(hlsfarm_common::estimate::eta(&left, &running, slots).0)
-    }
-
-    /// Predictions for a sweep's unfinished trials: (queued ones, leased ones with the
-    /// seconds they have run), for its ETA.
-    async fn sweep_predictions(
-        &self,
-        sweep: &str,
-    ) -> anyhow::Result<(Vec<Prediction>, Vec<(Prediction, f64)>)> {
-        let estimator = lock(&self.learned).estimator.clone();
-        let plan = self
-            .plan(sweep)
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let estimator = self.estimator()?;
+        if let Some((at, eta)) = lock(&self.learned).etas.get(&s.id)
+            && at.elapsed() < ETA_FRESH
+        {
+            return Some(*eta);
+        }
+        let plan = self.plan(&s.id).await.ok()?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as i64;
         let mut left = Vec::new();
         let mut running = Vec::new();
+        for (record, p) in self.sweep_estimates(&s.id, &estimator, &plan).await.ok()? {
+            if record.state == "queued" {
+                left.push(p);
+            } else {
+                running.push((p, (now_ms - record.leased_at_ms).max(0) as f64 / 1000.0));
+            }
+        }
+        let slots = running.len().max(1);
+        let eta = hlsfarm_common::estimate::eta(&left, &running, slots);
+        lock(&self.learned)
+            .etas
+            .insert(s.id.clone(), (std::time::Instant::now(), eta));
+        Some(eta)
+    }
+
+    /// The sweep's own queued and leased trials, each with its prediction by `estimator`.
+    async fn sweep_estimates(
+        &self,
+        sweep: &str,
+        estimator: &Estimator,
+        plan: &SweepPlan,
+    ) -> anyhow::Result<Vec<(hlsfarm_common::store::TrialRecord, Prediction)>> {
+        let mut out = Vec::new();
         for (record, shared) in self.queue.sweep_trials(sweep).await? {
             if shared || (record.state != "queued" && record.state != "leased") {
                 continue;
             }
-            let Ok(payload) = serde_json::from_str::<serde_json::Value>(&record.payload) else {
-                continue;
-            };
-            if let Some((model, settings, phase)) = trial_of(&plan, &payload) {
-                let p = Self::predict(&estimator, &plan, model, &settings, phase);
-                if record.state == "queued" {
-                    left.push(p);
-                } else {
-                    running.push((p, (now_ms - record.leased_at_ms).max(0) as f64 / 1000.0));
-                }
+            if let Some(p) = Self::prediction_of(estimator, plan, &record.payload) {
+                out.push((record, p));
             }
         }
-        Ok((left, running))
+        Ok(out)
     }
 }

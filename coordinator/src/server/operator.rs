@@ -55,6 +55,7 @@ pub(super) fn sweep_status(s: &SweepRecord) -> v1::SweepStatus {
         priority: s.priority,
         counts,
         eta_seconds: eta(s),
+        eta_sd_seconds: None,
         submitted_unix_ms: s.submitted_ms,
         gates: Vec::new(),
         pending: s.pending,
@@ -126,6 +127,13 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         search_json: String::new(),
         predicted_seconds: None,
         predicted_memory_mib: None,
+        running_seconds: (r.state == "leased" && r.leased_at_ms > 0).then(|| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64;
+            (now_ms - r.leased_at_ms).max(0) as f64 / 1000.0
+        }),
     }
 }
 
@@ -246,6 +254,19 @@ impl Operator for OperatorApi {
             .snapshot(r.include_finished, 200)
             .await
             .map_err(internal)?;
+        let estimator = self.c.estimator();
+        let mut running: Vec<v1::TrialInfo> = Vec::with_capacity(snap.leased.len());
+        for t in &snap.leased {
+            let mut info = trial_info(t, false, "");
+            if let Some(e) = &estimator
+                && let Ok(plan) = self.c.plan(&t.sweep).await
+                && let Some(p) = Coordinator::prediction_of(e, &plan, &t.payload)
+            {
+                info.predicted_seconds = Some(p.seconds);
+                info.predicted_memory_mib = p.memory_mib;
+            }
+            running.push(info);
+        }
         let mut workers = Vec::new();
         for w in &snap.workers {
             let caps: hlsfarm_common::plan::WorkerCaps =
@@ -254,11 +275,10 @@ impl Operator for OperatorApi {
                 worker_id: w.id.clone(),
                 hostname: caps.hostname.clone(),
                 capabilities: Some((&caps).into()),
-                trials: snap
-                    .leased
+                trials: running
                     .iter()
-                    .filter(|t| t.worker == w.id)
-                    .map(|t| trial_info(t, false, ""))
+                    .filter(|t| t.worker_id == w.id)
+                    .cloned()
                     .collect(),
                 heartbeat_age_seconds: (snap.now_ms - w.seen_ms).max(0) as f64 / 1000.0,
                 draining: w.draining,
@@ -272,8 +292,9 @@ impl Operator for OperatorApi {
         for s in &snap.sweeps {
             let mut status = sweep_status(s);
             status.gates = self.c.gate_lines(&s.id).await;
-            if let Some(eta) = self.c.learned_eta(s).await {
+            if let Some((eta, sd)) = self.c.learned_eta(s).await {
                 status.eta_seconds = Some(eta);
+                status.eta_sd_seconds = Some(sd);
             }
             sweeps.push(status);
         }
@@ -365,6 +386,7 @@ impl Operator for OperatorApi {
         let plan = self.c.plan(&id).await?;
         let trials = self.c.queue.sweep_trials(&id).await.map_err(refused)?;
         let listed = self.c.listed_trials(&id, &plan, trials).await?;
+        let estimator = self.c.estimator();
         let infos = listed
             .iter()
             .map(|(t, reused, decisions)| {
@@ -374,7 +396,10 @@ impl Operator for OperatorApi {
                     .and_then(|i| Some((plan.models.get(i.m)?, plan.points.get(i.g)?)))
                     .map_or((String::new(), None), |(m, s)| (m.name.clone(), Some(s)));
                 let mut info = trial_info(t, *reused, &model);
-                if let Some(p) = self.c.prediction_of(&plan, &t.payload) {
+                if let Some(p) = estimator
+                    .as_ref()
+                    .and_then(|e| Coordinator::prediction_of(e, &plan, &t.payload))
+                {
                     info.predicted_seconds = Some(p.seconds);
                     info.predicted_memory_mib = p.memory_mib;
                 }
@@ -390,8 +415,9 @@ impl Operator for OperatorApi {
             .collect();
         let mut status = sweep_status(&sweep);
         status.gates = self.c.gate_lines(&id).await;
-        if let Some(eta) = self.c.learned_eta(&sweep).await {
+        if let Some((eta, sd)) = self.c.learned_eta(&sweep).await {
             status.eta_seconds = Some(eta);
+            status.eta_sd_seconds = Some(sd);
         }
         // An open sweep's follower may add models yet.
         status.pending |= plan.open;

@@ -87,7 +87,17 @@ impl Coordinator {
         };
         let derived = DerivedPoint::of(&lease.payload);
         let settings = derived.as_ref().map_or(settings, |d| &d.settings);
+        let stage_limits = self
+            .stage_limits(&plan, &lease.payload, lease.fence.attempt)
+            .into_iter()
+            .map(|l| v1::StageLimit {
+                stage: v1::Stage::from(l.stage) as i32,
+                seconds: l.seconds,
+                predicted_seconds: l.predicted_seconds,
+            })
+            .collect();
         Ok(v1::LeasedTrial {
+            stage_limits,
             derived_from_json: derived
                 .as_ref()
                 .and_then(|d| serde_json::to_string(&d.from).ok())

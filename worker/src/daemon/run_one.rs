@@ -142,6 +142,18 @@ pub(super) async fn run_one(
         derived_from: (!trial.derived_from_json.is_empty())
             .then(|| serde_json::from_str(&trial.derived_from_json).ok())
             .flatten(),
+        stage_limits: trial
+            .stage_limits
+            .iter()
+            .filter_map(|l| {
+                Some(hlsfarm_common::estimate::StageLimit {
+                    stage: <hlsfarm_common::Stage as hlsfarm_proto::FromWire>::from_wire(l.stage)
+                        .ok()?,
+                    seconds: l.seconds,
+                    predicted_seconds: l.predicted_seconds,
+                })
+            })
+            .collect(),
     };
     tracing::info!(model = %model.name, "trial started");
     // The memory limit: the worker's share per slot, or the lease's reservation if larger.

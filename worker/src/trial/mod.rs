@@ -76,6 +76,9 @@ pub struct TrialSpec {
     pub tarball: PathBuf,
     /// The trial this one was derived from with a fix (`run --fix`).
     pub derived_from: Option<hlsfarm_common::results::DerivedFrom>,
+    /// Time limits learned from history for some tool stages; each stage runs under the
+    /// lower of its learned limit and [`TrialEnv::tool_timeout`].
+    pub stage_limits: Vec<hlsfarm_common::estimate::StageLimit>,
 }
 
 /// The command that runs `build_prj.tcl` for this backend, as hls4ml 1.3 does, and the tool's
@@ -209,6 +212,7 @@ pub async fn run_trial(
             &project,
             cancel,
             on_stage,
+            &spec.stage_limits,
         )
         .await;
         timings.extend(run.timings);

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hlsfarm_common::estimate::StageLimit;
 use hlsfarm_common::failure::{Failure, FailureClass};
 use hlsfarm_common::report::log;
 use hlsfarm_common::results::StageTiming;
@@ -91,11 +92,77 @@ struct StageClock {
     entered: std::time::Instant,
     spent: std::collections::BTreeMap<Stage, std::time::Duration>,
     peaks: std::collections::BTreeMap<Stage, u64>,
-    limit: std::time::Duration,
+    limits: StageLimits,
+}
+
+/// Seconds for a message: one decimal below 10.
+fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1}")
+    } else {
+        format!("{s:.0}")
+    }
+}
+
+/// Each stage's time limit: the worker's own, or a learned one where lower.
+#[derive(Debug, Clone)]
+pub(super) struct StageLimits {
+    /// The worker's limit of every tool stage.
+    pub(super) default: std::time::Duration,
+    /// Learned limits the lease carried, by stage.
+    pub(super) learned: std::collections::BTreeMap<Stage, StageLimit>,
+}
+
+impl StageLimits {
+    pub(super) fn new(default: std::time::Duration, learned: &[StageLimit]) -> StageLimits {
+        StageLimits {
+            default,
+            learned: learned.iter().map(|l| (l.stage, *l)).collect(),
+        }
+    }
+
+    /// The learned limit of `stage`, when it is below the worker's own.
+    fn learned(&self, stage: Stage) -> Option<&StageLimit> {
+        self.learned
+            .get(&stage)
+            .filter(|l| l.seconds.is_finite() && l.seconds > 0.0)
+            .filter(|l| l.seconds < self.default.as_secs_f64())
+    }
+
+    /// The limit `stage` runs under.
+    pub(super) fn of(&self, stage: Stage) -> std::time::Duration {
+        self.learned(stage).map_or(self.default, |l| {
+            std::time::Duration::from_secs_f64(l.seconds)
+        })
+    }
+
+    /// Why `stage` was stopped at its limit, and what to do about it.
+    fn timeout(&self, stage: Stage) -> (String, String) {
+        match self.learned(stage) {
+            Some(l) => (
+                format!(
+                    "stage {stage} ran past its learned limit of {} s (the estimates expected {} s)",
+                    seconds(l.seconds),
+                    seconds(l.predicted_seconds)
+                ),
+                format!(
+                    "its retry runs under the worker's limit of {} s; if such trials often run this long, raise coordinator.learned_limit_multiple (0 turns learned limits off)",
+                    self.default.as_secs()
+                ),
+            ),
+            None => (
+                format!(
+                    "stage {stage} ran past its limit of {} s",
+                    self.default.as_secs()
+                ),
+                "raise the tool stage timeout, or raise reuse_factor to shrink the design".into(),
+            ),
+        }
+    }
 }
 
 impl StageClock {
-    fn new(output: PathBuf, first: Stage, limit: std::time::Duration) -> StageClock {
+    fn new(output: PathBuf, first: Stage, limits: StageLimits) -> StageClock {
         StageClock {
             output,
             read: 0,
@@ -104,7 +171,7 @@ impl StageClock {
             entered: std::time::Instant::now(),
             spent: Default::default(),
             peaks: Default::default(),
-            limit,
+            limits,
         }
     }
 
@@ -134,7 +201,7 @@ impl StageClock {
         }
         let peak = self.peaks.entry(self.current).or_default();
         *peak = (*peak).max(rss_mib);
-        self.spent_in(self.current) > self.limit
+        self.spent_in(self.current) > self.limits.of(self.current)
     }
 
     fn spent_in(&self, stage: Stage) -> std::time::Duration {
@@ -208,6 +275,7 @@ pub(super) async fn run_tool_stages(
     project: &Path,
     cancel: &CancellationToken,
     on_stage: &(dyn Fn(Stage) + Send + Sync),
+    learned: &[StageLimit],
 ) -> ToolRun {
     let mut stages: Vec<Stage> = stages.to_vec();
     // Without Vivado the stages before vsynth still run; vsynth then fails with the fix.
@@ -222,7 +290,7 @@ pub(super) async fn run_tool_stages(
             failed: None,
         }
     } else {
-        match one_tool_run(env, backend, &stages, project, cancel, on_stage).await {
+        match one_tool_run(env, backend, &stages, project, cancel, on_stage, learned).await {
             Ok(timings) => ToolRun {
                 timings,
                 failed: None,
@@ -262,6 +330,7 @@ async fn one_tool_run(
     project: &Path,
     cancel: &CancellationToken,
     on_stage: &(dyn Fn(Stage) + Send + Sync),
+    learned: &[StageLimit],
 ) -> Result<Vec<StageTiming>, StagesFailure> {
     // The step build_prj.tcl runs first: C simulation when co-simulation is asked for.
     let first = if stages.contains(&Stage::Cosim) {
@@ -324,14 +393,17 @@ async fn one_tool_run(
         .env("PATH", tool_path(&env.tools))
         // Parallel Vivado runs otherwise collide in ~/.Xilinx.
         .env("XILINX_LOCAL_USER_DATA", "no");
-    // Each stage is held to the limit by the clock; the whole run to all of them.
-    let distinct = stages.len().max(1) as u32;
+    // Each stage is held to its limit by the clock; the whole run to all of them.
+    let stage_limits = StageLimits::new(env.tool_timeout, learned);
     let limits = Limits {
-        timeout: env.tool_timeout.saturating_mul(distinct),
+        timeout: stages
+            .iter()
+            .map(|s| stage_limits.of(*s))
+            .fold(std::time::Duration::ZERO, |a, b| a.saturating_add(b)),
         memory_mib: env.driver.memory_limit_mib,
     };
     on_stage(first);
-    let mut clock = StageClock::new(output.clone(), first, env.tool_timeout);
+    let mut clock = StageClock::new(output.clone(), first, stage_limits);
     let outcome = run_tree_watched(command, &output, limits, cancel, &mut |rss| {
         clock.tick(rss, on_stage)
     })
@@ -401,18 +473,9 @@ async fn one_tool_run(
     let status = match outcome.ending {
         Ending::Exited(status) => status,
         Ending::TimedOut => {
+            let (reason, fix) = clock.limits.timeout(stage);
             return Err(failed((
-                fail(
-                    FailureClass::Timeout,
-                    format!(
-                        "stage {stage} ran past its limit of {} s",
-                        env.tool_timeout.as_secs()
-                    ),
-                    Some(
-                        "raise the tool stage timeout, or raise reuse_factor to shrink the design"
-                            .into(),
-                    ),
-                ),
+                fail(FailureClass::Timeout, reason, Some(fix)),
                 tail,
             )));
         }
@@ -542,7 +605,7 @@ mod tests {
         let mut clock = StageClock::new(
             out.clone(),
             Stage::Cosim,
-            std::time::Duration::from_millis(200),
+            StageLimits::new(std::time::Duration::from_millis(200), &[]),
         );
         std::fs::write(&out, "start\n***** C SIMULATION *****\n***** C/RTL SYN").unwrap();
         assert!(!clock.tick(10, &on));
@@ -561,5 +624,59 @@ mod tests {
         assert_eq!(clock.timing(Stage::Csynth).peak_memory_mib, 50);
         assert!(clock.timing(Stage::Csynth).seconds >= 0.25);
         assert!(clock.timing(Stage::Cosim).seconds < 0.2);
+    }
+
+    #[test]
+    fn a_learned_limit_holds_its_stage_only_and_says_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.log");
+        let on = |_: Stage| {};
+        let learned = StageLimit {
+            stage: Stage::Cosim,
+            seconds: 0.2,
+            predicted_seconds: 0.05,
+        };
+        let too_loose = StageLimit {
+            stage: Stage::Csynth,
+            seconds: 1e6,
+            predicted_seconds: 1e5,
+        };
+        let limits = StageLimits::new(std::time::Duration::from_secs(60), &[learned, too_loose]);
+        assert_eq!(
+            limits.of(Stage::Cosim),
+            std::time::Duration::from_millis(200)
+        );
+        assert_eq!(
+            limits.of(Stage::Csynth),
+            std::time::Duration::from_secs(60),
+            "never above the worker's own limit"
+        );
+        assert_eq!(limits.of(Stage::Export), std::time::Duration::from_secs(60));
+        let (reason, fix) = limits.timeout(Stage::Cosim);
+        assert!(
+            reason.contains("learned limit of 0.2 s (the estimates expected 0.1 s)"),
+            "{reason}"
+        );
+        assert!(
+            fix.contains("retry runs under the worker's limit of 60 s"),
+            "{fix}"
+        );
+        assert!(fix.contains("coordinator.learned_limit_multiple"), "{fix}");
+        let (reason, _) = limits.timeout(Stage::Csynth);
+        assert_eq!(reason, "stage csynth ran past its limit of 60 s");
+        let mut clock = StageClock::new(out.clone(), Stage::Csynth, limits);
+        std::fs::write(&out, "***** C/RTL SYNTHESIS *****\n").unwrap();
+        assert!(!clock.tick(1, &on));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(!clock.tick(1, &on), "csynth is held to the worker's limit");
+        std::fs::write(
+            &out,
+            "***** C/RTL SYNTHESIS *****\n***** C/RTL SIMULATION *****\n",
+        )
+        .unwrap();
+        assert!(!clock.tick(1, &on));
+        assert_eq!(clock.current, Stage::Cosim);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(clock.tick(1, &on), "cosim ran past its learned limit");
     }
 }
