@@ -198,6 +198,8 @@ async fn succeed(
         derived_from: None,
         memory_limit_mib: None,
         parameters: None,
+        multiplications: None,
+        largest_layer: None,
         accuracy: None,
         search: None,
         effective_reuse_factor: Default::default(),
@@ -1336,6 +1338,7 @@ async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
                     stage: Stage::Convert,
                     seconds: 1.0 + f64::from(i % 3),
                     peak_mib: peak + u64::from(i % 3) * 20,
+                    cpu_seconds: None,
                 }],
             };
             queue.push_observation(&o).await.unwrap();
@@ -1439,11 +1442,13 @@ async fn a_first_attempt_runs_under_learned_stage_limits_and_its_retry_does_not(
                     stage: Stage::Convert,
                     seconds: 2.0 + f64::from(i % 3) * 0.1,
                     peak_mib: 600,
+                    cpu_seconds: None,
                 },
                 StageCost {
                     stage: Stage::Csynth,
                     seconds: 10.0 + f64::from(i % 3),
                     peak_mib: 900,
+                    cpu_seconds: None,
                 },
             ],
         };

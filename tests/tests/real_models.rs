@@ -234,6 +234,13 @@ async fn a_validation_set_gives_keras_accuracy_of_the_softmax_output() {
         c.parameters,
         Some(16 * 6 + 6 + 6 * 16 + 16 + 6 * 8 + 8 + 8 * 4 + 4)
     );
+    // What the estimates learn from: the work per inference, the largest layer, CPU time
+    // (emulation's includes its g++).
+    assert_eq!(c.multiplications, Some(16 * 6 + 6 * 16 + 6 * 8 + 8 * 4));
+    assert_eq!(c.largest_layer, Some(16 * 6));
+    let cpu = |k: &str| c.cpu.get(k).copied().unwrap_or(0.0);
+    assert!(cpu("convert") > 0.5, "{:?}", c.cpu);
+    assert!(cpu("emulate") > 1.0, "g++ is counted: {:?}", c.cpu);
 }
 
 #[tokio::test(flavor = "multi_thread")]

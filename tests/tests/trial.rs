@@ -113,6 +113,24 @@ async fn full_flow_keeps_the_essential_files_and_records_everything() {
     );
     let stages: Vec<Stage> = result.timings.iter().map(|t| t.stage).collect();
     assert_eq!(stages, Stage::FULL_FLOW);
+    // Every stage's CPU time is measured (the stand-in is a Python process; the driver's
+    // g++ counts to emulate), and none exceeds what the host's cores could give.
+    for t in &result.timings {
+        let cpu = t.cpu_seconds.unwrap_or(-1.0);
+        assert!(cpu >= 0.0, "{t:?}");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(cpu <= t.seconds * cores + 1.0, "{t:?}");
+    }
+    let emulate = result.timings.iter().find(|t| t.stage == Stage::Emulate);
+    assert!(
+        emulate.and_then(|t| t.cpu_seconds).unwrap() > 1.0,
+        "{emulate:?}"
+    );
+    assert!(
+        result.multiplications.is_some_and(|m| m > 0),
+        "{:?}",
+        result.multiplications
+    );
     assert!(result.fidelity.is_some());
     let csynth = result.reports.csynth.as_ref().unwrap();
     assert!(csynth.used.lut.unwrap() > 0.0);

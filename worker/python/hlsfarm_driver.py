@@ -30,7 +30,8 @@ Result:
      "layers": [{"name", "class", "reuse_factor"}], "rewrites": [{"layer", "from", "to", "why"}],
      "inputs": [{"name", "shape"}], "outputs": [{"name", "shape"}],
      "emulation_note": str?, "preflight": [{"rule", "layer", "severity", "message", "fix",
-     "suggestion"}], "parameters": int?, "fidelity": {...} | null, "accuracy": {...}?}
+     "suggestion"}], "parameters": int?, "multiplications": int?, "largest_layer": int?,
+     "fidelity": {...} | null, "accuracy": {...}?, "cpu": {"convert": s, "emulate": s}}
 or  {"ok": false, "failure": {"class", "reason", "stage", "suggestion"}, ...}
 
 Fidelity: top-level figures over all outputs (mean_abs_diff, max_abs_diff, argmax_agreement for
@@ -1045,6 +1046,17 @@ def emulation_cost(hm):
     return total
 
 
+def largest_layer(hm):
+    """The most weights any one layer of the converted model holds."""
+    largest = 0
+    for layer in hm.get_layers():
+        for w in layer.get_weights():
+            data = getattr(w, "data", None)
+            if data is not None:
+                largest = max(largest, int(data.size))
+    return largest
+
+
 def cheaper_compile(project_dir):
     """-O3 to -Og in hls4ml's build_lib.sh: bit-exact, half the time and less memory for big models."""
     script = os.path.join(project_dir, "build_lib.sh")
@@ -1475,6 +1487,12 @@ def preflight_batch(request):
 WARNING = re.compile(r"^WARNING: (.*)$")
 
 
+def cpu_seconds():
+    """CPU time of this process and its waited-for children (hls4ml's g++), seconds."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main():
     request_path, result_path = sys.argv[1], sys.argv[2]
     with open(request_path) as f:
@@ -1482,6 +1500,7 @@ def main():
     result = {"ok": False, "timings": {}, "warnings": [], "rewrites": []}
     tee = Tee(sys.stdout)
     stage = "convert"
+    cpu_start, cpu_emulate = cpu_seconds(), None
     try:
         with contextlib.redirect_stdout(tee):
             import hls4ml
@@ -1505,7 +1524,11 @@ def main():
                 raise Failure("bad_input", "preflight (--strict): " + "; ".join(f["message"] for f in refused),
                               "convert", "; ".join(f["suggestion"] for f in refused))
             result["parameters"] = count_parameters(p)
+            result["multiplications"] = emulation_cost(hm)
+            result["largest_layer"] = largest_layer(hm)
             result["fidelity"] = None
+            if request.get("emulate") or (request.get("emulation") or {}).get("validation"):
+                cpu_emulate = cpu_seconds()
             if request.get("emulate"):
                 stage = "emulate"
                 result["fidelity"] = emulate(request, hm, p, result["timings"], result)
@@ -1525,6 +1548,9 @@ def main():
         result["failure"] = {"class": "tool_error", "reason": f"{type(e).__name__}: {first_line(e)}",
                              "stage": stage, "suggestion": None}
     finally:
+        cpu_end = cpu_seconds()
+        split = cpu_end if cpu_emulate is None else cpu_emulate
+        result["cpu"] = {"convert": split - cpu_start, "emulate": cpu_end - split}
         result["warnings"] = [m.group(1).strip() for line in tee.buffer.getvalue().splitlines()
                               if (m := WARNING.match(line.strip()))]
         with open(result_path + ".tmp", "w") as f:

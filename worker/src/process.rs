@@ -48,6 +48,18 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Peak resident memory of the whole group, sampled, in MiB.
     pub peak_memory_mib: u64,
+    /// CPU time of the group (user + system, reaped children included) at its last sample,
+    /// seconds.
+    pub cpu_seconds: f64,
+}
+
+/// One sample of a running group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Resident memory now, MiB.
+    pub rss_mib: u64,
+    /// CPU time so far, seconds (never less than an earlier sample's).
+    pub cpu_seconds: f64,
 }
 
 /// Why a process could not be run.
@@ -186,8 +198,9 @@ pub async fn run_tree_limited(
     run_tree_watched(command, log, limits, cancel, &mut |_| false).await
 }
 
-/// [`run_tree_limited`] with a watcher: at every memory sample (every 100 ms, and once when
-/// the tree has exited) it hears the group's resident memory in MiB; when it answers `true`
+/// [`run_tree_limited`] with a watcher: at every sample (every 100 ms, and once when the
+/// tree has exited, with no memory) it hears the group's resident memory and CPU time so
+/// far; when it answers `true`
 /// the group is killed as on a timeout and the run ends as [`Ending::TimedOut`]. A tool that
 /// runs several steps in one process uses it to hold each step to its own limit.
 pub async fn run_tree_watched(
@@ -195,7 +208,7 @@ pub async fn run_tree_watched(
     log: &Path,
     limits: Limits,
     cancel: &CancellationToken,
-    watch: &mut (dyn FnMut(u64) -> bool + Send),
+    watch: &mut (dyn FnMut(Sample) -> bool + Send),
 ) -> Result<Outcome, Error> {
     let timeout = limits.timeout;
     let program = format!("{:?}", command.as_std().get_program());
@@ -227,11 +240,15 @@ pub async fn run_tree_watched(
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
     let mut peak_kib = 0u64;
+    let mut cpu_ticks = 0u64;
     let deadline = tokio::time::Instant::now() + timeout;
+    let ticks_per_second = procfs::ticks_per_second().max(1) as f64;
     let ending = loop {
         if let Some(pgid) = pgid {
-            let now_kib = group_rss_kib(pgid);
+            let (now_kib, ticks) = group_usage(pgid);
             peak_kib = peak_kib.max(now_kib);
+            // Processes that ended and were reaped outside the group take their time along.
+            cpu_ticks = cpu_ticks.max(ticks);
             if let Some(limit) = limits.memory_mib
                 && now_kib / 1024 > limit
             {
@@ -239,7 +256,10 @@ pub async fn run_tree_watched(
                 let _ = child.wait().await;
                 break Ending::MemoryLimit(limit);
             }
-            if watch(now_kib / 1024) {
+            if watch(Sample {
+                rss_mib: now_kib / 1024,
+                cpu_seconds: cpu_ticks as f64 / ticks_per_second,
+            }) {
                 kill_group(&mut child, Some(pgid)).await;
                 break Ending::TimedOut;
             }
@@ -267,13 +287,18 @@ pub async fn run_tree_watched(
         let _ = killpg(pgid, Signal::SIGKILL);
     }
     // The watcher hears the end too (what the tree wrote last).
+    let cpu_seconds = cpu_ticks as f64 / ticks_per_second;
     if matches!(ending, Ending::Exited(_)) {
-        watch(0);
+        watch(Sample {
+            rss_mib: 0,
+            cpu_seconds,
+        });
     }
     Ok(Outcome {
         ending,
         elapsed: start.elapsed(),
         peak_memory_mib: peak_kib / 1024,
+        cpu_seconds,
     })
 }
 
@@ -294,18 +319,24 @@ async fn kill_group(child: &mut tokio::process::Child, pgid: Option<Pid>) {
     let _ = killpg(pgid, Signal::SIGKILL);
 }
 
-/// The summed resident memory of every process in the group, in KiB (0 when unreadable).
-fn group_rss_kib(pgid: Pid) -> u64 {
+/// The summed resident memory (KiB) and CPU time (clock ticks: user + system, and of the
+/// children each process has reaped) of every process in the group; 0 when unreadable.
+fn group_usage(pgid: Pid) -> (u64, u64) {
     let Ok(processes) = procfs::process::all_processes() else {
-        return 0;
+        return (0, 0);
     };
     let page_kib = procfs::page_size() / 1024;
     processes
         .filter_map(Result::ok)
         .filter_map(|p| p.stat().ok())
         .filter(|stat| stat.pgrp == pgid.as_raw())
-        .map(|stat| stat.rss * page_kib)
-        .sum()
+        .fold((0, 0), |(kib, ticks), stat| {
+            let children = u64::try_from(stat.cutime.max(0) + stat.cstime.max(0)).unwrap_or(0);
+            (
+                kib + stat.rss * page_kib,
+                ticks + stat.utime + stat.stime + children,
+            )
+        })
 }
 
 /// True when any process of the group `pgid` is still alive (used by tests and drains).
@@ -422,6 +453,36 @@ mod tests {
             !alive
         });
         assert!(gone, "grandchild {grandchild} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn cpu_time_counts_the_children_the_tree_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // A child spins about a CPU second and is reaped; the parent then idles.
+        let spin = "python3 -c 'import time\nt=time.process_time()\nwhile time.process_time()-t<1.0: pass'";
+        let mut command = sh(&format!("{spin}; sleep 0.5"));
+        command.current_dir(dir.path());
+        let outcome = run_tree(
+            command,
+            &log,
+            Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(outcome.ending, Ending::Exited(s) if s.success()),
+            "{outcome:?}"
+        );
+        assert!(
+            outcome.cpu_seconds >= 0.9,
+            "the reaped child's CPU second: {outcome:?}"
+        );
+        assert!(
+            outcome.cpu_seconds <= outcome.elapsed.as_secs_f64() + 0.2,
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]

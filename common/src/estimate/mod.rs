@@ -52,6 +52,13 @@ pub struct Features {
     /// the size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<u64>,
+    /// Multiplications per inference, when a trial of the model has converted (else
+    /// estimated from the parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplications: Option<u64>,
+    /// The most weights one layer holds, when a trial of the model has converted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_layer: Option<u64>,
     /// Reuse factor.
     pub reuse_factor: u32,
     /// Width of the default precision, bits.
@@ -74,6 +81,8 @@ impl Features {
         Features {
             size_bytes,
             parameters,
+            multiplications: None,
+            largest_layer: None,
             reuse_factor: settings.reuse_factor.max(1),
             precision_bits: precision_bits(&settings.precision),
             io_stream: settings.io_type == IoType::Stream,
@@ -121,6 +130,9 @@ pub struct StageCost {
     pub seconds: f64,
     /// Peak memory of its process tree, MiB (0: not measured).
     pub peak_mib: u64,
+    /// CPU time of its process tree, seconds, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// What one trial cost, with what drove it.
@@ -156,6 +168,7 @@ impl Observation {
                 stage: t.stage,
                 seconds: t.seconds,
                 peak_mib: t.peak_memory_mib,
+                cpu_seconds: t.cpu_seconds,
             })
             .collect();
         if stages.is_empty() {
@@ -164,10 +177,22 @@ impl Observation {
         let tool = tool_label(&result.toolchain);
         Some(Observation {
             model: result.model.sha256.clone(),
-            features: Features::of(&result.settings, size_bytes, result.parameters, &tool),
+            features: Features {
+                multiplications: result.multiplications.filter(|m| *m > 0),
+                largest_layer: result.largest_layer.filter(|m| *m > 0),
+                ..Features::of(&result.settings, size_bytes, result.parameters, &tool)
+            },
             stages,
         })
     }
+}
+
+/// What converting a model showed, for its later trials' features.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct ModelCounts {
+    parameters: Option<u64>,
+    multiplications: Option<u64>,
+    largest_layer: Option<u64>,
 }
 
 /// A prediction of one trial.
@@ -208,8 +233,14 @@ pub struct Estimator {
     seconds_per_cost: Option<f64>,
     /// Parameters per byte of model file (median), for models not converted yet.
     parameters_per_byte: Option<f64>,
-    /// Parameter counts of models seen, by sha256.
-    parameters: HashMap<String, u64>,
+    /// Multiplications per parameter (median), for models whose count is not known.
+    #[serde(default)]
+    multiplications_per_parameter: Option<f64>,
+    /// The largest layer's share of the parameters (median), likewise.
+    #[serde(default)]
+    largest_per_parameter: Option<f64>,
+    /// What converting showed of the models seen, by sha256.
+    models: HashMap<String, ModelCounts>,
     families: Vec<String>,
     tools: Vec<String>,
     /// Observations fitted on.
@@ -219,16 +250,25 @@ pub struct Estimator {
 impl Estimator {
     /// Fits the estimates on `history` (oldest first).
     pub fn fit(history: &[Observation]) -> Estimator {
-        let mut parameters = HashMap::new();
+        let mut models: HashMap<String, ModelCounts> = HashMap::new();
         let mut per_byte = Vec::new();
+        let (mut mults_per_p, mut largest_per_p) = (Vec::new(), Vec::new());
         let mut ratios = Vec::new();
         for o in history {
-            if let Some(p) = o.features.parameters {
-                parameters.insert(o.model.clone(), p);
-                if o.features.size_bytes > 0 {
-                    per_byte.push(p as f64 / o.features.size_bytes as f64);
+            let f = &o.features;
+            if let Some(p) = f.parameters {
+                if f.size_bytes > 0 {
+                    per_byte.push(p as f64 / f.size_bytes as f64);
+                }
+                if p > 0 {
+                    mults_per_p.extend(f.multiplications.map(|m| m as f64 / p as f64));
+                    largest_per_p.extend(f.largest_layer.map(|l| l as f64 / p as f64));
                 }
             }
+            let counts = models.entry(o.model.clone()).or_default();
+            counts.parameters = f.parameters.or(counts.parameters);
+            counts.multiplications = f.multiplications.or(counts.multiplications);
+            counts.largest_layer = f.largest_layer.or(counts.largest_layer);
             let stages: Vec<Stage> = o.stages.iter().map(|s| s.stage).collect();
             let cost =
                 crate::plan::static_cost(o.features.size_bytes, o.features.reuse_factor, &stages);
@@ -241,7 +281,10 @@ impl Estimator {
             stages: BTreeMap::new(),
             seconds_per_cost: (!ratios.is_empty()).then(|| fit::median(ratios)),
             parameters_per_byte: (!per_byte.is_empty()).then(|| fit::median(per_byte)),
-            parameters,
+            multiplications_per_parameter: (!mults_per_p.is_empty())
+                .then(|| fit::median(mults_per_p)),
+            largest_per_parameter: (!largest_per_p.is_empty()).then(|| fit::median(largest_per_p)),
+            models,
             families: frequent(history.iter().map(|o| o.features.family.as_str())),
             tools: frequent(history.iter().map(|o| o.features.tool.as_str())),
             observations: history.len(),
@@ -290,22 +333,35 @@ impl Estimator {
         settings: &Settings,
         tool: &str,
     ) -> Features {
-        Features::of(
-            settings,
-            size_bytes,
-            self.parameters.get(sha256).copied(),
-            tool,
-        )
+        let counts = self.models.get(sha256).copied().unwrap_or_default();
+        Features {
+            multiplications: counts.multiplications,
+            largest_layer: counts.largest_layer,
+            ..Features::of(settings, size_bytes, counts.parameters, tool)
+        }
     }
 
     /// The columns of `features` (their order fixed at fit time).
     fn row(&self, f: &Features) -> Vec<f64> {
-        let parameters = f.parameters.map_or_else(
-            || f.size_bytes.max(1) as f64 * self.parameters_per_byte.unwrap_or(0.25),
-            |p| p as f64,
+        let parameters = f
+            .parameters
+            .map_or_else(
+                || f.size_bytes.max(1) as f64 * self.parameters_per_byte.unwrap_or(0.25),
+                |p| p as f64,
+            )
+            .max(1.0);
+        let multiplications = f.multiplications.map_or_else(
+            || parameters * self.multiplications_per_parameter.unwrap_or(1.0),
+            |m| m as f64,
+        );
+        let largest = f.largest_layer.map_or_else(
+            || parameters * self.largest_per_parameter.unwrap_or(0.5),
+            |l| l as f64,
         );
         let mut row = vec![
-            parameters.max(1.0).ln(),
+            parameters.ln(),
+            multiplications.max(1.0).ln(),
+            largest.max(1.0).ln(),
             f64::from(f.reuse_factor.max(1)).ln(),
             f64::from(f.precision_bits.max(1)).ln(),
             f64::from(u8::from(f.io_stream)),

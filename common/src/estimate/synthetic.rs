@@ -136,6 +136,7 @@ pub fn true_costs(
         stage,
         seconds: seconds * (noise * rng.normal()).exp(),
         peak_mib: (mib * (0.5 * noise * rng.normal()).exp()) as u64,
+        cpu_seconds: None,
     };
     vec![
         stage(Stage::Convert, 2.0 + p.powf(0.5) * 0.01, 400.0 + p / 500.0),

@@ -130,6 +130,7 @@ fn a_failed_result_observes_only_the_stages_before_its_failure() {
         stage,
         seconds,
         peak_memory_mib: 900,
+        cpu_seconds: None,
     })
     .collect();
     r.failure = Some(TrialFailure {
@@ -221,4 +222,75 @@ fn learned_stage_limits_cover_held_out_stages_and_respect_the_floor() {
             .is_empty(),
         "no limit from the static formula"
     );
+}
+
+#[test]
+fn multiplications_predict_what_parameters_cannot() {
+    // Convolutional models: their weights say little about their work per inference.
+    let mut rng = synthetic::Rng::new(9);
+    let mut trials = Vec::new();
+    for model in 0..30 {
+        let parameters = (1e3 * 100f64.powf(rng.uniform())) as u64;
+        let multiplications = (parameters as f64 * 1000f64.powf(rng.uniform())) as u64;
+        for rf in [1u32, 2, 4, 8] {
+            let settings = Settings {
+                reuse_factor: rf,
+                ..Settings::default()
+            };
+            let seconds = 1e-3
+                * (multiplications as f64).powf(0.8)
+                * f64::from(rf).powf(-0.5)
+                * (0.1 * rng.normal()).exp();
+            let features = Features {
+                multiplications: Some(multiplications),
+                largest_layer: Some(parameters / 3),
+                ..Features::of(&settings, parameters * 4, Some(parameters), "")
+            };
+            trials.push(Observation {
+                model: format!("cnn-{model}"),
+                features,
+                stages: vec![StageCost {
+                    stage: Stage::Csynth,
+                    seconds,
+                    peak_mib: 1000,
+                    cpu_seconds: Some(seconds),
+                }],
+            });
+        }
+    }
+    let (train, test) = trials.split_at(80);
+    let without: Vec<Observation> = train
+        .iter()
+        .cloned()
+        .map(|mut o| {
+            o.features.multiplications = None;
+            o.features.largest_layer = None;
+            o
+        })
+        .collect();
+    let error = |e: &Estimator, strip: bool| {
+        let errors: Vec<f64> = test
+            .iter()
+            .map(|o| {
+                let mut f = o.features.clone();
+                if strip {
+                    f.multiplications = None;
+                    f.largest_layer = None;
+                }
+                let p = e.predict(&f, &[Stage::Csynth]);
+                (p.seconds.ln() - o.stages[0].seconds.ln()).abs()
+            })
+            .collect();
+        fit::median(errors)
+    };
+    let with = error(&Estimator::fit(train), false);
+    let blind = error(&Estimator::fit(&without), true);
+    eprintln!("median log error: with multiplications {with:.3}, without {blind:.3}");
+    assert!(with < 0.2, "with multiplications: median log error {with}");
+    assert!(with * 3.0 < blind, "with {with} against without {blind}");
+    // A later trial of a model seen converting gets its counts from the history.
+    let e = Estimator::fit(train);
+    let f = e.features("cnn-0", 1, &Settings::default(), "");
+    assert_eq!(f.multiplications, train[0].features.multiplications);
+    assert_eq!(f.parameters, train[0].features.parameters);
 }

@@ -43,6 +43,10 @@ pub struct StageTiming {
     pub seconds: f64,
     /// Peak resident memory of its process tree, MiB.
     pub peak_memory_mib: u64,
+    /// CPU time of its process tree (user + system, children included), seconds, where
+    /// measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// A change made to the model before hls4ml read it, whose meaning is plain (a `QActivation`
@@ -226,6 +230,13 @@ pub struct TrialResult {
     /// The model's weights, as its framework counts them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<u64>,
+    /// Multiplications per inference, summed over the converted model's layers (dense:
+    /// inputs × outputs; convolution: kernel × channels × filters × output pixels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplications: Option<u64>,
+    /// The most weights any one layer of the converted model holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_layer: Option<u64>,
     /// Accuracy of the float and the fixed-point model on the user's validation set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Accuracy>,
@@ -278,6 +289,8 @@ impl TrialResult {
             derived_from: None,
             memory_limit_mib: None,
             parameters: None,
+            multiplications: None,
+            largest_layer: None,
             accuracy: None,
             search: None,
             effective_reuse_factor: BTreeMap::new(),

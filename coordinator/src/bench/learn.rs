@@ -167,6 +167,7 @@ pub(super) async fn learn(
                         stage: s.stage,
                         seconds: s.seconds * scale,
                         peak_memory_mib: s.peak_mib,
+                        cpu_seconds: None,
                     })
                     .collect();
                 let json = serde_json::to_string(&result)?;

@@ -144,6 +144,7 @@ mod tests {
                 stage: Stage::Convert,
                 seconds: 10.0 / f64::from(rf),
                 peak_memory_mib: 700,
+                cpu_seconds: None,
             }];
             learned.observe(&r, 10_000);
         }
@@ -172,11 +173,13 @@ mod tests {
                     stage: Stage::Convert,
                     seconds: 5.0,
                     peak_memory_mib: 6000 + u64::from(i % 3) * 30,
+                    cpu_seconds: None,
                 },
                 StageTiming {
                     stage: Stage::Csynth,
                     seconds: 60.0 + f64::from(i % 3),
                     peak_memory_mib: 9000 + u64::from(i % 3) * 30,
+                    cpu_seconds: None,
                 },
             ];
             learned.observe(&r, 10_000);

@@ -140,6 +140,8 @@ pub(super) fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult 
         derived_from: None,
         memory_limit_mib: None,
         parameters: None,
+        multiplications: None,
+        largest_layer: None,
         accuracy: None,
         search: None,
         effective_reuse_factor: Default::default(),

@@ -116,6 +116,8 @@ struct RawResult {
     #[serde(default)]
     timings: BTreeMap<String, f64>,
     #[serde(default)]
+    cpu: BTreeMap<String, f64>,
+    #[serde(default)]
     warnings: Vec<String>,
     #[serde(default)]
     layers: Vec<LayerInfo>,
@@ -136,6 +138,10 @@ struct RawResult {
     #[serde(default)]
     parameters: Option<u64>,
     #[serde(default)]
+    multiplications: Option<u64>,
+    #[serde(default)]
+    largest_layer: Option<u64>,
+    #[serde(default)]
     accuracy: Option<Accuracy>,
     #[serde(default)]
     failure: Option<DriverFailure>,
@@ -150,6 +156,8 @@ pub struct Converted {
     pub format: String,
     /// Seconds per step (`load`, `convert`, `write`, `compile`, `predict`).
     pub timings: BTreeMap<String, f64>,
+    /// CPU seconds of the driver and its compiler, `convert` and `emulate`.
+    pub cpu: BTreeMap<String, f64>,
     /// hls4ml's warnings, e.g. an adjusted ReuseFactor.
     pub warnings: Vec<String>,
     /// The layers.
@@ -170,6 +178,10 @@ pub struct Converted {
     pub preflight: Vec<PreflightFinding>,
     /// The model's weights, as its framework counts them.
     pub parameters: Option<u64>,
+    /// Multiplications per inference, summed over the converted model's layers.
+    pub multiplications: Option<u64>,
+    /// The most weights one layer holds.
+    pub largest_layer: Option<u64>,
     /// Float and fixed-point accuracy on the validation set, when one was given.
     pub accuracy: Option<Accuracy>,
     /// Peak memory of the driver's process tree (Python and g++), MiB.
@@ -494,6 +506,7 @@ pub async fn convert(
         hls4ml_version: raw.hls4ml_version.unwrap_or_default(),
         format: raw.format.unwrap_or_default(),
         timings: raw.timings,
+        cpu: raw.cpu,
         warnings: raw.warnings,
         layers: raw.layers,
         effective_reuse_factor: raw.effective_reuse_factor,
@@ -504,6 +517,8 @@ pub async fn convert(
         emulation_note: raw.emulation_note,
         preflight: raw.preflight,
         parameters: raw.parameters,
+        multiplications: raw.multiplications,
+        largest_layer: raw.largest_layer,
         accuracy: raw.accuracy,
         peak_memory_mib: outcome.peak_memory_mib,
         seconds: outcome.elapsed.as_secs_f64(),

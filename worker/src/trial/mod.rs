@@ -132,6 +132,8 @@ pub async fn run_trial(
     let mut notes = Vec::new();
     let mut preflight = Vec::new();
     let mut parameters = None;
+    let mut multiplications = None;
+    let mut largest_layer = None;
     let mut accuracy = None;
     let mut hls4ml_version = String::new();
     let project = driver::project_dir(&spec.scratch, PROJECT_NAME);
@@ -154,16 +156,19 @@ pub async fn run_trial(
             hls4ml_version = converted.hls4ml_version.clone();
             let t = |k: &str| converted.timings.get(k).copied().unwrap_or(0.0);
             let emulate_seconds = t("compile") + t("predict") + t("trace") + t("validate");
+            let cpu = |k: &str| converted.cpu.get(k).copied();
             timings.push(StageTiming {
                 stage: Stage::Convert,
                 seconds: converted.seconds - emulate_seconds,
                 peak_memory_mib: converted.peak_memory_mib,
+                cpu_seconds: cpu("convert"),
             });
             if emulate {
                 timings.push(StageTiming {
                     stage: Stage::Emulate,
                     seconds: emulate_seconds,
                     peak_memory_mib: converted.peak_memory_mib,
+                    cpu_seconds: cpu("emulate"),
                 });
             }
             warnings = converted.warnings;
@@ -175,6 +180,8 @@ pub async fn run_trial(
             notes.extend(converted.emulation_note);
             preflight = converted.preflight;
             parameters = converted.parameters;
+            multiplications = converted.multiplications;
+            largest_layer = converted.largest_layer;
             accuracy = converted.accuracy;
         }
         Err(e) => {
@@ -299,6 +306,8 @@ pub async fn run_trial(
         derived_from: spec.derived_from.clone(),
         memory_limit_mib: env.driver.memory_limit_mib,
         parameters,
+        multiplications,
+        largest_layer,
         accuracy,
         search: spec.search.clone(),
         effective_reuse_factor,

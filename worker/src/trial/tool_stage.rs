@@ -13,7 +13,7 @@ use hlsfarm_common::stage::Stage;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::log_tail;
-use crate::process::{Ending, Limits, run_tree_watched};
+use crate::process::{Ending, Limits, Sample, run_tree_watched};
 use crate::tools::DetectedTool;
 
 use super::{TrialEnv, tool_command};
@@ -92,6 +92,11 @@ struct StageClock {
     entered: std::time::Instant,
     spent: std::collections::BTreeMap<Stage, std::time::Duration>,
     peaks: std::collections::BTreeMap<Stage, u64>,
+    /// CPU seconds of the stages left, and the group's CPU time when the current one began
+    /// and at the last sample.
+    cpu: std::collections::BTreeMap<Stage, f64>,
+    cpu_entered: f64,
+    cpu_now: f64,
     limits: StageLimits,
 }
 
@@ -171,13 +176,17 @@ impl StageClock {
             entered: std::time::Instant::now(),
             spent: Default::default(),
             peaks: Default::default(),
+            cpu: Default::default(),
+            cpu_entered: 0.0,
+            cpu_now: 0.0,
             limits,
         }
     }
 
     /// New output read, the stage moved on where it says so, and `rss_mib` counted to the
     /// stage it is in; true when that stage has run past its limit.
-    fn tick(&mut self, rss_mib: u64, on_stage: &(dyn Fn(Stage) + Send + Sync)) -> bool {
+    fn tick(&mut self, sample: Sample, on_stage: &(dyn Fn(Stage) + Send + Sync)) -> bool {
+        self.cpu_now = self.cpu_now.max(sample.cpu_seconds);
         use std::io::{Read, Seek};
         if let Ok(mut file) = std::fs::File::open(&self.output)
             && file.seek(std::io::SeekFrom::Start(self.read)).is_ok()
@@ -194,13 +203,15 @@ impl StageClock {
                 && stage != self.current
             {
                 *self.spent.entry(self.current).or_default() += self.entered.elapsed();
+                *self.cpu.entry(self.current).or_default() += self.cpu_now - self.cpu_entered;
+                self.cpu_entered = self.cpu_now;
                 self.current = stage;
                 self.entered = std::time::Instant::now();
                 on_stage(stage);
             }
         }
         let peak = self.peaks.entry(self.current).or_default();
-        *peak = (*peak).max(rss_mib);
+        *peak = (*peak).max(sample.rss_mib);
         self.spent_in(self.current) > self.limits.of(self.current)
     }
 
@@ -214,10 +225,15 @@ impl StageClock {
     }
 
     fn timing(&self, stage: Stage) -> StageTiming {
+        let mut cpu = self.cpu.get(&stage).copied().unwrap_or(0.0);
+        if stage == self.current {
+            cpu += self.cpu_now - self.cpu_entered;
+        }
         StageTiming {
             stage,
             seconds: self.spent_in(stage).as_secs_f64(),
             peak_memory_mib: self.peaks.get(&stage).copied().unwrap_or(0),
+            cpu_seconds: Some(cpu),
         }
     }
 }
@@ -404,8 +420,8 @@ async fn one_tool_run(
     };
     on_stage(first);
     let mut clock = StageClock::new(output.clone(), first, stage_limits);
-    let outcome = run_tree_watched(command, &output, limits, cancel, &mut |rss| {
-        clock.tick(rss, on_stage)
+    let outcome = run_tree_watched(command, &output, limits, cancel, &mut |sample| {
+        clock.tick(sample, on_stage)
     })
     .await
     .map_err(|e| infra(e.to_string()))?;
@@ -596,6 +612,13 @@ mod tests {
         }
     }
 
+    fn rss(mib: u64) -> Sample {
+        Sample {
+            rss_mib: mib,
+            cpu_seconds: 0.0,
+        }
+    }
+
     #[test]
     fn the_clock_moves_with_the_output_and_holds_each_stage_to_its_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -608,18 +631,18 @@ mod tests {
             StageLimits::new(std::time::Duration::from_millis(200), &[]),
         );
         std::fs::write(&out, "start\n***** C SIMULATION *****\n***** C/RTL SYN").unwrap();
-        assert!(!clock.tick(10, &on));
+        assert!(!clock.tick(rss(10), &on));
         assert_eq!(clock.current, Stage::Cosim);
         std::fs::write(
             &out,
             "start\n***** C SIMULATION *****\n***** C/RTL SYNTHESIS *****\nmore\n",
         )
         .unwrap();
-        assert!(!clock.tick(50, &on));
+        assert!(!clock.tick(rss(50), &on));
         assert_eq!(clock.current, Stage::Csynth);
         assert_eq!(*heard.lock().unwrap(), [Stage::Csynth]);
         std::thread::sleep(std::time::Duration::from_millis(250));
-        assert!(clock.tick(20, &on), "csynth ran past its own limit");
+        assert!(clock.tick(rss(20), &on), "csynth ran past its own limit");
         assert_eq!(clock.timing(Stage::Cosim).peak_memory_mib, 10);
         assert_eq!(clock.timing(Stage::Csynth).peak_memory_mib, 50);
         assert!(clock.timing(Stage::Csynth).seconds >= 0.25);
@@ -666,17 +689,20 @@ mod tests {
         assert_eq!(reason, "stage csynth ran past its limit of 60 s");
         let mut clock = StageClock::new(out.clone(), Stage::Csynth, limits);
         std::fs::write(&out, "***** C/RTL SYNTHESIS *****\n").unwrap();
-        assert!(!clock.tick(1, &on));
+        assert!(!clock.tick(rss(1), &on));
         std::thread::sleep(std::time::Duration::from_millis(250));
-        assert!(!clock.tick(1, &on), "csynth is held to the worker's limit");
+        assert!(
+            !clock.tick(rss(1), &on),
+            "csynth is held to the worker's limit"
+        );
         std::fs::write(
             &out,
             "***** C/RTL SYNTHESIS *****\n***** C/RTL SIMULATION *****\n",
         )
         .unwrap();
-        assert!(!clock.tick(1, &on));
+        assert!(!clock.tick(rss(1), &on));
         assert_eq!(clock.current, Stage::Cosim);
         std::thread::sleep(std::time::Duration::from_millis(250));
-        assert!(clock.tick(1, &on), "cosim ran past its learned limit");
+        assert!(clock.tick(rss(1), &on), "cosim ran past its learned limit");
     }
 }
