@@ -18,16 +18,26 @@ use super::{Coordinator, lock};
 
 /// How often the loop looks for new history.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-/// How long a sweep's learned ETA is reused (status pages poll every second or two).
+/// How long a sweep's predictions are reused for its ETA while none of its trials ends
+/// (status pages poll every second or two; the ETA itself moves with the clock).
 const ETA_FRESH: Duration = Duration::from_secs(2);
+
+/// A sweep's unfinished trials' predictions, for its ETA: the queued ones, and the leased
+/// ones with when they were leased (ms since the Unix epoch).
+#[derive(Default)]
+struct Unfinished {
+    left: Vec<Prediction>,
+    running: Vec<(Prediction, i64)>,
+}
 
 /// The latest fit and the history version it was fitted on.
 #[derive(Default)]
 pub(super) struct Learned {
     pub(super) estimator: Arc<Estimator>,
     version: u64,
-    /// Sweeps' learned ETAs (mean, standard deviation) and when they were computed.
-    etas: std::collections::HashMap<String, (std::time::Instant, (f64, f64))>,
+    /// Sweeps' unfinished trials' predictions and when they were read; emptied when a
+    /// trial ends or the fit changes.
+    unfinished: std::collections::HashMap<String, (std::time::Instant, Arc<Unfinished>)>,
 }
 
 /// The model, settings and stages a queued trial's payload points at.
@@ -151,7 +161,7 @@ impl Coordinator {
             let mut learned = lock(&self.learned);
             learned.estimator = estimator.clone();
             learned.version = version;
-            learned.etas.clear();
+            learned.unfinished.clear();
         }
         let mut estimates = Vec::new();
         for sweep in self.queue.active_sweeps().await? {
@@ -219,10 +229,16 @@ impl Coordinator {
         )
     }
 
+    /// A trial ended: the sweeps' ETAs are read afresh.
+    pub(super) fn trial_ended(&self) {
+        lock(&self.learned).unfinished.clear();
+    }
+
     /// Seconds left in sweep `s` by the learned estimates, with their standard deviation:
     /// its queued trials' predictions and its leased trials' remainders spread over the
     /// trials it runs at once. None before anything was learned, or when it is unreadable
-    /// (the mean-based ETA stands then). Reused for [`ETA_FRESH`] and until the next refit.
+    /// (the mean-based ETA stands then). The predictions are reused for [`ETA_FRESH`] while
+    /// no trial ends and the fit stays.
     pub(super) async fn learned_eta(
         &self,
         s: &hlsfarm_common::store::SweepRecord,
@@ -231,31 +247,45 @@ impl Coordinator {
             return None;
         }
         let estimator = self.estimator()?;
-        if let Some((at, eta)) = lock(&self.learned).etas.get(&s.id)
-            && at.elapsed() < ETA_FRESH
-        {
-            return Some(*eta);
-        }
-        let plan = self.plan(&s.id).await.ok()?;
+        let cached = lock(&self.learned)
+            .unfinished
+            .get(&s.id)
+            .filter(|(at, _)| at.elapsed() < ETA_FRESH)
+            .map(|(_, u)| u.clone());
+        let unfinished = match cached {
+            Some(u) => u,
+            None => {
+                let plan = self.plan(&s.id).await.ok()?;
+                let mut u = Unfinished::default();
+                for (record, p) in self.sweep_estimates(&s.id, &estimator, &plan).await.ok()? {
+                    if record.state == "queued" {
+                        u.left.push(p);
+                    } else {
+                        u.running.push((p, record.leased_at_ms));
+                    }
+                }
+                let u = Arc::new(u);
+                lock(&self.learned)
+                    .unfinished
+                    .insert(s.id.clone(), (std::time::Instant::now(), u.clone()));
+                u
+            }
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as i64;
-        let mut left = Vec::new();
-        let mut running = Vec::new();
-        for (record, p) in self.sweep_estimates(&s.id, &estimator, &plan).await.ok()? {
-            if record.state == "queued" {
-                left.push(p);
-            } else {
-                running.push((p, (now_ms - record.leased_at_ms).max(0) as f64 / 1000.0));
-            }
-        }
+        let running: Vec<(Prediction, f64)> = unfinished
+            .running
+            .iter()
+            .map(|(p, at)| (*p, (now_ms - at).max(0) as f64 / 1000.0))
+            .collect();
         let slots = running.len().max(1);
-        let eta = hlsfarm_common::estimate::eta(&left, &running, slots);
-        lock(&self.learned)
-            .etas
-            .insert(s.id.clone(), (std::time::Instant::now(), eta));
-        Some(eta)
+        Some(hlsfarm_common::estimate::eta(
+            &unfinished.left,
+            &running,
+            slots,
+        ))
     }
 
     /// The sweep's own queued and leased trials, each with its prediction by `estimator`.

@@ -461,6 +461,7 @@ impl Worker for WorkerApi {
             }
         };
         tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
+        self.c.trial_ended();
         if let Some(p) = &parsed {
             // What it cost, for the estimates (whichever sweep runs the trial now).
             if !p.timings.is_empty()

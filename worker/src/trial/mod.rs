@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::driver::{self, DriverEnv, Job, ModelFiles, log_tail};
 use crate::tools::DetectedTool;
 
+mod clock;
 mod keep;
 mod tool_stage;
 
