@@ -17,3 +17,16 @@ pub mod client;
 mod convert;
 
 pub use convert::{FromWire, WireError, stages_from_wire};
+
+/// The metadata key under which a coordinator's error names its kind (`lease-lost`,
+/// `not-registered`, `precondition`, `corrupt`, …), so a client tells apart errors that
+/// share a gRPC code without reading their prose.
+pub const ERROR_KIND: &str = "hlsfarm-error";
+
+/// The kind a coordinator's error names, when it names one (an older coordinator does not).
+pub fn error_kind(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(ERROR_KIND)
+        .and_then(|v| v.to_str().ok())
+}

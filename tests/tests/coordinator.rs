@@ -1492,3 +1492,93 @@ async fn a_first_attempt_runs_under_learned_stage_limits_and_its_retry_does_not(
     assert_eq!(again.token.as_ref().unwrap().attempt, 2);
     assert!(again.stage_limits.is_empty(), "{:?}", again.stage_limits);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_error_names_its_kind_and_corrupt_stored_data_is_not_an_outage() {
+    let dir = TestDir::new("coord-error-kinds").unwrap();
+    let mut cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let second = cluster.start_coordinator().unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    let models = upload(&mut op, 1, "kinds").await;
+    let sweep = submit(&mut op, spec(models, vec![1, 2], &[Stage::Convert])).await;
+    let kind = |s: &tonic::Status| hlsfarm_proto::error_kind(s).map(str::to_owned);
+    // Unknown things are not found.
+    let missing = op
+        .get_results(v1::GetResultsRequest {
+            sweep_id: "no-such-sweep".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert_eq!(kind(&missing).as_deref(), Some("not-found"));
+    // A worker nobody registered is told to register, not that its lease was lost.
+    let mut ghost = worker_client(&url);
+    let forgotten = ghost
+        .lease(v1::LeaseRequest {
+            worker_id: "ghost".into(),
+            max_trials: 1,
+            free_memory_mib: 8192,
+            free_cores: 4,
+            free_disk_mib: 100_000,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forgotten.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(kind(&forgotten).as_deref(), Some("not-registered"));
+    assert!(
+        forgotten.message().contains("register again"),
+        "{forgotten:?}"
+    );
+    // A completion under a token that no longer holds the trial: the lease was lost.
+    let mut w = register(&url, "w", full_caps()).await;
+    let t = lease(&mut w, "w", 1, 1000).await.pop().unwrap();
+    let mut stale = t.token.clone().unwrap();
+    stale.epoch += 1;
+    let lost = w
+        .complete(v1::CompleteRequest {
+            worker_id: "w".into(),
+            token: Some(stale),
+            cancelled: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(kind(&lost).as_deref(), Some("lease-lost"), "{lost:?}");
+    // A plan that no longer parses (written by a newer version, or damaged) is data loss,
+    // which clients do not retry as they would an outage; the message says what is damaged.
+    let key = format!(
+        "{}:sw:{}",
+        hlsfarm_common::store::keys::Keys::new("test").base(),
+        sweep.sweep_id
+    );
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &cluster.redis.port().to_string(),
+            "HSET",
+            &key,
+            "plan",
+            "{not json",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut other = operator(&cluster.url(second));
+    let corrupt = other
+        .get_results(v1::GetResultsRequest {
+            sweep_id: sweep.sweep_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(corrupt.code(), tonic::Code::DataLoss, "{corrupt:?}");
+    assert_eq!(kind(&corrupt).as_deref(), Some("corrupt"));
+    assert!(
+        corrupt
+            .message()
+            .contains(&format!("plan of sweep {}", sweep.sweep_id)),
+        "{corrupt:?}"
+    );
+}

@@ -307,7 +307,7 @@ impl Coordinator {
         let plan = self
             .plan(sweep)
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .map_err(|s| anyhow::anyhow!("{}", s))?;
         if plan.open {
             // Its follower adds more models: looked at again until it closes.
             self.queue

@@ -20,7 +20,7 @@ use hlsfarm_common::store::SweepSubmit;
 use hlsfarm_common::store::TrialRecord;
 use serde::{Deserialize, Serialize};
 
-use super::{Coordinator, lock};
+use super::{Coordinator, Error, lock};
 
 /// What the gates decided.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -238,7 +238,7 @@ impl Coordinator {
         let plan = self
             .plan(sweep)
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .map_err(|s| anyhow::anyhow!("{}", s))?;
         if plan.gates.is_empty() || plan.open {
             // An open sweep's gates wait for all its models.
             return Ok(0);
@@ -415,7 +415,7 @@ impl Coordinator {
         sweep: &str,
         plan: &SweepPlan,
         trials: Vec<(TrialRecord, bool)>,
-    ) -> Result<Vec<(TrialRecord, bool, Vec<Decision>)>, tonic::Status> {
+    ) -> Result<Vec<(TrialRecord, bool, Vec<Decision>)>, Error> {
         if plan.gates.is_empty() {
             return Ok(trials
                 .into_iter()

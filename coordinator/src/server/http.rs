@@ -3,8 +3,9 @@
 //! (server-sent events), and Prometheus `/metrics`.
 //!
 //! Reading needs no token; `POST` (cancel, retry, drain) needs the operator token as
-//! `Authorization: Bearer …`. Every answer is built from the Operator service's own answers,
-//! so the page, `hlsfarm status --json` and the gRPC API agree.
+//! `Authorization: Bearer …`. Every answer is built by the same core calls the Operator
+//! service adapts, so the page, `hlsfarm status --json` and the gRPC API agree; errors map to
+//! HTTP statuses in one place ([`Error::http_status`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,19 +13,17 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hlsfarm_common::blob::Blobs;
-use hlsfarm_proto::v1::{self, operator_server::Operator};
+use hlsfarm_proto::v1;
 use serde::Deserialize;
 use tokio_stream::Stream;
-use tonic::{Code, Request};
 
-use super::Coordinator;
 use super::auth::{Role, Tokens};
-use super::operator::OperatorApi;
+use super::{Coordinator, Error};
 use crate::view::{StatusJson, SweepTrialsJson};
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -34,17 +33,12 @@ const APP_CSS: &str = include_str!("../../web/app.css");
 #[derive(Clone)]
 struct Http {
     c: Arc<Coordinator>,
-    api: Arc<OperatorApi>,
     tokens: Tokens,
 }
 
 /// The HTTP routes, to merge with the gRPC services.
 pub(super) fn router(c: Arc<Coordinator>, tokens: Tokens) -> axum::Router {
-    let state = Http {
-        api: Arc::new(OperatorApi::new(c.clone())),
-        c,
-        tokens,
-    };
+    let state = Http { c, tokens };
     axum::Router::new()
         .route(
             "/",
@@ -82,33 +76,29 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-/// An error as JSON `{"error": "..."}` with the HTTP status matching the gRPC code.
-fn error(s: &tonic::Status) -> Response {
-    let code = match s.code() {
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (code, Json(serde_json::json!({ "error": s.message() }))).into_response()
+/// An error as JSON `{"error": "...", "kind": "..."}` with its HTTP status
+/// ([`Error::http_status`], the one map).
+fn error(e: &Error) -> Response {
+    (
+        e.http_status(),
+        Json(serde_json::json!({ "error": e.to_string(), "kind": e.kind() })),
+    )
+        .into_response()
 }
 
 /// Whether the request carries the operator token.
-fn operator(state: &Http, headers: &HeaderMap) -> Result<(), tonic::Status> {
+fn operator(state: &Http, headers: &HeaderMap) -> Result<(), Error> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented.map(|t| state.tokens.role_of(t)) {
         Some(Some(Role::Operator)) => Ok(()),
-        Some(_) => Err(tonic::Status::permission_denied(
-            "this token is not the operator token (coordinator.operator_token)",
+        Some(_) => Err(Error::Denied(
+            "this token is not the operator token (coordinator.operator_token)".into(),
         )),
-        None => Err(tonic::Status::unauthenticated(
-            "changing anything needs the operator token: `Authorization: Bearer <token>`",
+        None => Err(Error::Unauthenticated(
+            "changing anything needs the operator token: `Authorization: Bearer <token>`".into(),
         )),
     }
 }
@@ -119,14 +109,14 @@ struct StatusQuery {
     all: Option<bool>,
 }
 
-async fn snapshot(state: &Http, all: bool) -> Result<StatusJson, tonic::Status> {
+async fn snapshot(state: &Http, all: bool) -> Result<StatusJson, Error> {
     let r = state
-        .api
-        .get_status(Request::new(v1::GetStatusRequest {
+        .c
+        .get_status(v1::GetStatusRequest {
             include_finished: all,
-        }))
+        })
         .await?;
-    Ok(StatusJson::from(r.get_ref()))
+    Ok(StatusJson::from(&r))
 }
 
 async fn status(State(state): State<Http>, Query(q): Query<StatusQuery>) -> Response {
@@ -163,11 +153,11 @@ async fn metrics(State(state): State<Http>) -> Response {
 
 async fn trials(State(state): State<Http>, Path(id): Path<String>) -> Response {
     match state
-        .api
-        .get_results(Request::new(v1::GetResultsRequest { sweep_id: id }))
+        .c
+        .get_results(v1::GetResultsRequest { sweep_id: id })
         .await
     {
-        Ok(r) => Json(SweepTrialsJson::from(r.get_ref())).into_response(),
+        Ok(r) => Json(SweepTrialsJson::from(&r)).into_response(),
         Err(e) => error(&e),
     }
 }
@@ -180,12 +170,12 @@ async fn sweep_file(
     Path((id, file)): Path<(String, String)>,
 ) -> Response {
     if file != "pareto.svg" && file != "ranking.csv" {
-        return error(&tonic::Status::not_found(
+        return error(&Error::not_found(
             "a sweep's live files are pareto.svg and ranking.csv",
         ));
     }
     if let Err(e) = state.c.queue.sweep(&id).await {
-        return error(&super::workers::refused(e));
+        return error(&e.into());
     }
     let plan = match state.c.plan(&id).await {
         Ok(p) => p,
@@ -199,20 +189,18 @@ async fn sweep_file(
         match crate::pareto::svg(&summary) {
             Ok(Some(svg)) => ("image/svg+xml", svg.into_bytes()),
             Ok(None) => {
-                return error(&tonic::Status::not_found(
+                return error(&Error::not_found(
                     "nothing to plot yet: no trial has resource, latency or accuracy figures",
                 ));
             }
             Err(e) => {
-                return error(&tonic::Status::internal(format!(
-                    "cannot draw the plot: {e}"
-                )));
+                return error(&Error::Corrupt(format!("cannot draw the plot: {e}")));
             }
         }
     } else {
         let objectives = crate::ranking::objectives_for(&summary, None);
         if objectives.is_empty() {
-            return error(&tonic::Status::not_found(
+            return error(&Error::not_found(
                 "nothing to rank yet: no trial has accuracy, a search metric, LUT or parameters",
             ));
         }
@@ -249,16 +237,16 @@ async fn cancel(
     }
     let keys = body.map(|b| b.0).unwrap_or_default();
     match state
-        .api
-        .cancel(Request::new(v1::CancelRequest {
+        .c
+        .cancel(v1::CancelRequest {
             sweep_id: id,
             trial_keys: keys.trials,
-        }))
+        })
         .await
     {
         Ok(r) => Json(serde_json::json!({
-            "dropped": r.get_ref().dropped,
-            "stopping": r.get_ref().stopping,
+            "dropped": r.dropped,
+            "stopping": r.stopping,
         }))
         .into_response(),
         Err(e) => error(&e),
@@ -276,14 +264,14 @@ async fn retry(
     }
     let keys = body.map(|b| b.0).unwrap_or_default();
     match state
-        .api
-        .retry(Request::new(v1::RetryRequest {
+        .c
+        .retry(v1::RetryRequest {
             sweep_id: id,
             trial_keys: keys.trials,
-        }))
+        })
         .await
     {
-        Ok(r) => Json(serde_json::json!({ "requeued": r.get_ref().requeued })).into_response(),
+        Ok(r) => Json(serde_json::json!({ "requeued": r.requeued })).into_response(),
         Err(e) => error(&e),
     }
 }
@@ -293,8 +281,8 @@ async fn drain(State(state): State<Http>, headers: HeaderMap, Path(id): Path<Str
         return error(&e);
     }
     match state
-        .api
-        .drain_worker(Request::new(v1::DrainWorkerRequest { worker_id: id }))
+        .c
+        .drain_worker(v1::DrainWorkerRequest { worker_id: id })
         .await
     {
         Ok(_) => Json(serde_json::json!({ "draining": true })).into_response(),
@@ -308,15 +296,13 @@ async fn artifact(
     Path((key, file)): Path<(String, String)>,
 ) -> Response {
     if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return error(&tonic::Status::invalid_argument(
-            "a trial key is 64 hex digits",
-        ));
+        return error(&Error::invalid("a trial key is 64 hex digits"));
     }
     let content_type = match file.as_str() {
         "result.json" => "application/json",
         "artifacts.tar.gz" => "application/gzip",
         _ => {
-            return error(&tonic::Status::not_found(
+            return error(&Error::not_found(
                 "a trial keeps result.json and artifacts.tar.gz",
             ));
         }
@@ -327,7 +313,7 @@ async fn artifact(
     } else {
         match state.c.queue.trial(&key).await {
             Ok(record) => record.result_prefix,
-            Err(e) => return error(&tonic::Status::not_found(e.to_string())),
+            Err(e) => return error(&Error::not_found(e.to_string())),
         }
     };
     let path = Blobs::artifact_path(&key, &committed, &file);
@@ -353,7 +339,7 @@ async fn artifact(
             }
             response
         }
-        Err(e) => error(&tonic::Status::not_found(format!(
+        Err(e) => error(&Error::not_found(format!(
             "{path} is not in the store (not committed yet, or the trial kept no such file): {e}"
         ))),
     }

@@ -19,7 +19,7 @@ use hlsfarm_common::store::LeaseAnswer;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use super::{Coordinator, lock};
+use super::{Coordinator, Error, lock};
 
 /// A pass runs at least this often while calls are parked, wakes or not.
 const SAFETY_PASS: Duration = Duration::from_secs(30);
@@ -253,7 +253,7 @@ impl Coordinator {
         let classes = match self.classes().await {
             Ok(c) => c,
             Err(status) => {
-                tracing::warn!(error = %status.message(), "matching parked leases: Redis unreachable; retrying in 1 s");
+                tracing::warn!(error = %status, "matching parked leases: Redis unreachable; retrying in 1 s");
                 *lock(&m.due) = Some(Instant::now() + Duration::from_secs(1));
                 return;
             }
@@ -296,7 +296,7 @@ impl Coordinator {
             let answers = match self.lease_wave(&wave).await {
                 Ok(answers) => answers,
                 Err(status) => {
-                    tracing::warn!(error = %status.message(), "matching parked leases: Redis unreachable; retrying in 1 s");
+                    tracing::warn!(error = %status, "matching parked leases: Redis unreachable; retrying in 1 s");
                     lock(&m.parked).extend(wave.into_iter().map(|(parked, _)| parked));
                     *lock(&m.due) = Some(Instant::now() + Duration::from_secs(1));
                     return;
@@ -329,7 +329,7 @@ impl Coordinator {
     }
 
     /// One script call leasing for every call of a wave, in order.
-    async fn lease_wave(&self, wave: &[(Parked, Ask)]) -> Result<Vec<LeaseAnswer>, tonic::Status> {
+    async fn lease_wave(&self, wave: &[(Parked, Ask)]) -> Result<Vec<LeaseAnswer>, Error> {
         let fits: Vec<Fit> = wave.iter().map(|(_, ask)| self.fit(ask)).collect();
         let asks: Vec<(&str, usize, &Fit)> = wave
             .iter()
@@ -361,7 +361,7 @@ impl Coordinator {
     }
 
     /// One lease attempt for `ask`.
-    pub(super) async fn lease_for(&self, ask: &Ask) -> Result<LeaseAnswer, tonic::Status> {
+    pub(super) async fn lease_for(&self, ask: &Ask) -> Result<LeaseAnswer, Error> {
         let fit = self.fit(ask);
         self.queue
             .lease_matching(&ask.worker, ask.max, &fit)

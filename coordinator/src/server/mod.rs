@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod background;
+pub mod error;
 mod funnel;
 mod http;
 mod learn;
@@ -28,7 +29,8 @@ use hlsfarm_common::queue::QueueConfig;
 use hlsfarm_common::store::RedisQueue;
 use hlsfarm_proto::v1::operator_server::OperatorServer;
 use hlsfarm_proto::v1::worker_server::WorkerServer;
-use tonic::Status;
+
+pub use error::Error;
 
 /// The coordinator's shared state: connections and caches of immutable facts.
 pub struct Coordinator {
@@ -62,8 +64,9 @@ pub struct Coordinator {
     learned: Mutex<learn::Learned>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("coordinator backend: {e}"))
+/// A backend (Redis, store) failure.
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::backend(e)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,14 +122,14 @@ impl Coordinator {
         &self.queue
     }
 
-    async fn classes(&self) -> Result<HashMap<String, Requirement>, Status> {
+    async fn classes(&self) -> Result<HashMap<String, Requirement>, Error> {
         {
             let cached = lock(&self.classes);
             if cached.0.elapsed() < Duration::from_secs(1) {
                 return Ok(cached.1.clone());
             }
         }
-        let raw = self.queue.classes().await.map_err(internal)?;
+        let raw = self.queue.classes().await?;
         let parsed: HashMap<String, Requirement> = raw
             .into_iter()
             .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|r| (id, r)))
@@ -135,21 +138,17 @@ impl Coordinator {
         Ok(parsed)
     }
 
-    async fn worker_caps(&self, worker: &str) -> Result<WorkerCaps, Status> {
+    async fn worker_caps(&self, worker: &str) -> Result<WorkerCaps, Error> {
         if let Some(caps) = lock(&self.caps).get(worker) {
             return Ok(caps.clone());
         }
         let json = self
             .queue
             .worker_capabilities(worker)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "worker `{worker}` is not registered (or was forgotten after an hour of silence): register again"
-                ))
-            })?;
-        let caps: WorkerCaps = serde_json::from_str(&json).map_err(internal)?;
+            .await?
+            .ok_or_else(|| Error::NotRegistered(worker.to_owned()))?;
+        let caps: WorkerCaps = serde_json::from_str(&json)
+            .map_err(|e| Error::corrupt(format!("capabilities of worker {worker}"), e))?;
         lock(&self.caps).insert(worker.to_owned(), caps.clone());
         Ok(caps)
     }
@@ -164,7 +163,7 @@ impl Coordinator {
             .fold(own, u64::max)
     }
 
-    async fn plan(&self, sweep: &str) -> Result<Arc<SweepPlan>, Status> {
+    async fn plan(&self, sweep: &str) -> Result<Arc<SweepPlan>, Error> {
         if let Some((read, plan)) = lock(&self.plans).get(sweep)
             && (!plan.open || read.elapsed() < Duration::from_secs(1))
         {
@@ -174,9 +173,10 @@ impl Coordinator {
     }
 
     /// A sweep's plan as Redis has it now (and cached).
-    async fn fresh_plan(&self, sweep: &str) -> Result<SweepPlan, Status> {
-        let json = self.queue.sweep_plan(sweep).await.map_err(internal)?;
-        let plan: SweepPlan = serde_json::from_str(&json).map_err(internal)?;
+    async fn fresh_plan(&self, sweep: &str) -> Result<SweepPlan, Error> {
+        let json = self.queue.sweep_plan(sweep).await?;
+        let plan: SweepPlan = serde_json::from_str(&json)
+            .map_err(|e| Error::corrupt(format!("plan of sweep {sweep}"), e))?;
         let plan = plan.expanded();
         lock(&self.plans).insert(sweep.to_owned(), (Instant::now(), Arc::new(plan.clone())));
         Ok(plan)

@@ -9,12 +9,11 @@ use hlsfarm_common::results::ResultSummary;
 use hlsfarm_common::store::{SweepRecord, TrialRecord};
 use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::v1::{self, operator_server::Operator};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::planning::{check_name, check_sha};
-use super::workers::refused;
-use super::{Coordinator, internal};
+use super::{Coordinator, Error, internal};
 
 /// The Operator service over a coordinator.
 pub(super) struct OperatorApi {
@@ -137,24 +136,25 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+/// Events as the core streams them.
+pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Error>> + Send>>;
 
-#[tonic::async_trait]
-impl Operator for OperatorApi {
-    async fn upload_model(
+impl Coordinator {
+    /// Stores a model file streamed in chunks (the first names it), checked against its announced sha256 and the upload limit; a file already stored is not sent again.
+    pub async fn upload_model(
         &self,
-        request: Request<Streaming<v1::UploadChunk>>,
-    ) -> Result<Response<v1::UploadModelResponse>, Status> {
-        let mut stream = request.into_inner();
+        mut stream: impl Stream<Item = Result<v1::UploadChunk, Error>> + Unpin + Send,
+    ) -> Result<v1::UploadModelResponse, Error> {
         let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
-        check_name(&first.name).map_err(|e| Status::invalid_argument(format!("file name {e}")))?;
-        check_sha(&first.sha256).map_err(|e| Status::invalid_argument(format!("sha256: {e}")))?;
+            .next()
+            .await
+            .transpose()?
+            .ok_or_else(|| Error::invalid("empty upload"))?;
+        check_name(&first.name).map_err(|e| Error::invalid(format!("file name {e}")))?;
+        check_sha(&first.sha256).map_err(|e| Error::invalid(format!("sha256: {e}")))?;
         let path = Blobs::input_path(&first.sha256);
-        if self.c.blobs.exists(&path).await.map_err(internal)? {
-            return Ok(Response::new(v1::UploadModelResponse {
+        if self.blobs.exists(&path).await.map_err(internal)? {
+            return Ok(v1::UploadModelResponse {
                 model: Some(v1::ModelInput {
                     name: first.name,
                     sha256: first.sha256,
@@ -162,22 +162,22 @@ impl Operator for OperatorApi {
                     companions: Default::default(),
                 }),
                 already_stored: true,
-            }));
+            });
         }
-        let limit = self.c.config.coordinator.max_upload_mib * 1024 * 1024;
+        let limit = self.config.coordinator.max_upload_mib * 1024 * 1024;
         let mut bytes = first.data;
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = stream.next().await.transpose()? {
             bytes.extend_from_slice(&chunk.data);
             if bytes.len() as u64 > limit {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "`{}` is larger than the upload limit of {} MiB (coordinator.max_upload_mib)",
-                    first.name, self.c.config.coordinator.max_upload_mib
+                    first.name, self.config.coordinator.max_upload_mib
                 )));
             }
         }
         let sha = sha256_hex(&bytes);
         if sha != first.sha256 {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "`{}` arrived with sha256 {sha}, not the {} announced: the upload was damaged; send it again",
                 first.name, first.sha256
             )));
@@ -187,20 +187,15 @@ impl Operator for OperatorApi {
             by: "coordinator".into(),
         };
         if let Err(e) = self
-            .c
             .blobs
             .put_checked(&path, bytes, RetryBudget::default())
             .await
         {
-            self.c.metrics.store_errors.get_or_create(&writer).inc();
+            self.metrics.store_errors.get_or_create(&writer).inc();
             return Err(internal(e));
         }
-        self.c
-            .metrics
-            .store_bytes
-            .get_or_create(&writer)
-            .inc_by(size);
-        Ok(Response::new(v1::UploadModelResponse {
+        self.metrics.store_bytes.get_or_create(&writer).inc_by(size);
+        Ok(v1::UploadModelResponse {
             model: Some(v1::ModelInput {
                 name: first.name,
                 sha256: sha,
@@ -208,58 +203,53 @@ impl Operator for OperatorApi {
                 companions: Default::default(),
             }),
             already_stored: false,
-        }))
+        })
     }
 
-    async fn submit_sweep(
+    /// Expands a sweep into trials and queues them.
+    pub async fn submit_sweep(
         &self,
-        request: Request<v1::SubmitSweepRequest>,
-    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("missing spec"))?;
-        let (sweep_id, trials, submitted) = self.c.submit(spec).await?;
-        Ok(Response::new(v1::SubmitSweepResponse {
+        request: v1::SubmitSweepRequest,
+    ) -> Result<v1::SubmitSweepResponse, Error> {
+        let spec = request.spec.ok_or_else(|| Error::invalid("missing spec"))?;
+        let (sweep_id, trials, submitted) = self.submit(spec).await?;
+        Ok(v1::SubmitSweepResponse {
             sweep_id,
             trials,
             queued: submitted.added,
             reused: submitted.reused,
-        }))
+        })
     }
 
-    async fn add_models(
+    /// Adds models to an open sweep (`submit --follow`).
+    pub async fn add_models(
         &self,
-        request: Request<v1::AddModelsRequest>,
-    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
-        let r = request.into_inner();
+        request: v1::AddModelsRequest,
+    ) -> Result<v1::SubmitSweepResponse, Error> {
+        let r = request;
         let sweep_id = r.sweep_id.clone();
-        let (trials, submitted) = self.c.add_models(r).await?;
-        Ok(Response::new(v1::SubmitSweepResponse {
+        let (trials, submitted) = self.extend_sweep(r).await?;
+        Ok(v1::SubmitSweepResponse {
             sweep_id,
             trials,
             queued: submitted.added,
             reused: submitted.reused,
-        }))
+        })
     }
 
-    async fn get_status(
+    /// The cluster snapshot: sweeps with their ETAs, workers with their running trials, seats, recent failures.
+    pub async fn get_status(
         &self,
-        request: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        let r = request.into_inner();
-        let snap = self
-            .c
-            .queue
-            .snapshot(r.include_finished, 200)
-            .await
-            .map_err(internal)?;
-        let estimator = self.c.estimator();
+        request: v1::GetStatusRequest,
+    ) -> Result<v1::GetStatusResponse, Error> {
+        let r = request;
+        let snap = self.queue.snapshot(r.include_finished, 200).await?;
+        let estimator = self.estimator();
         let mut running: Vec<v1::TrialInfo> = Vec::with_capacity(snap.leased.len());
         for t in &snap.leased {
             let mut info = trial_info(t, false, "");
             if let Some(e) = &estimator
-                && let Ok(plan) = self.c.plan(&t.sweep).await
+                && let Ok(plan) = self.plan(&t.sweep).await
                 && let Some(p) = Coordinator::prediction_of(e, &plan, &t.payload)
             {
                 info.predicted_seconds = Some(p.seconds);
@@ -284,21 +274,21 @@ impl Operator for OperatorApi {
                 draining: w.draining,
             });
         }
-        let limits = &self.c.config.coordinator.seats;
+        let limits = &self.config.coordinator.seats;
         let mut features: Vec<&String> = limits.keys().chain(snap.seats.keys()).collect();
         features.sort();
         features.dedup();
         let mut sweeps = Vec::with_capacity(snap.sweeps.len());
         for s in &snap.sweeps {
             let mut status = sweep_status(s);
-            status.gates = self.c.gate_lines(&s.id).await;
-            if let Some((eta, sd)) = self.c.learned_eta(s).await {
+            status.gates = self.gate_lines(&s.id).await;
+            if let Some((eta, sd)) = self.learned_eta(s).await {
                 status.eta_seconds = Some(eta);
                 status.eta_sd_seconds = Some(sd);
             }
             sweeps.push(status);
         }
-        Ok(Response::new(v1::GetStatusResponse {
+        Ok(v1::GetStatusResponse {
             sweeps,
             workers,
             seats: features
@@ -314,24 +304,20 @@ impl Operator for OperatorApi {
                 .iter()
                 .map(|t| trial_info(t, false, ""))
                 .collect(),
-        }))
+        })
     }
 
-    type WatchStream = EventStream;
-
-    async fn watch(
-        &self,
-        request: Request<v1::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let r = request.into_inner();
-        let mut reader = self.c.queue.events().await.map_err(internal)?;
+    /// Events from `after_cursor` on (new ones only when empty), of one sweep or all.
+    pub async fn watch(&self, request: v1::WatchRequest) -> Result<EventStream, Error> {
+        let r = request;
+        let mut reader = self.queue.events().await?;
         let mut cursor = if r.after_cursor.is_empty() {
-            self.c.queue.last_event_id().await.map_err(internal)?
+            self.queue.last_event_id().await?
         } else {
             r.after_cursor
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let stop = self.c.stop.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
                 let events = tokio::select! {
@@ -372,21 +358,20 @@ impl Operator for OperatorApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    async fn get_results(
+    /// A sweep's trials with their results, predictions and funnel decisions.
+    pub async fn get_results(
         &self,
-        request: Request<v1::GetResultsRequest>,
-    ) -> Result<Response<v1::GetResultsResponse>, Status> {
-        let id = request.into_inner().sweep_id;
-        let sweep = self.c.queue.sweep(&id).await.map_err(refused)?;
-        let plan = self.c.plan(&id).await?;
-        let trials = self.c.queue.sweep_trials(&id).await.map_err(refused)?;
-        let listed = self.c.listed_trials(&id, &plan, trials).await?;
-        let estimator = self.c.estimator();
+        request: v1::GetResultsRequest,
+    ) -> Result<v1::GetResultsResponse, Error> {
+        let id = request.sweep_id;
+        let sweep = self.queue.sweep(&id).await?;
+        let plan = self.plan(&id).await?;
+        let trials = self.queue.sweep_trials(&id).await?;
+        let listed = self.listed_trials(&id, &plan, trials).await?;
+        let estimator = self.estimator();
         let infos = listed
             .iter()
             .map(|(t, reused, decisions)| {
@@ -414,67 +399,139 @@ impl Operator for OperatorApi {
             })
             .collect();
         let mut status = sweep_status(&sweep);
-        status.gates = self.c.gate_lines(&id).await;
-        if let Some((eta, sd)) = self.c.learned_eta(&sweep).await {
+        status.gates = self.gate_lines(&id).await;
+        if let Some((eta, sd)) = self.learned_eta(&sweep).await {
             status.eta_seconds = Some(eta);
             status.eta_sd_seconds = Some(sd);
         }
         // An open sweep's follower may add models yet.
         status.pending |= plan.open;
-        Ok(Response::new(v1::GetResultsResponse {
+        Ok(v1::GetResultsResponse {
             sweep: Some(status),
             trials: infos,
-        }))
+        })
+    }
+
+    /// Cancels a sweep, or some of its trials.
+    pub async fn cancel(&self, request: v1::CancelRequest) -> Result<v1::CancelResponse, Error> {
+        let r = request;
+        if r.sweep_id.is_empty() {
+            return Err(Error::invalid(
+                "name the sweep (and optionally trial keys within it)",
+            ));
+        }
+        let (dropped, stopping) = self.queue.cancel(&r.sweep_id, &r.trial_keys).await?;
+        tracing::info!(sweep = %r.sweep_id, dropped, stopping, "cancelled");
+        Ok(v1::CancelResponse { dropped, stopping })
+    }
+
+    /// Queues a sweep's failed (or named) trials again.
+    pub async fn retry(&self, request: v1::RetryRequest) -> Result<v1::RetryResponse, Error> {
+        let r = request;
+        if r.sweep_id.is_empty() {
+            return Err(Error::invalid(
+                "name the sweep (and optionally trial keys within it)",
+            ));
+        }
+        let requeued = self.queue.retry(&r.sweep_id, &r.trial_keys).await?;
+        self.wake().await;
+        Ok(v1::RetryResponse { requeued })
+    }
+
+    /// Asks a worker to take no more trials.
+    pub async fn drain_worker(
+        &self,
+        request: v1::DrainWorkerRequest,
+    ) -> Result<v1::DrainWorkerResponse, Error> {
+        let id = request.worker_id;
+        if !self.queue.drain(&id).await? {
+            return Err(Error::not_found(format!("no worker `{id}` is registered")));
+        }
+        Ok(v1::DrainWorkerResponse {})
+    }
+}
+
+/// The gRPC adapter: each call hands its message to the core and maps its error.
+#[tonic::async_trait]
+impl Operator for OperatorApi {
+    async fn upload_model(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::UploadModelResponse>, Status> {
+        let chunks = request
+            .into_inner()
+            .map(|c| c.map_err(|s| Error::invalid(format!("upload interrupted: {}", s.message()))));
+        Ok(Response::new(self.c.upload_model(chunks).await?))
+    }
+
+    async fn submit_sweep(
+        &self,
+        request: Request<v1::SubmitSweepRequest>,
+    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        Ok(Response::new(
+            self.c.submit_sweep(request.into_inner()).await?,
+        ))
+    }
+
+    async fn add_models(
+        &self,
+        request: Request<v1::AddModelsRequest>,
+    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        Ok(Response::new(
+            self.c.add_models(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        Ok(Response::new(
+            self.c.get_status(request.into_inner()).await?,
+        ))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let events = self.c.watch(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            events.map(|e| e.map_err(Status::from)),
+        )))
+    }
+
+    async fn get_results(
+        &self,
+        request: Request<v1::GetResultsRequest>,
+    ) -> Result<Response<v1::GetResultsResponse>, Status> {
+        Ok(Response::new(
+            self.c.get_results(request.into_inner()).await?,
+        ))
     }
 
     async fn cancel(
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
-        let r = request.into_inner();
-        if r.sweep_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "name the sweep (and optionally trial keys within it)",
-            ));
-        }
-        let (dropped, stopping) = self
-            .c
-            .queue
-            .cancel(&r.sweep_id, &r.trial_keys)
-            .await
-            .map_err(refused)?;
-        tracing::info!(sweep = %r.sweep_id, dropped, stopping, "cancelled");
-        Ok(Response::new(v1::CancelResponse { dropped, stopping }))
+        Ok(Response::new(self.c.cancel(request.into_inner()).await?))
     }
 
     async fn retry(
         &self,
         request: Request<v1::RetryRequest>,
     ) -> Result<Response<v1::RetryResponse>, Status> {
-        let r = request.into_inner();
-        if r.sweep_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "name the sweep (and optionally trial keys within it)",
-            ));
-        }
-        let requeued = self
-            .c
-            .queue
-            .retry(&r.sweep_id, &r.trial_keys)
-            .await
-            .map_err(refused)?;
-        self.c.wake().await;
-        Ok(Response::new(v1::RetryResponse { requeued }))
+        Ok(Response::new(self.c.retry(request.into_inner()).await?))
     }
 
     async fn drain_worker(
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
-        let id = request.into_inner().worker_id;
-        if !self.c.queue.drain(&id).await.map_err(internal)? {
-            return Err(Status::not_found(format!("no worker `{id}` is registered")));
-        }
-        Ok(Response::new(v1::DrainWorkerResponse {}))
+        Ok(Response::new(
+            self.c.drain_worker(request.into_inner()).await?,
+        ))
     }
 }

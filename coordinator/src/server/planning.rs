@@ -14,9 +14,8 @@ use hlsfarm_common::trial_key::{EmulationSpec, ModelDigest, ToolVersion, Toolcha
 use hlsfarm_common::validation::ValidationErrors;
 use hlsfarm_proto::stages_from_wire;
 use hlsfarm_proto::v1;
-use tonic::Status;
 
-use super::{Coordinator, internal};
+use super::{Coordinator, Error, internal};
 use hlsfarm_common::blob::Blobs;
 
 /// Workers seen within this long count as live for choosing a sweep's toolchain.
@@ -167,7 +166,7 @@ fn new_trials(plan: &SweepPlan, planned: Vec<hlsfarm_common::plan::PlannedTrial>
 
 impl Coordinator {
     /// Every input of `models` must be stored already: workers fetch them from the store.
-    async fn check_stored(&self, models: &[PlanModel]) -> Result<(), Status> {
+    async fn check_stored(&self, models: &[PlanModel]) -> Result<(), Error> {
         for m in models {
             let shas = std::iter::once(&m.digest.sha256).chain(m.digest.companions.values());
             for sha in shas {
@@ -177,7 +176,7 @@ impl Coordinator {
                     .await
                     .map_err(internal)?
                 {
-                    return Err(Status::failed_precondition(format!(
+                    return Err(Error::precondition(format!(
                         "model `{}`: file {sha} is not in the store; upload it first (hlsfarm submit does)",
                         m.name
                     )));
@@ -190,18 +189,15 @@ impl Coordinator {
     /// Adds models to an open sweep (`submit --follow`) and queues their trials; `done`
     /// closes the sweep. Models only append to the plan, so the indices of queued trials
     /// stay valid; the plan is rewritten before the new trials are queued.
-    pub(super) async fn add_models(
+    pub(super) async fn extend_sweep(
         &self,
         request: v1::AddModelsRequest,
-    ) -> Result<(u64, Submitted), Status> {
+    ) -> Result<(u64, Submitted), Error> {
         let id = request.sweep_id;
-        self.queue
-            .sweep(&id)
-            .await
-            .map_err(super::workers::refused)?;
+        self.queue.sweep(&id).await.map_err(Error::from)?;
         let mut plan = self.fresh_plan(&id).await?;
         if !plan.open {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "sweep {id} is closed: it was not submitted with --follow, or its follower said it was done; submit a new sweep"
             )));
         }
@@ -218,7 +214,7 @@ impl Coordinator {
         let search = search_records(&request.search_json, &mut errors);
         errors
             .into_result()
-            .map_err(|e| Status::invalid_argument(format!("invalid models: {e}")))?;
+            .map_err(|e| Error::invalid(format!("invalid models: {e}")))?;
         self.check_stored(&models).await?;
         let first_new = plan.models.len();
         plan.models.extend(models);
@@ -228,7 +224,7 @@ impl Coordinator {
             }
         }
         plan.open = !request.done;
-        let planned = plan.trials().map_err(Status::invalid_argument)?;
+        let planned = plan.trials().map_err(Error::invalid)?;
         let fresh: Vec<_> = planned
             .trials
             .into_iter()
@@ -241,7 +237,7 @@ impl Coordinator {
             .collect();
         let mut trials = new_trials(&plan, fresh);
         self.estimate_new(&plan, &mut trials);
-        self.queue.put_classes(&classes).await.map_err(internal)?;
+        self.queue.put_classes(&classes).await?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;
         let submitted = self
             .queue
@@ -252,8 +248,7 @@ impl Coordinator {
                 },
                 &trials,
             )
-            .await
-            .map_err(internal)?;
+            .await?;
         self.forget_plan(&id);
         self.wake().await;
         tracing::info!(sweep = %id, models = plan.models.len() - first_new, trials = trials.len(), queued = submitted.added, closed = request.done, "models added");
@@ -262,8 +257,8 @@ impl Coordinator {
 }
 
 impl Coordinator {
-    async fn live_workers(&self) -> Result<Vec<WorkerCaps>, Status> {
-        let snapshot = self.queue.snapshot(false, 0).await.map_err(internal)?;
+    async fn live_workers(&self) -> Result<Vec<WorkerCaps>, Error> {
+        let snapshot = self.queue.snapshot(false, 0).await?;
         Ok(snapshot
             .workers
             .iter()
@@ -276,7 +271,7 @@ impl Coordinator {
     pub(super) async fn submit(
         &self,
         spec: v1::SweepSpec,
-    ) -> Result<(String, u64, Submitted), Status> {
+    ) -> Result<(String, u64, Submitted), Error> {
         let mut errors = ValidationErrors::default();
         if spec.models.is_empty() {
             errors.push("models", "names no model: give at least one model file");
@@ -345,7 +340,7 @@ impl Coordinator {
         let search = search_records(&spec.search_json, &mut errors);
         errors
             .into_result()
-            .map_err(|e| Status::invalid_argument(format!("invalid sweep: {e}")))?;
+            .map_err(|e| Error::invalid(format!("invalid sweep: {e}")))?;
 
         self.check_stored(&models).await?;
 
@@ -380,7 +375,7 @@ impl Coordinator {
             )
         };
         if let Some(gate) = gates.iter().find(|g| !stages.contains(&g.after)) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "invalid sweep: select: a gate runs after `{}`, a stage the sweep does not run",
                 gate.after
             )));
@@ -397,7 +392,7 @@ impl Coordinator {
                     }),
                 },
                 None => toolchain_from_workers(&workers, *backend, tools_needed).ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    Error::precondition(format!(
                         "no live worker {} for the {} backend, so the trial keys cannot name a toolchain: start `hlsfarm worker` on a host with {}, or name it in the sweep (toolchain.hls4ml_version, toolchain.tool, toolchain.tool_version)",
                         if tools_needed { "has hls4ml and an HLS tool" } else { "has hls4ml" },
                         backend.as_str(),
@@ -406,7 +401,7 @@ impl Coordinator {
                 })?,
             };
             if tools_needed && toolchain.tool.is_none() {
-                return Err(Status::invalid_argument(
+                return Err(Error::invalid(
                     "the stages run HLS tools but toolchain.tool is empty: name the tool and its version",
                 ));
             }
@@ -463,7 +458,7 @@ impl Coordinator {
             open: spec.follow,
         };
         let planning = std::time::Instant::now();
-        let planned = plan.trials().map_err(Status::invalid_argument)?;
+        let planned = plan.trials().map_err(Error::invalid)?;
         let classes: BTreeMap<String, String> = planned
             .classes
             .iter()
@@ -472,7 +467,7 @@ impl Coordinator {
         let mut trials = new_trials(&plan, planned.trials);
         self.estimate_new(&plan, &mut trials);
         let total = trials.len() as u64;
-        self.queue.put_classes(&classes).await.map_err(internal)?;
+        self.queue.put_classes(&classes).await?;
         let plan_json = serde_json::to_string(&plan).map_err(internal)?;
         let plan_ms = planning.elapsed().as_millis();
         let queueing = std::time::Instant::now();
@@ -488,8 +483,7 @@ impl Coordinator {
                 },
                 &trials,
             )
-            .await
-            .map_err(internal)?;
+            .await?;
         self.wake().await;
         tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, plan_ms, redis_ms = queueing.elapsed().as_millis(), "sweep submitted");
         Ok((id, total, submitted))
@@ -501,10 +495,7 @@ impl Coordinator {
     /// (`failure.fix`: from the tool's log or preflight), queued in the same sweep as a
     /// derived trial (its own key, `derived_from` naming the original). Nothing for a trial
     /// that is itself derived, or without a fix. Returns the derived trial's key.
-    pub(super) async fn derive_fixed(
-        &self,
-        failed: &TrialResult,
-    ) -> Result<Option<String>, Status> {
+    pub(super) async fn derive_fixed(&self, failed: &TrialResult) -> Result<Option<String>, Error> {
         let Some(failure) = failed.failure.as_ref() else {
             return Ok(None);
         };
@@ -556,7 +547,7 @@ impl Coordinator {
             trial.needs.class.clone(),
             serde_json::to_string(&requirement).map_err(internal)?,
         )]);
-        self.queue.put_classes(&classes).await.map_err(internal)?;
+        self.queue.put_classes(&classes).await?;
         let mut derived = [NewTrial {
             key: trial.key.clone(),
             cost: trial.cost,
@@ -566,8 +557,7 @@ impl Coordinator {
         self.estimate_new(&plan, &mut derived);
         self.queue
             .submit_sweep(&SweepSubmit::more_of(sweep), &derived)
-            .await
-            .map_err(internal)?;
+            .await?;
         self.wake().await;
         tracing::info!(sweep, from = %failed.trial_key, trial = %trial.key, fix = ?fix, "derived a trial with the fix applied (on_failure = apply-fix)");
         Ok(Some(trial.key))

@@ -1,6 +1,7 @@
 //! The Worker service: register, lease (long-poll), heartbeat, complete, hand back. Every
-//! call about a trial presents its lease token; a stale one gets `FAILED_PRECONDITION` and
-//! changes nothing (DESIGN §3).
+//! call about a trial presents its lease token; a stale one gets [`Error::LeaseLost`]
+//! (`FAILED_PRECONDITION`, kind `lease-lost`) and changes nothing (DESIGN §3). The calls are
+//! the core's; the gRPC service at the end only adapts them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use hlsfarm_proto::v1::{self, worker_server::Worker};
 use tonic::{Request, Response, Status};
 
 use super::matcher::{Ask, served};
-use super::{Coordinator, internal, lock};
+use super::{Coordinator, Error, internal, lock};
 
 /// The longest a lease call waits for work.
 const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -35,8 +36,8 @@ impl WorkerApi {
     }
 }
 
-fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Status> {
-    let t = t.ok_or_else(|| Status::invalid_argument("missing lease token"))?;
+fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Error> {
+    let t = t.ok_or_else(|| Error::invalid("missing lease token"))?;
     Ok((
         t.trial_key,
         Fence {
@@ -58,29 +59,18 @@ fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
 /// worker is about (a lone worker takes it back at once): long enough for another to take it.
 const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(120);
 
-/// A queue refusal as the status workers act on.
-pub(super) fn refused(e: QueueError) -> Status {
-    match e {
-        QueueError::Transition(t) => Status::failed_precondition(format!(
-            "lease no longer held ({t}): discard this trial's work"
-        )),
-        QueueError::UnknownTrial(k) => Status::not_found(format!("unknown trial {k}")),
-        QueueError::UnknownSweep(s) => Status::not_found(format!("unknown sweep {s}")),
-        QueueError::Backend(b) => internal(b),
-    }
-}
-
 impl Coordinator {
-    async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Status> {
+    async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Error> {
         let mut plan = self.plan(&lease.sweep_id).await?;
-        let index: PlanIndex = serde_json::from_value(lease.payload.clone()).map_err(internal)?;
+        let index: PlanIndex = serde_json::from_value(lease.payload.clone())
+            .map_err(|e| Error::corrupt(format!("queue entry of trial {}", lease.key), e))?;
         if index.m >= plan.models.len() {
             // A model added to an open sweep since this process read its plan.
             plan = Arc::new(self.fresh_plan(&lease.sweep_id).await?);
         }
         let (Some(model), Some(settings)) = (plan.models.get(index.m), plan.points.get(index.g))
         else {
-            return Err(internal(format!(
+            return Err(Error::Corrupt(format!(
                 "trial {} points outside its sweep's plan",
                 lease.key
             )));
@@ -135,88 +125,83 @@ impl Coordinator {
     }
 }
 
-#[tonic::async_trait]
-impl Worker for WorkerApi {
-    async fn register(
+impl Coordinator {
+    /// Records a worker and what it can run.
+    pub async fn register(
         &self,
-        request: Request<v1::RegisterRequest>,
-    ) -> Result<Response<v1::RegisterResponse>, Status> {
-        let r = request.into_inner();
+        request: v1::RegisterRequest,
+    ) -> Result<v1::RegisterResponse, Error> {
+        let r = request;
         if r.worker_id.is_empty()
             || r.worker_id.len() > 200
             || r.worker_id.contains(char::is_whitespace)
         {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
                 "worker_id must be 1-200 characters without spaces",
             ));
         }
         let mut caps = WorkerCaps::try_from(r.capabilities.unwrap_or_default())
-            .map_err(|e| Status::invalid_argument(format!("capabilities: {e}")))?;
+            .map_err(|e| Error::invalid(format!("capabilities: {e}")))?;
         caps.hostname = r.hostname;
         let json = serde_json::to_string(&caps).map_err(internal)?;
-        self.c
-            .queue
-            .register(&r.worker_id, &json)
-            .await
-            .map_err(internal)?;
-        lock(&self.c.caps).insert(r.worker_id.clone(), caps.clone());
+        self.queue.register(&r.worker_id, &json).await?;
+        lock(&self.caps).insert(r.worker_id.clone(), caps.clone());
         tracing::info!(worker = %r.worker_id, host = %caps.hostname, slots = caps.slots, hls4ml = %caps.hls4ml_version, tools = ?caps.tools, "worker registered");
-        let c = &self.c.config.coordinator;
-        Ok(Response::new(v1::RegisterResponse {
+        let c = &self.config.coordinator;
+        Ok(v1::RegisterResponse {
             lease_ms: c.lease_ms,
             heartbeat_ms: c.heartbeat_ms,
-        }))
+        })
     }
 
-    async fn lease(
-        &self,
-        request: Request<v1::LeaseRequest>,
-    ) -> Result<Response<v1::LeaseResponse>, Status> {
-        let r = request.into_inner();
-        let caps = self.c.worker_caps(&r.worker_id).await?;
+    /// Leases up to `max_trials` trials that fit the worker, waiting up to `wait_ms` (parked, DESIGN §2) when none does.
+    pub async fn lease(&self, request: v1::LeaseRequest) -> Result<v1::LeaseResponse, Error> {
+        let r = request;
+        let caps = self.worker_caps(&r.worker_id).await?;
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let max = usize::try_from(r.max_trials).unwrap_or(0).min(64);
         if max == 0 {
-            return Ok(Response::new(v1::LeaseResponse::default()));
+            return Ok(v1::LeaseResponse::default());
         }
         let ask = Ask {
             worker: r.worker_id.clone(),
-            served: served(&self.c.classes().await?, &caps),
+            served: served(&self.classes().await?, &caps),
             caps,
             max,
             memory_mib: r.free_memory_mib,
             cores: r.free_cores,
         };
-        let matcher = &self.c.matcher;
+        let matcher = &self.matcher;
         let epoch = matcher.epoch();
         let mut leases = Vec::new();
         // Classes seen without any queued trial since the last wake: nothing to ask Redis.
         if !matcher.known_empty(&ask.served, epoch) {
-            let answer = self.c.lease_for(&ask).await?;
+            let answer = self.lease_for(&ask).await?;
             matcher.learn(&ask.served, epoch, &answer);
             leases = answer.leases;
         }
-        if leases.is_empty() && !wait.is_zero() && !self.c.stop.is_cancelled() {
+        if leases.is_empty() && !wait.is_zero() && !self.stop.is_cancelled() {
             // Parked: a matching pass answers it when work may have appeared (DESIGN §2).
             leases = matcher
                 .park(ask, deadline, epoch)
-                .wait(deadline, &self.c.stop)
+                .wait(deadline, &self.stop)
                 .await;
         }
         let mut trials = Vec::with_capacity(leases.len());
         for lease in leases {
             tracing::info!(trial = %&lease.key[..12], sweep = %lease.sweep_id, worker = %r.worker_id, attempt = lease.fence.attempt, "leased");
-            trials.push(self.c.leased_trial(lease).await?);
+            trials.push(self.leased_trial(lease).await?);
         }
-        Ok(Response::new(v1::LeaseResponse { trials }))
+        Ok(v1::LeaseResponse { trials })
     }
 
-    async fn heartbeat(
+    /// Extends the worker's leases and records where its trials are; answers which leases are stale and which trials to cancel.
+    pub async fn heartbeat(
         &self,
-        request: Request<v1::HeartbeatRequest>,
-    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let r = request.into_inner();
+        request: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatResponse, Error> {
+        let r = request;
         let mut progress = Vec::with_capacity(r.trials.len());
         let mut fences = std::collections::HashMap::new();
         for t in r.trials {
@@ -237,16 +222,14 @@ impl Worker for WorkerApi {
             });
         }
         let (reply, drain, registered) = self
-            .c
             .queue
             .heartbeat_progress(&r.worker_id, &progress)
-            .await
-            .map_err(internal)?;
+            .await?;
         if !registered {
             // Redis forgot the worker (flushed, or a fresh Redis after a failover): its
             // cached capabilities must not keep it leasing; its next lease is refused and it
             // registers again.
-            lock(&self.c.caps).remove(&r.worker_id);
+            lock(&self.caps).remove(&r.worker_id);
         }
         let tokens = |keys: Vec<String>| -> Vec<v1::LeaseToken> {
             keys.into_iter()
@@ -256,19 +239,20 @@ impl Worker for WorkerApi {
         if !reply.stale.is_empty() {
             tracing::warn!(worker = %r.worker_id, stale = reply.stale.len(), "heartbeat presented stale leases");
         }
-        Ok(Response::new(v1::HeartbeatResponse {
+        Ok(v1::HeartbeatResponse {
             extended: tokens(reply.extended),
             stale: tokens(reply.stale),
             cancel: tokens(reply.cancel),
             drain,
-        }))
+        })
     }
 
-    async fn complete(
+    /// Ends an attempt: checks the result against the token and the uploads, classifies a failure (retry, oom raise, licence refusal), commits through the state machine, and records what it cost.
+    pub async fn complete(
         &self,
-        request: Request<v1::CompleteRequest>,
-    ) -> Result<Response<v1::CompleteResponse>, Status> {
-        let r = request.into_inner();
+        request: v1::CompleteRequest,
+    ) -> Result<v1::CompleteResponse, Error> {
+        let r = request;
         let (key, fence) = token(r.token)?;
         let staging = Blobs::attempt_prefix(&key, fence);
         let result_json = r
@@ -276,17 +260,18 @@ impl Worker for WorkerApi {
             .as_ref()
             .map(|x| x.result_json.clone())
             .unwrap_or_default();
-        let parsed: Option<TrialResult> = if result_json.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_str(&result_json).map_err(|e| {
-                Status::invalid_argument(format!("result_json is not a result.json: {e}"))
-            })?)
-        };
+        let parsed: Option<TrialResult> =
+            if result_json.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&result_json).map_err(|e| {
+                    Error::invalid(format!("result_json is not a result.json: {e}"))
+                })?)
+            };
         if let Some(p) = &parsed
             && p.trial_key != key
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "result.json is for trial {}, not {key}",
                 p.trial_key
             )));
@@ -299,7 +284,7 @@ impl Worker for WorkerApi {
             Outcome::Cancelled
         } else if let Some(f) = &r.failure {
             let class = hlsfarm_common::FailureClass::from_wire(f.class)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                .map_err(|e| Error::invalid(e.to_string()))?;
             match class {
                 // Not the trial's fault: queued again without spending an attempt.
                 FailureClass::Licence => {
@@ -314,7 +299,7 @@ impl Worker for WorkerApi {
                         .as_ref()
                         .and_then(|p| p.failure.as_ref())
                         .and_then(|f| f.peak_memory_mib);
-                    let largest = self.c.largest_worker_memory(&r.worker_id).await;
+                    let largest = self.largest_worker_memory(&r.worker_id).await;
                     match oom_retry(
                         peak,
                         largest,
@@ -349,7 +334,7 @@ impl Worker for WorkerApi {
         {
             Outcome::Succeeded
         } else {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
                 "a completion carries a successful result, a failure, or cancelled",
             ));
         };
@@ -367,7 +352,6 @@ impl Worker for WorkerApi {
                 .chain(names.into_iter().filter(|n| n != "result.json"))
             {
                 let size = self
-                    .c
                     .blobs
                     .size(&format!("{staging}/{name}"))
                     .await
@@ -381,8 +365,7 @@ impl Worker for WorkerApi {
         }
         let has_files = uploaded.iter().any(|(name, _)| name == "result.json");
         if has_files {
-            self.c
-                .metrics
+            self.metrics
                 .store_bytes
                 .get_or_create(&super::metrics::Writer {
                     by: "worker".into(),
@@ -390,7 +373,7 @@ impl Worker for WorkerApi {
                 .inc_by(uploaded.iter().map(|(_, size)| size).sum());
         }
         if parsed.is_some() && !has_files && outcome == Outcome::Succeeded {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "{staging}/result.json is not in the store: upload the results before completing"
             )));
         }
@@ -435,10 +418,9 @@ impl Worker for WorkerApi {
         if outcome == (Outcome::Failed { retryable: false })
             && let Some(p) = &parsed
         {
-            self.c.derive_fixed(p).await?;
+            self.derive_fixed(p).await?;
         }
         let state = self
-            .c
             .queue
             .complete_with(&key, fence, outcome, &completion)
             .await;
@@ -455,23 +437,22 @@ impl Worker for WorkerApi {
                     )
                 {
                     // This token lost the trial: its uploads are never committed.
-                    self.c.collect_attempt(&key, &staging).await;
+                    self.collect_attempt(&key, &staging).await;
                 }
-                return Err(refused(e));
+                return Err(e.into());
             }
         };
         tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
-        self.c.trial_ended();
+        self.trial_ended();
         if let Some(p) = &parsed {
             // What it cost, for the estimates (whichever sweep runs the trial now).
             if !p.timings.is_empty()
-                && let Ok(record) = self.c.queue.trial(&key).await
+                && let Ok(record) = self.queue.trial(&key).await
             {
-                self.c.observe(&record.sweep, p).await;
+                self.observe(&record.sweep, p).await;
             }
             for t in &p.timings {
-                self.c
-                    .metrics
+                self.metrics
                     .stage_seconds
                     .get_or_create(&super::metrics::StageLabel {
                         stage: t.stage.to_string(),
@@ -483,8 +464,7 @@ impl Worker for WorkerApi {
             f.class == v1::FailureClass::Infrastructure as i32
                 && f.reason.starts_with("cannot upload")
         }) {
-            self.c
-                .metrics
+            self.metrics
                 .store_errors
                 .get_or_create(&super::metrics::Writer {
                     by: "worker".into(),
@@ -494,39 +474,79 @@ impl Worker for WorkerApi {
         if has_files {
             // Accepted: this token won. Copy its files now; the committer loop retries if
             // this fails or the coordinator dies here.
-            self.c.commit_result(&key).await;
+            self.commit_result(&key).await;
         }
         // Queued again, or ended: its seats, and any trial waiting on the sweep's end, are
         // free for parked lease calls.
-        self.c.wake().await;
+        self.wake().await;
         if matches!(state, TrialState::Failed | TrialState::Dead) {
             // A funnel's primary that failed promotes its backup now, not at the sweep's end.
-            self.c.after_failure(&key).await;
+            self.after_failure(&key).await;
         }
-        Ok(Response::new(v1::CompleteResponse {
+        Ok(v1::CompleteResponse {
             state: v1::TrialState::from(state) as i32,
-        }))
+        })
+    }
+
+    /// Gives a leased trial back unrun (a drain, a worker short of memory).
+    pub async fn hand_back(
+        &self,
+        request: v1::HandBackRequest,
+    ) -> Result<v1::HandBackResponse, Error> {
+        let r = request;
+        let mut requeued = 0;
+        for t in r.tokens {
+            let (key, fence) = token(Some(t))?;
+            match self.queue.hand_back_with(&key, fence, &r.reason).await {
+                Ok(TrialState::Queued) => requeued += 1,
+                Ok(_) => {}
+                // A lease already lost needs no hand-back.
+                Err(QueueError::Transition(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if requeued > 0 {
+            self.wake().await;
+        }
+        Ok(v1::HandBackResponse { requeued })
+    }
+}
+
+/// The gRPC adapter: each call hands its message to the core and maps its error.
+#[tonic::async_trait]
+impl Worker for WorkerApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        Ok(Response::new(self.c.register(request.into_inner()).await?))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<v1::LeaseRequest>,
+    ) -> Result<Response<v1::LeaseResponse>, Status> {
+        Ok(Response::new(self.c.lease(request.into_inner()).await?))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        Ok(Response::new(self.c.heartbeat(request.into_inner()).await?))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<v1::CompleteRequest>,
+    ) -> Result<Response<v1::CompleteResponse>, Status> {
+        Ok(Response::new(self.c.complete(request.into_inner()).await?))
     }
 
     async fn hand_back(
         &self,
         request: Request<v1::HandBackRequest>,
     ) -> Result<Response<v1::HandBackResponse>, Status> {
-        let r = request.into_inner();
-        let mut requeued = 0;
-        for t in r.tokens {
-            let (key, fence) = token(Some(t))?;
-            match self.c.queue.hand_back_with(&key, fence, &r.reason).await {
-                Ok(TrialState::Queued) => requeued += 1,
-                Ok(_) => {}
-                // A lease already lost needs no hand-back.
-                Err(QueueError::Transition(_)) => {}
-                Err(e) => return Err(refused(e)),
-            }
-        }
-        if requeued > 0 {
-            self.c.wake().await;
-        }
-        Ok(Response::new(v1::HandBackResponse { requeued }))
+        Ok(Response::new(self.c.hand_back(request.into_inner()).await?))
     }
 }

@@ -128,7 +128,11 @@ pub(super) async fn lease_loop(
                 wait = Duration::from_millis(200);
                 r.into_inner().trials
             }
-            Err(s) if s.code() == Code::FailedPrecondition => {
+            Err(s)
+                if hlsfarm_proto::error_kind(&s) == Some("not-registered")
+                    || (hlsfarm_proto::error_kind(&s).is_none()
+                        && s.code() == Code::FailedPrecondition) =>
+            {
                 // Forgotten (Redis flushed, or a fresh Redis after a failover): register again.
                 tracing::warn!(error = %s.message(), "lease refused; registering again");
                 let mut client = shared.client.clone();

@@ -37,7 +37,7 @@ pub(super) async fn complete(
                 tracing::warn!(error = %s.message(), "completion refused: the lease was lost; result discarded");
                 return false;
             }
-            Err(s) if s.code() == Code::InvalidArgument => {
+            Err(s) if s.code() == Code::InvalidArgument || s.code() == Code::DataLoss => {
                 tracing::error!(error = %s.message(), "completion rejected");
                 return false;
             }
