@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
 use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::client::{Bearer, channel};
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
@@ -32,27 +31,22 @@ impl Drop for Proc {
     }
 }
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub(super) use hlsfarm_rig::free_port;
 
+/// Waits until something listens on `port` (at most 30 s).
 pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{what} did not listen on port {port} within 30 s")
+    hlsfarm_rig::wait_until(
+        &format!("{what} to listen on port {port}"),
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    )
+    .map(drop)
 }
 
 /// A Redis and a coordinator of our own.
 pub(crate) struct Rig {
     _dir: tempfile::TempDir,
-    _redis: Proc,
+    _redis: hlsfarm_rig::RedisServer,
     pub(super) coordinator: Proc,
     /// More coordinators on the same Redis ([`Rig::add_coordinator`]), with their URLs.
     more: Vec<(Proc, String)>,
@@ -67,35 +61,9 @@ pub(crate) struct Rig {
 impl Rig {
     pub(crate) fn start(extra_env: &[(&str, &str)]) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir()?;
-        let redis_port = free_port()?;
-        let redis_bin = std::env::var_os("REDIS_SERVER")
-            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
-        let redis = Proc(
-            Command::new(&redis_bin)
-                .args([
-                    "--port",
-                    &redis_port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot start {} (install redis-server, or `make setup`)",
-                        redis_bin.display()
-                    )
-                })?,
-        );
-        wait_port(redis_port, "redis-server")?;
-        let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+        // The tests' own rig: a redis-server on a free port, answering PING.
+        let redis = hlsfarm_rig::RedisServer::start(dir.path(), Default::default())?;
+        let redis_url = redis.url();
         let store = dir.path().join("store");
         let (coordinator, url) = spawn_coordinator(&redis_url, &store, extra_env)?;
         Ok(Rig {
