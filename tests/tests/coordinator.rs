@@ -1310,23 +1310,33 @@ async fn a_sweep_sharing_a_running_trial_aggregates_once_that_trial_ends() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
-    use hlsfarm_common::estimate::{Features, Observation, StageCost};
-    use hlsfarm_common::queue::QueueConfig;
-    use hlsfarm_common::store::RedisQueue;
-    let dir = TestDir::new("coord-predicted-memory").unwrap();
-    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
-    let url = cluster.url(0);
-    let mut op = operator(&url);
-    // Two models: earlier runs of the first peaked near 6 GB in conversion, of the second
-    // near 500 MB. The sweep leaves memory at its default (2 GiB for conversion alone).
-    let models = upload(&mut op, 2, "predicted").await;
-    let queue = RedisQueue::connect(&cluster.redis.url(), "test", QueueConfig::default())
-        .await
-        .unwrap();
+/// One stage's cost in a seeded history.
+fn cost(stage: Stage, seconds: f64, peak_mib: u64) -> hlsfarm_common::estimate::StageCost {
+    hlsfarm_common::estimate::StageCost {
+        stage,
+        seconds,
+        peak_mib,
+        cpu_seconds: None,
+    }
+}
+
+/// Earlier runs in the cluster's history: 12 runs of each model (reuse factors 1, 2, 4, 8 in
+/// turn), run `i` of model `m` costing `stages(m, i)`. Returns the queue it wrote through.
+async fn seed_history(
+    cluster: &Cluster,
+    models: &[v1::ModelInput],
+    stages: impl Fn(usize, u32) -> Vec<hlsfarm_common::estimate::StageCost>,
+) -> hlsfarm_common::store::RedisQueue {
+    use hlsfarm_common::estimate::{Features, Observation};
+    let queue = hlsfarm_common::store::RedisQueue::connect(
+        &cluster.redis.url(),
+        "test",
+        hlsfarm_common::queue::QueueConfig::default(),
+    )
+    .await
+    .unwrap();
     for i in 0..12u32 {
-        for (m, peak) in [(&models[0], 6000), (&models[1], 500)] {
+        for (index, m) in models.iter().enumerate() {
             let settings = hlsfarm_common::Settings {
                 reuse_factor: 1 << (i % 4),
                 ..hlsfarm_common::Settings::default()
@@ -1334,16 +1344,32 @@ async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
             let o = Observation {
                 model: m.sha256.clone(),
                 features: Features::of(&settings, m.size_bytes, Some(m.size_bytes / 4), ""),
-                stages: vec![StageCost {
-                    stage: Stage::Convert,
-                    seconds: 1.0 + f64::from(i % 3),
-                    peak_mib: peak + u64::from(i % 3) * 20,
-                    cpu_seconds: None,
-                }],
+                stages: stages(index, i),
             };
             queue.push_observation(&o).await.unwrap();
         }
     }
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
+    let dir = TestDir::new("coord-predicted-memory").unwrap();
+    let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
+    let url = cluster.url(0);
+    let mut op = operator(&url);
+    // Two models: earlier runs of the first peaked near 6 GB in conversion, of the second
+    // near 500 MB. The sweep leaves memory at its default (2 GiB for conversion alone).
+    let models = upload(&mut op, 2, "predicted").await;
+    let queue = seed_history(&cluster, &models, |m, i| {
+        let peak = if m == 0 { 6000 } else { 500 };
+        vec![cost(
+            Stage::Convert,
+            1.0 + f64::from(i % 3),
+            peak + u64::from(i % 3) * 20,
+        )]
+    })
+    .await;
     let sweep = submit(&mut op, spec(models.clone(), vec![1, 2], &[Stage::Convert])).await;
     // Whether the fit came before the submit or after it, the queued trials get the
     // predicted reservation.
@@ -1416,44 +1442,19 @@ async fn a_trial_predicted_not_to_fit_a_worker_is_never_leased_to_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_attempt_runs_under_learned_stage_limits_and_its_retry_does_not() {
     use hlsfarm_common::FailureClass;
-    use hlsfarm_common::estimate::{Features, Observation, StageCost};
-    use hlsfarm_common::queue::QueueConfig;
-    use hlsfarm_common::store::RedisQueue;
     let dir = TestDir::new("coord-learned-limits").unwrap();
     let cluster = Cluster::start(dir.path(), ClusterOptions::default()).unwrap();
     let url = cluster.url(0);
     let mut op = operator(&url);
     let models = upload(&mut op, 1, "limits").await;
-    let queue = RedisQueue::connect(&cluster.redis.url(), "test", QueueConfig::default())
-        .await
-        .unwrap();
     // Earlier runs: conversion about 2 s, C synthesis about 10 s.
-    for i in 0..12u32 {
-        let settings = hlsfarm_common::Settings {
-            reuse_factor: 1 << (i % 4),
-            ..hlsfarm_common::Settings::default()
-        };
-        let m = &models[0];
-        let o = Observation {
-            model: m.sha256.clone(),
-            features: Features::of(&settings, m.size_bytes, Some(m.size_bytes / 4), ""),
-            stages: vec![
-                StageCost {
-                    stage: Stage::Convert,
-                    seconds: 2.0 + f64::from(i % 3) * 0.1,
-                    peak_mib: 600,
-                    cpu_seconds: None,
-                },
-                StageCost {
-                    stage: Stage::Csynth,
-                    seconds: 10.0 + f64::from(i % 3),
-                    peak_mib: 900,
-                    cpu_seconds: None,
-                },
-            ],
-        };
-        queue.push_observation(&o).await.unwrap();
-    }
+    seed_history(&cluster, &models, |_, i| {
+        vec![
+            cost(Stage::Convert, 2.0 + f64::from(i % 3) * 0.1, 600),
+            cost(Stage::Csynth, 10.0 + f64::from(i % 3), 900),
+        ]
+    })
+    .await;
     let sweep = submit(
         &mut op,
         spec(models.clone(), vec![1], &[Stage::Convert, Stage::Csynth]),
