@@ -5,7 +5,7 @@ every variant's predictions are bit-identical to the first's. What the driver's 
 for large io_parallel models and its precompiled header rest on (BENCHMARKS.md). Run in the
 hls4ml venv:
 
-    python tests/bench/emulation-flags.py MODEL.h5 WORK_DIR -O3 -O1 -Og -O0 pch
+    python tests/bench/emulation-flags.py MODEL.h5 WORK_DIR -O3 -O1 -Og -O0 pch pch:-O1
 """
 import ctypes
 import glob
@@ -34,17 +34,22 @@ def main():
     xs, _ = driver.sample_inputs({"emulation": {"samples": 100, "seed": 1}}, p.inputs)
     outputs = {}
     for flag in flags:
-        out = os.path.join(os.path.abspath(work), flag.lstrip("-"))
+        out = os.path.join(os.path.abspath(work), flag.lstrip("-").replace(":", "_"))
         hm = driver.to_hls(p, settings, out, "myproject")
         hm.write()
         script = os.path.join(out, "build_lib.sh")
         with open(script) as f:
             text = f.read()
-        if flag == "pch":
-            # hls4ml's -O3 with the driver's precompiled header (its cache under WORK_DIR).
+        if flag.startswith("pch"):
+            # The driver's precompiled header (its cache under WORK_DIR), at hls4ml's -O3 or
+            # at the level after the colon (`pch:-O1`).
+            level = flag.partition(":")[2]
+            if level:
+                with open(script, "w") as f:
+                    f.write(text.replace('CFLAGS="-O3', f'CFLAGS="{level}', 1))
             os.environ["HLSFARM_CACHE_DIR"] = os.path.join(os.path.abspath(work), "cache")
             if not driver.precompiled_header(out):
-                sys.exit("pch: the driver left build_lib.sh as it was")
+                sys.exit(f"{flag}: the driver left build_lib.sh as it was")
         else:
             with open(script, "w") as f:
                 f.write(text.replace('CFLAGS="-O3', f'CFLAGS="{flag}', 1))

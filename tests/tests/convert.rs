@@ -384,10 +384,54 @@ async fn pytorch_models_convert_and_emulate() {
     assert!(bare.reason.contains("state_dict"), "{}", bare.reason);
 }
 
-/// The driver's precompiled header (`precompiled_header`) changes how fast the emulation
-/// compiles, not what it computes: hls4ml's own build and the PCH build predict bit-identical
-/// outputs on a QKeras model (io_parallel) and a convolutional one (io_stream), with the PCH
-/// built by the first and reused by the second `pch` run.
+/// The driver's precompiled header (`precompiled_header`) and its `-Og` change how fast the
+/// emulation compiles, not what it computes: hls4ml's own build, the PCH build and the PCH
+/// build at `-Og` predict bit-identical outputs on a QKeras model (io_parallel) and a
+/// convolutional one (io_stream), with the PCH built by the first and reused by the second
+/// `pch` run, and one more set for `-Og`.
+/// `-Og` is chosen where it pays: a small model predicting its comparison samples compiles at
+/// `-Og`; the same model predicting a validation set of ten million rows (counted from the
+/// file's header, not loaded) keeps hls4ml's `-O3`.
+#[test]
+fn the_emulation_compiles_at_og_only_where_its_slower_predictions_cost_less() {
+    let dir = TestDir::new("convert-og").unwrap();
+    let mut command = Command::new(hls4ml_python().unwrap());
+    command
+        .arg("-c")
+        .arg(
+            r#"
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import hlsfarm_driver as d
+small = sys.argv[2] + "/small.npz"
+np.savez(small, x=np.zeros((500, 16), dtype=np.float32))
+big = sys.argv[2] + "/big.npy"
+header = {"descr": "<f4", "fortran_order": False, "shape": (10_000_000, 16)}
+with open(big, "wb") as f:
+    np.lib.format.write_array_header_1_0(f, header)
+print("rows", d.array_rows(small), d.array_rows(big), d.array_rows(sys.argv[2] + "/none.npz"))
+xs = [np.zeros((100, 16))]
+for validation in (None, small, big):
+    request = {"emulation": {"validation": validation}}
+    n = d.predicted_samples(request, xs)
+    print("samples", n, "og", d.cheaper_compile_pays(4256, n))
+print("cnn", d.cheaper_compile_pays(2_870_000, 100), d.cheaper_compile_pays(2_870_000, 100_000))
+"#,
+        )
+        .arg(hlsfarm_tests::tests_dir().join("../worker/python"))
+        .arg(dir.path());
+    let out = String::from_utf8_lossy(&run_ok(command).unwrap().stdout).into_owned();
+    for line in [
+        "rows 500 10000000 None",
+        "samples 100 og True",
+        "samples 600 og True",
+        "samples 10000100 og False",
+        "cnn True False",
+    ] {
+        assert!(out.contains(line), "`{line}` not in:\n{out}");
+    }
+}
+
 #[test]
 fn the_precompiled_header_gives_bit_identical_predictions() {
     let dir = TestDir::new("convert-pch").unwrap();
@@ -401,7 +445,7 @@ fn the_precompiled_header_gives_bit_identical_predictions() {
             .arg(hlsfarm_tests::tests_dir().join("bench/emulation-flags.py"))
             .arg(models.join(model))
             .arg(dir.join(model))
-            .args(["-O3", "pch", "pch"])
+            .args(["-O3", "pch", "pch", "pch:-Og"])
             .env("IO_TYPE", io_type);
         let out = String::from_utf8_lossy(&run_ok(command).unwrap().stdout).into_owned();
         assert_eq!(
@@ -410,12 +454,18 @@ fn the_precompiled_header_gives_bit_identical_predictions() {
             2,
             "{model} ({io_type}):\n{out}"
         );
+        assert!(
+            out.contains("pch:-Og: predictions bit-identical to -O3: True"),
+            "{model} ({io_type}) at -Og with the header:\n{out}"
+        );
         let cache = dir.join(model).join("cache/pch");
         let sets: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
-        assert_eq!(sets.len(), 1, "one header set for {model}: {sets:?}");
-        assert!(
-            sets[0].path().join("hlsfarm_pch.h.gch").is_file(),
-            "the PCH was built for {model}"
-        );
+        assert_eq!(sets.len(), 2, "a header set per level for {model}: {sets:?}");
+        for set in &sets {
+            assert!(
+                set.path().join("hlsfarm_pch.h.gch").is_file(),
+                "the PCH was built for {model}"
+            );
+        }
     }
 }

@@ -83,6 +83,12 @@ DEFAULT_MIN_AGREEMENT = 0.9
 # 5.1 s (2.7 GB), -Og 119 s + 10 s (2.3 GB), -O0 40 s + 203 s (2.0 GB), all four bit-identical;
 # small models take 6-7 s at any level (parsing the headers dominates). See BENCHMARKS.md.
 CHEAP_COMPILE_ABOVE = 1_000_000
+# Below that, -Og is chosen when it pays: with the precompiled header it saves about 0.9 s of
+# a small model's compile (3.8-3.9 s at -O3, 2.9-3.0 s at -Og on the jet tagger; 4.2 s against
+# 3.1 s on a conv1d io_stream model; bit-identical) plus about 55 us per multiplication (the CNN
+# above), and its predictions cost about 20 ns more per multiplication and sample (4.5 s
+# against 10.1 s for 100 samples of the CNN). A large validation set keeps -O3.
+OG_SAVES_S, OG_SAVES_PER_MULT_S, OG_COSTS_PER_MULT_SAMPLE_S = 0.9, 5.5e-5, 2e-8
 # Multiplications a latency-strategy layer may unroll per reuse cycle: Vivado HLS stops
 # beyond about this many (XFORM 203-504 "Stop unrolling loop ... because it may cause large
 # runtime"; hls4ml's maintainers name 4,096 as its limit); Vitis HLS goes on, slowly.
@@ -1057,6 +1063,46 @@ def largest_layer(hm):
     return largest
 
 
+def cheaper_compile_pays(multiplications, samples):
+    """Whether compiling at -Og saves more than its slower predictions of `samples` cost."""
+    saved = OG_SAVES_S + OG_SAVES_PER_MULT_S * multiplications
+    return OG_COSTS_PER_MULT_SAMPLE_S * multiplications * samples < saved
+
+
+def predicted_samples(request, xs):
+    """Samples the emulation will predict: the comparison's, and the validation set's (read
+    from its header only); unknown counts as many, which keeps -O3."""
+    samples = len(xs[0]) if xs else 0
+    validation = (request.get("emulation") or {}).get("validation")
+    if validation:
+        rows = array_rows(validation)
+        samples += rows if rows is not None else 10**9
+    return samples
+
+
+def array_rows(path):
+    """The first dimension of the first array in an .npy or .npz, from its header; None when
+    it cannot be read so."""
+    import zipfile
+
+    def rows(f):
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape = header(f)[0]
+        return int(shape[0]) if shape else 1
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith(".npy"))
+                with z.open(name) as f:
+                    return rows(f)
+        with open(path, "rb") as f:
+            return rows(f)
+    except Exception:  # noqa: BLE001 - any unreadable header means "unknown"
+        return None
+
+
 def cheaper_compile(project_dir):
     """-O3 to -Og in hls4ml's build_lib.sh: bit-exact, half the time and less memory for big models."""
     script = os.path.join(project_dir, "build_lib.sh")
@@ -1409,8 +1455,10 @@ def emulate(request, hm, p, timings, result):
                                     "minutes and GBs of memory; use io_stream or a larger reuse factor, or raise "
                                     "emulation.compile_budget")
         return None
-    cheap = cost > CHEAP_COMPILE_ABOVE * budget and cheaper_compile(hm.config.get_output_dir())
-    if cheap:
+    big = cost > CHEAP_COMPILE_ABOVE * budget
+    pays = big or cheaper_compile_pays(emulation_cost(hm), predicted_samples(request, xs))
+    cheap = pays and cheaper_compile(hm.config.get_output_dir())
+    if cheap and big:
         result["emulation_note"] = f"emulation compiled with -Og instead of -O3 (about {cost:,} multiplications unrolled; bit-exact)"
     if os.environ.get("HLSFARM_EMULATION_PCH", "1") != "0" and precompiled_header(hm.config.get_output_dir()):
         print(f"hlsfarm: emulation compiled with a precompiled header from {pch_cache_dir()}", file=sys.stderr)
