@@ -460,7 +460,11 @@ fn the_precompiled_header_gives_bit_identical_predictions() {
         );
         let cache = dir.join(model).join("cache/pch");
         let sets: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
-        assert_eq!(sets.len(), 2, "a header set per level for {model}: {sets:?}");
+        assert_eq!(
+            sets.len(),
+            2,
+            "a header set per level for {model}: {sets:?}"
+        );
         for set in &sets {
             assert!(
                 set.path().join("hlsfarm_pch.h.gch").is_file(),

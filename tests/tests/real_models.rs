@@ -16,7 +16,9 @@ use hlsfarm_common::results::OutputKind;
 use hlsfarm_common::settings::Settings;
 use hlsfarm_common::stage::Stage;
 use hlsfarm_common::trial_key::EmulationSpec;
-use hlsfarm_tests::{TestDir, format_python, hls4ml_python, processes_under, run_ok, tests_dir};
+use hlsfarm_tests::{
+    TestDir, format_python, hls4ml_python, processes_under, run_ok, shared_dir, tests_dir,
+};
 use hlsfarm_worker::driver::{Converted, DriverEnv, Job, ModelFiles, StageFailure, convert};
 use tokio_util::sync::CancellationToken;
 
@@ -621,4 +623,63 @@ fn preflight_names_a_partition_above_the_limit_before_synthesis() {
     assert_eq!(from["findings"].as_array().unwrap().len(), 2, "{derived}");
     let tcl = std::fs::read_to_string(folder.join("project.tcl")).unwrap();
     assert!(tcl.contains("set maximum_size 11520"), "{tcl}");
+}
+
+/// The float reference calls the model in inference mode on `predict`'s batches, without
+/// `predict`'s tracing: its outputs are bit-identical to `predict`'s on every generated Keras
+/// model (several inputs and outputs, QKeras, pruned, convolutional) and the example models.
+#[test]
+fn the_float_reference_equals_keras_predict_bit_for_bit() {
+    let generated = keras_models();
+    let examples = shared_dir().unwrap().join("models/keras");
+    let mut command = Command::new(hls4ml_python().unwrap());
+    command
+        .env("TF_USE_LEGACY_KERAS", "1")
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .arg("-c")
+        .arg(
+            r#"
+import glob, os, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import hlsfarm_driver as d
+paths = sorted(glob.glob(os.path.join(sys.argv[2], "*.h5")))
+paths += [os.path.join(sys.argv[3], n) for n in ("qkeras_3layer.json", "KERAS_3layer_batch_norm.json", "KERAS_conv1d_small.json", "KERAS_conv2d_model.json")]
+checked = 0
+for path in paths:
+    if path.endswith("_weights.h5"):
+        continue
+    spec = {"path": path, "format": "auto"}
+    weights = os.path.splitext(path)[0] + "_weights.h5"
+    if path.endswith(".json") and os.path.exists(weights):
+        spec["weights"] = weights
+    try:
+        p = d.prepare(spec, [])
+    except d.Failure as e:
+        print("not a model for this check:", os.path.basename(path), e.reason)
+        continue
+    if p.fmt not in ("keras_h5", "keras_json"):
+        continue
+    xs, _ = d.sample_inputs({"emulation": {"samples": 70, "seed": 3}}, p.inputs)
+    ours = d.keras_reference(p.net, xs)
+    theirs = p.net.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    theirs = theirs if isinstance(theirs, list) else [theirs]
+    same = len(ours) == len(theirs) and all(np.array_equal(a, np.asarray(b)) for a, b in zip(ours, theirs))
+    print(("same" if same else "DIFFERENT"), os.path.basename(path), len(ours))
+    checked += 1
+print("checked", checked)
+"#,
+        )
+        .arg(tests_dir().join("../worker/python"))
+        .arg(&generated)
+        .arg(&examples);
+    let out = String::from_utf8_lossy(&run_ok(command).unwrap().stdout).into_owned();
+    eprintln!("{out}");
+    assert!(!out.contains("DIFFERENT"), "{out}");
+    let checked: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("checked "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(checked >= 8, "{out}");
 }

@@ -156,7 +156,12 @@ pub async fn run_trial(
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
             let t = |k: &str| converted.timings.get(k).copied().unwrap_or(0.0);
-            let emulate_seconds = t("compile") + t("predict") + t("trace") + t("validate");
+            let emulate_seconds = t("samples")
+                + t("compile")
+                + t("reference")
+                + t("predict")
+                + t("trace")
+                + t("validate");
             let cpu = |k: &str| converted.cpu.get(k).copied();
             timings.push(StageTiming {
                 stage: Stage::Convert,
