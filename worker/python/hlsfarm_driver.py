@@ -1466,6 +1466,7 @@ def emulate(request, hm, p, timings, result):
     t = time.monotonic()
     xs, source = sample_inputs(request, p.inputs)
     timings["samples"] = time.monotonic() - t
+    t = time.monotonic()
     cost = emulation_cost(hm) if request["settings"]["io_type"] == "io_parallel" else 0
     budget = float(emulation.get("compile_budget") or 1.0)
     if cost > SKIP_EMULATION_ABOVE * budget:
