@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use hlsfarm_common::estimate::StageLimit;
 use hlsfarm_common::job::TrialState;
 use hlsfarm_common::plan::WorkerCaps;
 use hlsfarm_common::sweep::{OneOrMany, SettingsGrid};
@@ -77,6 +78,28 @@ enum_conversion!(FailureClass, v1::FailureClass, "class", {
 /// Converts a stage list from the wire.
 pub fn stages_from_wire(raw: &[i32]) -> Result<Vec<Stage>, WireError> {
     raw.iter().map(|s| Stage::from_wire(*s)).collect()
+}
+
+impl From<&StageLimit> for v1::StageLimit {
+    fn from(l: &StageLimit) -> Self {
+        v1::StageLimit {
+            stage: v1::Stage::from(l.stage) as i32,
+            seconds: l.seconds,
+            predicted_seconds: l.predicted_seconds,
+        }
+    }
+}
+
+impl TryFrom<&v1::StageLimit> for StageLimit {
+    type Error = WireError;
+
+    fn try_from(l: &v1::StageLimit) -> Result<Self, WireError> {
+        Ok(StageLimit {
+            stage: Stage::from_wire(l.stage)?,
+            seconds: l.seconds,
+            predicted_seconds: l.predicted_seconds,
+        })
+    }
 }
 
 impl From<&LayerOverride> for v1::LayerOverride {

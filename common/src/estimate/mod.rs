@@ -391,7 +391,7 @@ impl Estimator {
             match self.stages.get(stage) {
                 Some(fit) => {
                     let (mu, sigma) = (fit.seconds.predict(&row), fit.seconds.sigma);
-                    let mean = (mu + sigma * sigma / 2.0).exp();
+                    let mean = lognormal_mean(mu, sigma);
                     seconds += mean;
                     variance += ((sigma * sigma).exp() - 1.0) * mean * mean;
                     memory = match (memory, &fit.memory) {
@@ -444,6 +444,11 @@ impl Estimator {
     }
 }
 
+/// The mean of a log-normal whose log has mean `mu` and standard deviation `sigma`.
+fn lognormal_mean(mu: f64, sigma: f64) -> f64 {
+    (mu + sigma * sigma / 2.0).exp()
+}
+
 /// A stage's time limit from its fit (see [`Estimator::stage_limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StageLimit {
@@ -481,7 +486,7 @@ impl Estimator {
                 Some(StageLimit {
                     stage: *stage,
                     seconds: (multiple * upper).max(floor_seconds),
-                    predicted_seconds: (mu + fit.sigma * fit.sigma / 2.0).exp(),
+                    predicted_seconds: lognormal_mean(mu, fit.sigma),
                 })
             })
             .collect()

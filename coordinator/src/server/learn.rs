@@ -14,7 +14,7 @@ use hlsfarm_common::results::TrialResult;
 use hlsfarm_common::store::Reestimate;
 use tokio_util::sync::CancellationToken;
 
-use super::{Coordinator, lock};
+use super::{Coordinator, lock, seconds_since};
 
 /// How often the loop looks for new history.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -271,14 +271,10 @@ impl Coordinator {
                 u
             }
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
         let running: Vec<(Prediction, f64)> = unfinished
             .running
             .iter()
-            .map(|(p, at)| (*p, (now_ms - at).max(0) as f64 / 1000.0))
+            .map(|(p, at)| (*p, seconds_since(*at)))
             .collect();
         let slots = running.len().max(1);
         Some(hlsfarm_common::estimate::eta(

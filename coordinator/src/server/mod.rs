@@ -69,6 +69,15 @@ fn internal(e: impl std::fmt::Display) -> Error {
     Error::backend(e)
 }
 
+/// Seconds since `leased_at_ms` (ms since the Unix epoch), as a leased trial has run.
+fn seconds_since(leased_at_ms: i64) -> f64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    (now_ms - leased_at_ms).max(0) as f64 / 1000.0
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -126,13 +126,22 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
         search_json: String::new(),
         predicted_seconds: None,
         predicted_memory_mib: None,
-        running_seconds: (r.state == "leased" && r.leased_at_ms > 0).then(|| {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as i64;
-            (now_ms - r.leased_at_ms).max(0) as f64 / 1000.0
-        }),
+        running_seconds: (r.state == "leased" && r.leased_at_ms > 0)
+            .then(|| super::seconds_since(r.leased_at_ms)),
+    }
+}
+
+/// `info` with the prediction by `estimator` of the trial of `plan` whose queue payload is
+/// `payload`.
+fn predicted(
+    info: &mut v1::TrialInfo,
+    estimator: &hlsfarm_common::estimate::Estimator,
+    plan: &hlsfarm_common::plan::SweepPlan,
+    payload: &str,
+) {
+    if let Some(p) = Coordinator::prediction_of(estimator, plan, payload) {
+        info.predicted_seconds = Some(p.seconds);
+        info.predicted_memory_mib = p.memory_mib;
     }
 }
 
@@ -140,7 +149,8 @@ pub(super) fn trial_info(r: &TrialRecord, reused: bool, model: &str) -> v1::Tria
 pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Error>> + Send>>;
 
 impl Coordinator {
-    /// Stores a model file streamed in chunks (the first names it), checked against its announced sha256 and the upload limit; a file already stored is not sent again.
+    /// Stores a model file streamed in chunks (the first names it), checked against its announced
+    /// sha256 and the upload limit; a file already stored is not sent again.
     pub async fn upload_model(
         &self,
         mut stream: impl Stream<Item = Result<v1::UploadChunk, Error>> + Unpin + Send,
@@ -224,9 +234,8 @@ impl Coordinator {
     /// Adds models to an open sweep (`submit --follow`).
     pub async fn add_models(
         &self,
-        request: v1::AddModelsRequest,
+        r: v1::AddModelsRequest,
     ) -> Result<v1::SubmitSweepResponse, Error> {
-        let r = request;
         let sweep_id = r.sweep_id.clone();
         let (trials, submitted) = self.extend_sweep(r).await?;
         Ok(v1::SubmitSweepResponse {
@@ -237,12 +246,12 @@ impl Coordinator {
         })
     }
 
-    /// The cluster snapshot: sweeps with their ETAs, workers with their running trials, seats, recent failures.
+    /// The cluster snapshot: sweeps with their ETAs, workers with their running trials, seats,
+    /// recent failures.
     pub async fn get_status(
         &self,
-        request: v1::GetStatusRequest,
+        r: v1::GetStatusRequest,
     ) -> Result<v1::GetStatusResponse, Error> {
-        let r = request;
         let snap = self.queue.snapshot(r.include_finished, 200).await?;
         let estimator = self.estimator();
         let mut running: Vec<v1::TrialInfo> = Vec::with_capacity(snap.leased.len());
@@ -250,10 +259,8 @@ impl Coordinator {
             let mut info = trial_info(t, false, "");
             if let Some(e) = &estimator
                 && let Ok(plan) = self.plan(&t.sweep).await
-                && let Some(p) = Coordinator::prediction_of(e, &plan, &t.payload)
             {
-                info.predicted_seconds = Some(p.seconds);
-                info.predicted_memory_mib = p.memory_mib;
+                predicted(&mut info, e, &plan, &t.payload);
             }
             running.push(info);
         }
@@ -308,8 +315,7 @@ impl Coordinator {
     }
 
     /// Events from `after_cursor` on (new ones only when empty), of one sweep or all.
-    pub async fn watch(&self, request: v1::WatchRequest) -> Result<EventStream, Error> {
-        let r = request;
+    pub async fn watch(&self, r: v1::WatchRequest) -> Result<EventStream, Error> {
         let mut reader = self.queue.events().await?;
         let mut cursor = if r.after_cursor.is_empty() {
             self.queue.last_event_id().await?
@@ -381,12 +387,8 @@ impl Coordinator {
                     .and_then(|i| Some((plan.models.get(i.m)?, plan.points.get(i.g)?)))
                     .map_or((String::new(), None), |(m, s)| (m.name.clone(), Some(s)));
                 let mut info = trial_info(t, *reused, &model);
-                if let Some(p) = estimator
-                    .as_ref()
-                    .and_then(|e| Coordinator::prediction_of(e, &plan, &t.payload))
-                {
-                    info.predicted_seconds = Some(p.seconds);
-                    info.predicted_memory_mib = p.memory_mib;
+                if let Some(e) = &estimator {
+                    predicted(&mut info, e, &plan, &t.payload);
                 }
                 info.settings = settings.map(Into::into);
                 info.selection = super::funnel::selection_text(decisions);
@@ -413,8 +415,7 @@ impl Coordinator {
     }
 
     /// Cancels a sweep, or some of its trials.
-    pub async fn cancel(&self, request: v1::CancelRequest) -> Result<v1::CancelResponse, Error> {
-        let r = request;
+    pub async fn cancel(&self, r: v1::CancelRequest) -> Result<v1::CancelResponse, Error> {
         if r.sweep_id.is_empty() {
             return Err(Error::invalid(
                 "name the sweep (and optionally trial keys within it)",
@@ -426,8 +427,7 @@ impl Coordinator {
     }
 
     /// Queues a sweep's failed (or named) trials again.
-    pub async fn retry(&self, request: v1::RetryRequest) -> Result<v1::RetryResponse, Error> {
-        let r = request;
+    pub async fn retry(&self, r: v1::RetryRequest) -> Result<v1::RetryResponse, Error> {
         if r.sweep_id.is_empty() {
             return Err(Error::invalid(
                 "name the sweep (and optionally trial keys within it)",

@@ -79,12 +79,8 @@ impl Coordinator {
         let settings = derived.as_ref().map_or(settings, |d| &d.settings);
         let stage_limits = self
             .stage_limits(&plan, &lease.payload, lease.fence.attempt)
-            .into_iter()
-            .map(|l| v1::StageLimit {
-                stage: v1::Stage::from(l.stage) as i32,
-                seconds: l.seconds,
-                predicted_seconds: l.predicted_seconds,
-            })
+            .iter()
+            .map(Into::into)
             .collect();
         Ok(v1::LeasedTrial {
             stage_limits,
@@ -123,15 +119,9 @@ impl Coordinator {
             }),
         })
     }
-}
 
-impl Coordinator {
     /// Records a worker and what it can run.
-    pub async fn register(
-        &self,
-        request: v1::RegisterRequest,
-    ) -> Result<v1::RegisterResponse, Error> {
-        let r = request;
+    pub async fn register(&self, r: v1::RegisterRequest) -> Result<v1::RegisterResponse, Error> {
         if r.worker_id.is_empty()
             || r.worker_id.len() > 200
             || r.worker_id.contains(char::is_whitespace)
@@ -154,9 +144,9 @@ impl Coordinator {
         })
     }
 
-    /// Leases up to `max_trials` trials that fit the worker, waiting up to `wait_ms` (parked, DESIGN §2) when none does.
-    pub async fn lease(&self, request: v1::LeaseRequest) -> Result<v1::LeaseResponse, Error> {
-        let r = request;
+    /// Leases up to `max_trials` trials that fit the worker, waiting up to `wait_ms` (parked,
+    /// DESIGN §2) when none does.
+    pub async fn lease(&self, r: v1::LeaseRequest) -> Result<v1::LeaseResponse, Error> {
         let caps = self.worker_caps(&r.worker_id).await?;
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
@@ -196,12 +186,9 @@ impl Coordinator {
         Ok(v1::LeaseResponse { trials })
     }
 
-    /// Extends the worker's leases and records where its trials are; answers which leases are stale and which trials to cancel.
-    pub async fn heartbeat(
-        &self,
-        request: v1::HeartbeatRequest,
-    ) -> Result<v1::HeartbeatResponse, Error> {
-        let r = request;
+    /// Extends the worker's leases and records where its trials are; answers which leases are stale
+    /// and which trials to cancel.
+    pub async fn heartbeat(&self, r: v1::HeartbeatRequest) -> Result<v1::HeartbeatResponse, Error> {
         let mut progress = Vec::with_capacity(r.trials.len());
         let mut fences = std::collections::HashMap::new();
         for t in r.trials {
@@ -247,12 +234,10 @@ impl Coordinator {
         })
     }
 
-    /// Ends an attempt: checks the result against the token and the uploads, classifies a failure (retry, oom raise, licence refusal), commits through the state machine, and records what it cost.
-    pub async fn complete(
-        &self,
-        request: v1::CompleteRequest,
-    ) -> Result<v1::CompleteResponse, Error> {
-        let r = request;
+    /// Ends an attempt: checks the result against the token and the uploads, classifies a failure
+    /// (retry, oom raise, licence refusal), commits through the state machine, and records what it
+    /// cost.
+    pub async fn complete(&self, r: v1::CompleteRequest) -> Result<v1::CompleteResponse, Error> {
         let (key, fence) = token(r.token)?;
         let staging = Blobs::attempt_prefix(&key, fence);
         let result_json = r
@@ -489,11 +474,7 @@ impl Coordinator {
     }
 
     /// Gives a leased trial back unrun (a drain, a worker short of memory).
-    pub async fn hand_back(
-        &self,
-        request: v1::HandBackRequest,
-    ) -> Result<v1::HandBackResponse, Error> {
-        let r = request;
+    pub async fn hand_back(&self, r: v1::HandBackRequest) -> Result<v1::HandBackResponse, Error> {
         let mut requeued = 0;
         for t in r.tokens {
             let (key, fence) = token(Some(t))?;

@@ -142,17 +142,11 @@ pub(super) async fn run_one(
         derived_from: (!trial.derived_from_json.is_empty())
             .then(|| serde_json::from_str(&trial.derived_from_json).ok())
             .flatten(),
+        // A limit for a stage this worker does not know (a newer coordinator) is left out.
         stage_limits: trial
             .stage_limits
             .iter()
-            .filter_map(|l| {
-                Some(hlsfarm_common::estimate::StageLimit {
-                    stage: <hlsfarm_common::Stage as hlsfarm_proto::FromWire>::from_wire(l.stage)
-                        .ok()?,
-                    seconds: l.seconds,
-                    predicted_seconds: l.predicted_seconds,
-                })
-            })
+            .filter_map(|l| l.try_into().ok())
             .collect(),
     };
     tracing::info!(model = %model.name, "trial started");
