@@ -278,3 +278,72 @@ async fn new_estimates_reorder_queued_trials_and_set_reservations_the_lease_hono
     }
     assert_eq!(q.observations().await.unwrap(), observations);
 }
+
+/// The aggregator's race: while it holds a finished sweep's claim, a retry runs the sweep's
+/// trial again and it ends again. Releasing the old claim must not erase the new signal.
+#[tokio::test(flavor = "multi_thread")]
+async fn releasing_a_claim_keeps_a_sweep_that_finished_again_meanwhile() {
+    use hlsfarm_common::store::ClaimSet;
+    let dir = TestDir::new("redis-claims").unwrap();
+    let redis = RedisServer::start(dir.path(), RedisOptions::default()).unwrap();
+    let q = RedisQueue::connect(
+        &redis.url(),
+        "claims",
+        QueueConfig {
+            lease: Duration::from_secs(60),
+            retry_backoff: Duration::ZERO,
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let trial = NewTrial {
+        key: "t".into(),
+        cost: 1.0,
+        payload: serde_json::json!({}),
+        needs: Default::default(),
+    };
+    let meta = SweepMeta {
+        id: "s".into(),
+        priority: 1,
+        force: false,
+    };
+    q.submit(meta, vec![trial]).await.unwrap();
+    let hold = Duration::from_secs(30);
+    let run = |outcome| {
+        let q = &q;
+        async move {
+            let lease = q.lease("w", 1).await.unwrap().pop().unwrap();
+            q.complete("t", lease.fence, outcome).await.unwrap()
+        }
+    };
+    let failed = hlsfarm_common::queue::Outcome::Failed { retryable: false };
+    assert_eq!(run(failed).await, TrialState::Failed);
+    assert_eq!(q.claim(ClaimSet::Finished, 10, hold).await.unwrap(), ["s"]);
+    // Nothing else to claim while it is held.
+    assert!(
+        q.claim(ClaimSet::Finished, 10, hold)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Meanwhile: retried and succeeded, so the sweep finished again.
+    assert_eq!(q.retry("s", &[]).await.unwrap(), 1);
+    let succeeded = hlsfarm_common::queue::Outcome::Succeeded;
+    assert_eq!(run(succeeded).await, TrialState::Succeeded);
+    // The first claimer, done with its stale view, releases.
+    q.release(ClaimSet::Finished, "s").await.unwrap();
+    assert_eq!(
+        q.claim(ClaimSet::Finished, 10, hold).await.unwrap(),
+        ["s"],
+        "the second finish was lost"
+    );
+    // A release of a claim nothing touched does remove it.
+    q.release(ClaimSet::Finished, "s").await.unwrap();
+    assert!(
+        q.claim(ClaimSet::Finished, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -51,13 +51,23 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Marks a claimed entry done.
+    /// Marks a claimed entry done, unless it was marked again since the claim: a sweep that
+    /// finished again (a retried trial ended) or a trial committed again while its claimer
+    /// worked stands at score 0, and removing it would lose that signal. An entry whose hold
+    /// ran out is left too (another claimer may have it; the work is idempotent).
     pub async fn release(&self, set: ClaimSet, member: &str) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        let _: u64 = redis::cmd("ZREM")
-            .arg(format!("{}:{}", self.keys.base(), set.name()))
+        let script = Script::new(
+            "local t = redis.call('TIME') \
+             local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+             local held = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0') \
+             if held > now then return redis.call('ZREM', KEYS[1], ARGV[1]) end \
+             return 0",
+        );
+        let _: u64 = script
+            .key(format!("{}:{}", self.keys.base(), set.name()))
             .arg(member)
-            .query_async(&mut connection)
+            .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
         Ok(())
