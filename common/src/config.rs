@@ -216,6 +216,11 @@ pub struct WorkerConfig {
     /// imported its frameworks once and forks a child per trial (started on the family's
     /// first trial). False: a fresh Python per trial. Default true.
     pub warm_python: bool,
+    /// Start a trial's tool stages as soon as its project is written, beside its emulation,
+    /// when the host has two cores per slot (each process keeps its own time and memory
+    /// limit; the tools' memory limit is the trial's, so budget memory for g++ beside it).
+    /// False: after the emulation. Default true.
+    pub emulate_beside_synthesis: bool,
 }
 
 impl Default for WorkerConfig {
@@ -232,6 +237,7 @@ impl Default for WorkerConfig {
             fidelity_max_error: 0.1,
             fidelity_min_agreement: 0.9,
             preflight_strict: false,
+            emulate_beside_synthesis: true,
             python: PathBuf::new(),
             part_families: Vec::new(),
             drain_timeout_s: 300,

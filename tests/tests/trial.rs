@@ -37,6 +37,7 @@ async fn env(knobs: &[(&str, &str)], tool_timeout: Duration) -> TrialEnv {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        emulate_beside_tools: false,
     }
 }
 
@@ -437,4 +438,107 @@ async fn the_tool_stages_run_in_one_tool_start_and_each_keeps_its_own_limit() {
             Stage::Export
         ]
     );
+}
+
+/// When the tool started (the stand-in's record) and when the driver ended (its result file).
+fn tool_start_and_driver_end(record: &Path, scratch: &Path) -> (f64, f64) {
+    let calls = std::fs::read_to_string(record).unwrap();
+    let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    let started = call["started"].as_f64().unwrap();
+    let ended = std::fs::metadata(scratch.join("convert_result.json"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    (started, ended)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tools_start_beside_the_emulation_with_the_same_results() {
+    let stages = [Stage::Convert, Stage::Emulate, Stage::Csynth];
+    let mut results = Vec::new();
+    for beside in [false, true] {
+        let dir = TestDir::new(if beside {
+            "trial-beside"
+        } else {
+            "trial-after"
+        })
+        .unwrap();
+        let record = dir.join("calls.jsonl");
+        let mut env = env(
+            &[("STANDIN_RECORD", record.to_str().unwrap())],
+            Duration::from_secs(600),
+        )
+        .await;
+        env.emulate_beside_tools = beside;
+        let spec = spec(&dir, &stages, Backend::Vitis);
+        let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
+        assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+        let (started, ended) = tool_start_and_driver_end(&record, &spec.scratch);
+        if beside {
+            // The emulation's compile takes seconds; the tool started well before its end.
+            assert!(
+                started < ended - 0.5,
+                "the tool started {:.2} s after the driver ended",
+                started - ended
+            );
+        } else {
+            assert!(started >= ended, "the tool started before the driver ended");
+        }
+        // The project the tool read is the one the driver wrote: no trace copy left behind.
+        assert!(!spec.scratch.join("myproject-trace").exists());
+        results.push(result);
+    }
+    let (after, beside) = (&results[0], &results[1]);
+    let stages_of = |r: &TrialResult| r.timings.iter().map(|t| t.stage).collect::<Vec<_>>();
+    assert_eq!(stages_of(after), stages_of(beside));
+    assert_eq!(
+        serde_json::to_value(&after.fidelity).unwrap(),
+        serde_json::to_value(&beside.fidelity).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_value(&after.reports.csynth).unwrap(),
+        serde_json::to_value(&beside.reports.csynth).unwrap()
+    );
+    assert_eq!(after.kept_files, beside.kept_files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emulation_that_fails_stops_the_tools_beside_it() {
+    let dir = TestDir::new("trial-beside-fails").unwrap();
+    let record = dir.join("calls.jsonl");
+    let mut env = env(
+        &[
+            ("STANDIN_HANG", "1"),
+            ("STANDIN_RECORD", record.to_str().unwrap()),
+        ],
+        Duration::from_secs(600),
+    )
+    .await;
+    env.emulate_beside_tools = true;
+    // A validation set that is not one: the emulate step fails once it reads it, after the
+    // project is written and the tool has started beside it.
+    let validation = dir.join("validation.npz");
+    std::fs::write(&validation, b"not an npz archive").unwrap();
+    let mut spec = spec(
+        &dir,
+        &[Stage::Convert, Stage::Emulate, Stage::Csynth],
+        Backend::Vitis,
+    );
+    spec.validation = Some(validation);
+    let start = std::time::Instant::now();
+    let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
+    assert!(start.elapsed() < Duration::from_secs(300));
+    assert_eq!(result.status, TrialStatus::Failed);
+    let failure = result.failure.as_ref().unwrap();
+    assert_eq!(failure.stage, Some(Stage::Emulate), "{failure:?}");
+    let calls = std::fs::read_to_string(&record).expect("the tool never started beside it");
+    let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    assert!(
+        !hlsfarm_worker::process::group_alive(call["pgid"].as_i64().unwrap() as i32),
+        "the hanging tool outlived the failed emulation"
+    );
+    assert!(result.timings.iter().all(|t| t.stage != Stage::Csynth));
 }

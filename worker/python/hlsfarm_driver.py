@@ -1436,29 +1436,44 @@ def range_overflow(hm, floats):
 
 
 def trace_hls(hm, hls_xs, cheap):
-    """Every layer's fixed-point output (hls4ml's trace), leaving the project as written.
-    hls4ml's trace() writes and compiles the project again: with the same flags as the
-    emulation's compile."""
+    """Every layer's fixed-point output (hls4ml's trace). hls4ml's trace() writes and compiles
+    the project again, with trace code: it does so in a sibling folder, with the same flags as
+    the emulation's compile, so the project the tools synthesize (perhaps at this very moment,
+    beside the emulation) is never rewritten."""
     layers = list(hm.get_layers())
     for layer in layers:
         layer.set_attr("trace", True)
+    project = hm.config.get_output_dir()
+    sibling = project.rstrip("/") + "-trace"
     write = hm.write
 
     def write_then_flags():
         write()
         if cheap:
-            cheaper_compile(hm.config.get_output_dir())
+            cheaper_compile(sibling)
 
     hm.write = write_then_flags
+    hm.config.config["OutputDir"] = sibling
     try:
         _, traced = hm.trace(hls_xs if len(hls_xs) > 1 else hls_xs[0])
     finally:
         hm.write = write
+        hm.config.config["OutputDir"] = project
         for layer in layers:
             layer.set_attr("trace", False)
         hm.config.trace_output = False
-        hm.write()  # the project the tools synthesize carries no trace code
+        shutil.rmtree(sibling, ignore_errors=True)
     return traced
+
+
+def project_ready(request):
+    """Tells the worker the project is written and will not change (`ready` in the request):
+    the tool stages may start beside the emulation."""
+    path = request.get("ready")
+    if path:
+        with open(path + ".tmp", "w") as f:
+            f.write("ready\n")
+        os.replace(path + ".tmp", path)
 
 
 def emulate(request, hm, p, timings, result):
@@ -1601,6 +1616,7 @@ def main():
             result["largest_layer"] = largest_layer(hm)
             result["timings"]["counts"] = time.monotonic() - t
             result["fidelity"] = None
+            project_ready(request)
             if request.get("emulate") or (request.get("emulation") or {}).get("validation"):
                 cpu_emulate = cpu_seconds()
             if request.get("emulate"):

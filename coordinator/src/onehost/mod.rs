@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// interpreters (one per model family, its frameworks imported once, a fork per trial).
     #[arg(long = "no-warm-python")]
     pub no_warm_python: bool,
+    /// Run a trial's tool stages after its emulation, never beside it. By default they start
+    /// as soon as the project is written, beside the emulation, when the machine has two
+    /// cores per --num-workers (each process keeps its own time and memory limit).
+    #[arg(long = "no-emulate-beside-synthesis")]
+    pub no_emulate_beside_synthesis: bool,
     /// Memory limit of one trial's processes (hls4ml's Python and g++, the Xilinx tools), MiB:
     /// past it they are killed and the trial fails as `oom` with its peak [default: the
     /// machine's memory / --num-workers].
@@ -355,6 +360,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         tool_timeout: Duration::from_secs(args.stage_timeout),
         make_tarball: !args.no_tarball,
         tool_env: Vec::new(),
+        emulate_beside_tools: !args.no_emulate_beside_synthesis
+            && hlsfarm_worker::trial::room_beside(
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                slots as u32,
+            ),
     });
     let cancel = CancellationToken::new();
     let stop_following = CancellationToken::new();

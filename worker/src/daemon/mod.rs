@@ -297,6 +297,8 @@ pub async fn run(options: Options) -> Result<i32, Error> {
         tool_timeout: Duration::from_secs(config.stage_timeout_s),
         make_tarball: true,
         tool_env: Vec::new(),
+        emulate_beside_tools: config.emulate_beside_synthesis
+            && crate::trial::room_beside(cores, slots),
     });
     let noop = options.noop.then_some(Noop {
         ms: options.noop_ms,

@@ -31,6 +31,10 @@ pub const DRIVER_SOURCE: &str = include_str!("../../python/hlsfarm_driver.py");
 /// The driver's log file inside the work folder.
 pub const LOG_FILE: &str = "hls4ml.log";
 
+/// The file the driver writes in the work folder once the project is written and will not
+/// change (after conversion and preflight, before emulation): the tool stages may start.
+pub const READY_FILE: &str = "project.ready";
+
 #[derive(Debug, Serialize)]
 struct Emulation<'a> {
     samples: u32,
@@ -73,6 +77,8 @@ struct Request<'a> {
     emulate: bool,
     strict: bool,
     emulation: Emulation<'a>,
+    /// Written by the driver once the project is written for good (before emulation).
+    ready: &'a Path,
 }
 
 /// One layer as hls4ml converted it.
@@ -366,7 +372,10 @@ pub async fn convert(
     let request_path = job.work_dir.join("convert_request.json");
     let result_path = job.work_dir.join("convert_result.json");
     let _ = std::fs::remove_file(&result_path);
+    let ready = job.work_dir.join(READY_FILE);
+    let _ = std::fs::remove_file(&ready);
     let request = Request {
+        ready: &ready,
         model: job.model,
         settings: job.settings,
         output_dir: &project_dir(job.work_dir, job.project_name),

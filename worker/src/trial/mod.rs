@@ -6,6 +6,7 @@
 //! whatever happens ends in a [`TrialResult`], failed ones with a classified failure.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hlsfarm_common::failure::FailureClass;
@@ -33,6 +34,9 @@ use tool_stage::{ToolFailure, hls_log_name, run_tool_stages};
 /// hls4ml's project (and top function) name.
 pub const PROJECT_NAME: &str = "myproject";
 
+/// How often a trial looks for the driver's word that the project is written.
+const READY_POLL: Duration = Duration::from_millis(50);
+
 /// What a host offers to run trials.
 #[derive(Debug, Clone)]
 pub struct TrialEnv {
@@ -46,6 +50,17 @@ pub struct TrialEnv {
     pub make_tarball: bool,
     /// Extra environment for the tools (e.g. `XILINXD_LICENSE_FILE`).
     pub tool_env: Vec<(String, String)>,
+    /// Start the tool stages as soon as the project is written, beside the emulation (each
+    /// under its own time and memory limit), instead of after it. For hosts with a core to
+    /// spare per trial: see [`room_beside`].
+    pub emulate_beside_tools: bool,
+}
+
+/// Whether a host with `cores` running `slots` trials at once has a core to spare for each
+/// trial's emulation beside its tools (the Xilinx tools' synthesis and hls4ml's g++ are
+/// each mostly one thread).
+pub fn room_beside(cores: u32, slots: u32) -> bool {
+    cores >= 2 * slots.max(1)
 }
 
 /// One trial to run.
@@ -151,8 +166,52 @@ pub async fn run_trial(
         work_dir: &spec.scratch,
         project_name: PROJECT_NAME,
     };
+    let tool_stages: Vec<Stage> = stages
+        .iter()
+        .copied()
+        .filter(|s| s.needs_xilinx_tools())
+        .collect();
+    // Nothing the tools read changes once the driver says the project is written, so where
+    // the host has a core for it the tool stages start then, beside the emulation.
+    let beside = emulate && env.emulate_beside_tools && !tool_stages.is_empty();
+    let tools_cancel = cancel.child_token();
+    let ready = spec.scratch.join(driver::READY_FILE);
+    let driver_done = AtomicBool::new(false);
     on_stage(Stage::Convert);
-    match driver::convert(&env.driver, &job, cancel).await {
+    let converting = async {
+        let converted = driver::convert(&env.driver, &job, cancel).await;
+        if converted.is_err() {
+            // The emulation failed: the tools beside it stop, as they would never have started.
+            tools_cancel.cancel();
+        }
+        driver_done.store(true, Ordering::SeqCst);
+        converted
+    };
+    let tools_beside = async {
+        if !beside {
+            return None;
+        }
+        while !ready.is_file() {
+            if driver_done.load(Ordering::SeqCst) || tools_cancel.is_cancelled() {
+                return None;
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        Some(
+            run_tool_stages(
+                env,
+                spec.settings.backend,
+                &tool_stages,
+                &project,
+                &tools_cancel,
+                on_stage,
+                &spec.stage_limits,
+            )
+            .await,
+        )
+    };
+    let (converted, early) = tokio::join!(converting, tools_beside);
+    match converted {
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
             let t = |k: &str| converted.timings.get(k).copied().unwrap_or(0.0);
@@ -206,38 +265,42 @@ pub async fn run_trial(
     }
 
     let mut tool_used: Option<ToolVersion> = None;
-    let tool_stages: Vec<Stage> = stages
-        .iter()
-        .copied()
-        .filter(|s| s.needs_xilinx_tools())
-        .collect();
-    if !tool_stages.is_empty() && failure.is_none() && !cancel.is_cancelled() {
+    let run = match early {
+        Some(run) => Some(run),
+        None if !tool_stages.is_empty() && failure.is_none() && !cancel.is_cancelled() => Some(
+            run_tool_stages(
+                env,
+                spec.settings.backend,
+                &tool_stages,
+                &project,
+                cancel,
+                on_stage,
+                &spec.stage_limits,
+            )
+            .await,
+        ),
+        None => None,
+    };
+    if let Some(run) = run {
         if let Some((tool, _)) = tool_command(spec.settings.backend, &env.tools) {
             tool_used = Some(ToolVersion {
                 name: tool.name.clone(),
                 version: tool.version.clone(),
             });
         }
-        let run = run_tool_stages(
-            env,
-            spec.settings.backend,
-            &tool_stages,
-            &project,
-            cancel,
-            on_stage,
-            &spec.stage_limits,
-        )
-        .await;
         timings.extend(run.timings);
-        if let Some((
-            stage,
-            ToolFailure {
-                failure: f,
-                log_tail,
-                peak_memory_mib,
-                fix,
-            },
-        )) = run.failed
+        // Beside a failed emulation the tools were stopped: the trial failed there, and the
+        // stages they finished keep their timings.
+        if failure.is_none()
+            && let Some((
+                stage,
+                ToolFailure {
+                    failure: f,
+                    log_tail,
+                    peak_memory_mib,
+                    fix,
+                },
+            )) = run.failed
         {
             failure = Some(TrialFailure {
                 class: f.class,
