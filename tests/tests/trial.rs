@@ -542,3 +542,42 @@ async fn an_emulation_that_fails_stops_the_tools_beside_it() {
     );
     assert!(result.timings.iter().all(|t| t.stage != Stage::Csynth));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_beside_the_emulation_stops_both() {
+    let dir = TestDir::new("trial-beside-cancel").unwrap();
+    let record = dir.join("calls.jsonl");
+    let mut env = env(
+        &[
+            ("STANDIN_HANG", "1"),
+            ("STANDIN_RECORD", record.to_str().unwrap()),
+        ],
+        Duration::from_secs(600),
+    )
+    .await;
+    env.emulate_beside_tools = true;
+    let spec = spec(
+        &dir,
+        &[Stage::Convert, Stage::Emulate, Stage::Csynth],
+        Backend::Vitis,
+    );
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let watched: PathBuf = record.clone();
+    tokio::spawn(async move {
+        // Cancel as soon as the tool runs: the emulation is still compiling beside it.
+        while !watched.is_file() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        trigger.cancel();
+    });
+    let result = run_trial(&env, &spec, &cancel, &|_| {}).await;
+    assert_eq!(result.status, TrialStatus::Cancelled);
+    // The driver was stopped mid-emulation: it never wrote its result.
+    assert!(!spec.scratch.join("convert_result.json").exists());
+    let calls = std::fs::read_to_string(&record).unwrap();
+    let call: serde_json::Value = serde_json::from_str(calls.lines().next().unwrap()).unwrap();
+    assert!(!hlsfarm_worker::process::group_alive(
+        call["pgid"].as_i64().unwrap() as i32
+    ));
+}
