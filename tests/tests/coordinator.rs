@@ -200,6 +200,7 @@ async fn succeed(
         parameters: None,
         multiplications: None,
         largest_layer: None,
+        tools_beside_emulation: false,
         accuracy: None,
         search: None,
         effective_reuse_factor: Default::default(),

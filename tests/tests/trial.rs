@@ -476,6 +476,7 @@ async fn the_tools_start_beside_the_emulation_with_the_same_results() {
         let spec = spec(&dir, &stages, Backend::Vitis);
         let result = run_trial(&env, &spec, &CancellationToken::new(), &|_| {}).await;
         assert_eq!(result.status, TrialStatus::Success, "{:?}", result.failure);
+        assert_eq!(result.tools_beside_emulation, beside);
         let (started, ended) = tool_start_and_driver_end(&record, &spec.scratch);
         if beside {
             // The emulation's compile takes seconds; the tool started well before its end.

@@ -237,6 +237,11 @@ pub struct TrialResult {
     /// The most weights any one layer of the converted model holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub largest_layer: Option<u64>,
+    /// The tool stages started beside the emulation (once the project was written), so the
+    /// stage timings overlap: the trial took convert plus the longer of emulate and the tool
+    /// stages, not their sum.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tools_beside_emulation: bool,
     /// Accuracy of the float and the fixed-point model on the user's validation set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Accuracy>,
@@ -291,6 +296,7 @@ impl TrialResult {
             parameters: None,
             multiplications: None,
             largest_layer: None,
+            tools_beside_emulation: false,
             accuracy: None,
             search: None,
             effective_reuse_factor: BTreeMap::new(),

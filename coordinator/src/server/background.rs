@@ -142,6 +142,7 @@ pub(super) fn unreported(plan: &SweepPlan, record: &TrialRecord) -> TrialResult 
         parameters: None,
         multiplications: None,
         largest_layer: None,
+        tools_beside_emulation: false,
         accuracy: None,
         search: None,
         effective_reuse_factor: Default::default(),

@@ -211,6 +211,7 @@ pub async fn run_trial(
         )
     };
     let (converted, early) = tokio::join!(converting, tools_beside);
+    let tools_beside_emulation = early.is_some();
     match converted {
         Ok(converted) => {
             hls4ml_version = converted.hls4ml_version.clone();
@@ -377,6 +378,7 @@ pub async fn run_trial(
         parameters,
         multiplications,
         largest_layer,
+        tools_beside_emulation,
         accuracy,
         search: spec.search.clone(),
         effective_reuse_factor,
