@@ -506,9 +506,9 @@ async fn the_tools_start_beside_the_emulation_with_the_same_results() {
     assert_eq!(after.kept_files, beside.kept_files);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_emulation_that_fails_stops_the_tools_beside_it() {
-    let dir = TestDir::new("trial-beside-fails").unwrap();
+/// An environment whose tool hangs in C synthesis, started beside the emulation, and the
+/// stand-in's record of its calls.
+async fn hanging_beside(dir: &TestDir) -> (TrialEnv, PathBuf) {
     let record = dir.join("calls.jsonl");
     let mut env = env(
         &[
@@ -519,6 +519,13 @@ async fn an_emulation_that_fails_stops_the_tools_beside_it() {
     )
     .await;
     env.emulate_beside_tools = true;
+    (env, record)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emulation_that_fails_stops_the_tools_beside_it() {
+    let dir = TestDir::new("trial-beside-fails").unwrap();
+    let (env, record) = hanging_beside(&dir).await;
     // A validation set that is not one: the emulate step fails once it reads it, after the
     // project is written and the tool has started beside it.
     let validation = dir.join("validation.npz");
@@ -547,16 +554,7 @@ async fn an_emulation_that_fails_stops_the_tools_beside_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_beside_the_emulation_stops_both() {
     let dir = TestDir::new("trial-beside-cancel").unwrap();
-    let record = dir.join("calls.jsonl");
-    let mut env = env(
-        &[
-            ("STANDIN_HANG", "1"),
-            ("STANDIN_RECORD", record.to_str().unwrap()),
-        ],
-        Duration::from_secs(600),
-    )
-    .await;
-    env.emulate_beside_tools = true;
+    let (env, record) = hanging_beside(&dir).await;
     let spec = spec(
         &dir,
         &[Stage::Convert, Stage::Emulate, Stage::Csynth],

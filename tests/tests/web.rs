@@ -268,12 +268,13 @@ fn the_status_page_metrics_and_status_json_follow_a_live_sweep() {
         }
         let cancel = format!("tr[data-sweep='{sweep}'] button");
         wait_for(&c, &cancel, 1, Duration::from_secs(10)).await;
-        c.find(Locator::Css(&cancel))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        // Found and clicked in one script: the live table is redrawn between two WebDriver
+        // calls, which left a found button stale.
+        js(
+            &c,
+            &format!("document.querySelector(\"{cancel}\").click(); return null"),
+        )
+        .await;
         wait_for(
             &c,
             "#trials tbody tr[data-state='cancelled']",

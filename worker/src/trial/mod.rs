@@ -181,7 +181,8 @@ pub async fn run_trial(
     let converting = async {
         let converted = driver::convert(&env.driver, &job, cancel).await;
         if converted.is_err() {
-            // The emulation failed: the tools beside it stop, as they would never have started.
+            // The driver failed: tools beside its emulation stop, as they would never have
+            // started; before the project was written none had started.
             tools_cancel.cancel();
         }
         driver_done.store(true, Ordering::SeqCst);
