@@ -177,6 +177,18 @@ pub async fn run_trial(
     let tools_cancel = cancel.child_token();
     let ready = spec.scratch.join(driver::READY_FILE);
     let driver_done = AtomicBool::new(false);
+    // The tools' token is the trial's own but for one more cause: a failed driver.
+    let run_tools = || {
+        run_tool_stages(
+            env,
+            spec.settings.backend,
+            &tool_stages,
+            &project,
+            &tools_cancel,
+            on_stage,
+            &spec.stage_limits,
+        )
+    };
     on_stage(Stage::Convert);
     let converting = async {
         let converted = driver::convert(&env.driver, &job, cancel).await;
@@ -198,18 +210,7 @@ pub async fn run_trial(
             }
             tokio::time::sleep(READY_POLL).await;
         }
-        Some(
-            run_tool_stages(
-                env,
-                spec.settings.backend,
-                &tool_stages,
-                &project,
-                &tools_cancel,
-                on_stage,
-                &spec.stage_limits,
-            )
-            .await,
-        )
+        Some(run_tools().await)
     };
     let (converted, early) = tokio::join!(converting, tools_beside);
     let tools_beside_emulation = early.is_some();
@@ -269,18 +270,9 @@ pub async fn run_trial(
     let mut tool_used: Option<ToolVersion> = None;
     let run = match early {
         Some(run) => Some(run),
-        None if !tool_stages.is_empty() && failure.is_none() && !cancel.is_cancelled() => Some(
-            run_tool_stages(
-                env,
-                spec.settings.backend,
-                &tool_stages,
-                &project,
-                cancel,
-                on_stage,
-                &spec.stage_limits,
-            )
-            .await,
-        ),
+        None if !tool_stages.is_empty() && failure.is_none() && !cancel.is_cancelled() => {
+            Some(run_tools().await)
+        }
         None => None,
     };
     if let Some(run) = run {
