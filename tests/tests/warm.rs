@@ -258,3 +258,48 @@ async fn a_warm_interpreter_that_died_is_replaced() {
     assert_warm(&s.dir.join("second"), replaced);
     assert_eq!(s.pool.servers_started(), 2);
 }
+
+/// The QKeras functions autograph rewrites on a first model load are rewritten by the Keras
+/// interpreter before it opens its socket, so the first trial, forked at once, does not pay
+/// them itself (each child names in `<socket>.learned` the functions it had to rewrite).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_qkeras_trial_finds_the_common_rewrites_done() {
+    let dir = TestDir::new("warm-autograph-first").unwrap();
+    let gen_dir = dir.join("gen");
+    let mut make = Command::new(hlsfarm_tests::hls4ml_python().unwrap());
+    make.arg(tests_dir().join("python/make_keras_models.py"))
+        .arg(&gen_dir)
+        .arg("four_input");
+    run_ok(make).unwrap();
+    let pool = Arc::new(WarmPool::new().unwrap());
+    let env = env(&pool, Duration::from_secs(600));
+    let warm = pool
+        .warm(&env.python, "keras", &CancellationToken::new())
+        .await
+        .unwrap();
+    let model = ModelFiles::auto(gen_dir.join("four_input.h5"));
+    run(&env, &model, &dir.join("first"), &CancellationToken::new())
+        .await
+        .unwrap();
+    let server = pool.server_pid(&env.python, "keras").await.unwrap();
+    let log = log(&dir.join("first"));
+    assert!(
+        log.contains(&format!(
+            "forked from the warm keras interpreter (pid {server})"
+        )),
+        "{log}"
+    );
+    let mut learned = warm.socket.into_os_string();
+    learned.push(".learned");
+    let learned = std::fs::read_to_string(&learned).unwrap_or_default();
+    for common in [
+        "qkeras.quantizers:quantized_bits.__call__",
+        "qkeras.qlayers:QDense.call",
+        "qkeras.quantizers:quantized_relu.__call__",
+    ] {
+        assert!(
+            !learned.lines().any(|l| l == common),
+            "the first trial rewrote {common} itself:\n{learned}"
+        );
+    }
+}

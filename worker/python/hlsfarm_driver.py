@@ -1711,12 +1711,19 @@ class Autograph:
 
     def record(self, path):
         """In a child: append `module:qualname` of each function rewritten with the usual
-        options to `path` when the child ends."""
+        options to `path` when the child ends (those autograph's cache did not hold)."""
         api, seen = self.api, []
         actual = api._convert_actual
 
+        def cached(entity, program_ctx):
+            try:
+                transpiler = api._TRANSPILER
+                return transpiler._cache.has(entity, transpiler.get_caching_key(program_ctx))
+            except Exception:  # noqa: BLE001 - another TensorFlow's internals: count it as rewritten
+                return False
+
         def recording(entity, program_ctx):
-            if program_ctx.options == self.options:
+            if program_ctx.options == self.options and not cached(entity, program_ctx):
                 function = getattr(entity, "__func__", entity)
                 seen.append(f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}")
             return actual(entity, program_ctx)
@@ -1805,8 +1812,18 @@ def serve(path, family):
 
     started = time.monotonic()
     warm(family)
-    print(f"hlsfarm: warm {family} interpreter ready in {time.monotonic() - started:.1f} s (pid {os.getpid()})",
-          flush=True)
+    imported = time.monotonic() - started
+    # The commonest rewrites are done before the socket opens: a trial forked before them pays
+    # each itself (about 1 s of a first QKeras trial's 1.3 s), and the first trials of a run
+    # are the ones that would, all at once, while this loop competes for the same cores.
+    autograph = Autograph.available(family)
+    done = set()
+    if autograph:
+        for name in AUTOGRAPH_FIRST:
+            done.add(name)
+            autograph.rewrite(name)
+    print(f"hlsfarm: warm {family} interpreter ready in {time.monotonic() - started:.1f} s "
+          f"(imports {imported:.1f} s; pid {os.getpid()})", flush=True)
     sys.stderr.flush()
     parent = os.getppid()
     wake_r, wake_w = os.pipe()
@@ -1834,9 +1851,8 @@ def serve(path, family):
             conn.close()
 
     served = 0
-    autograph = Autograph.available(family)
     learned = path + ".learned"
-    pending, done, learned_at = list(AUTOGRAPH_FIRST) if autograph else [], set(), 0
+    pending, learned_at = [], 0
     while True:
         # Rewrites are done one at a time when nothing waits (tens of milliseconds each), so a
         # trial is never kept waiting long; forks happen only between them.

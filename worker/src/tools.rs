@@ -92,25 +92,38 @@ pub async fn tool_version(path: &Path, timeout: Duration) -> Result<String, Erro
 }
 
 /// Finds every tool of [`TOOL_NAMES`] on the given search path (`PATH`'s value) and reads its
-/// version. Tools that are absent are left out; tools that fail to answer are reported.
+/// version. Tools that are absent are left out; tools that fail to answer are reported. The
+/// tools are asked at once, not one after another: a real Vivado takes seconds to print its
+/// banner, and a host has up to four of them.
 pub async fn detect_tools(
     search_path: &std::ffi::OsStr,
     timeout: Duration,
 ) -> (Vec<DetectedTool>, Vec<Error>) {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let asked: Vec<_> = TOOL_NAMES
+        .iter()
+        .filter_map(|name| {
+            let path = which::which_in(name, Some(search_path), &cwd).ok()?;
+            let asking = path.clone();
+            let version = tokio::spawn(async move { tool_version(&asking, timeout).await });
+            Some((*name, path, version))
+        })
+        .collect();
     let mut found = Vec::new();
     let mut failed = Vec::new();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    for name in TOOL_NAMES {
-        let Ok(path) = which::which_in(name, Some(search_path), &cwd) else {
-            continue;
-        };
-        match tool_version(&path, timeout).await {
-            Ok(version) => found.push(DetectedTool {
-                name: (*name).to_owned(),
+    // In TOOL_NAMES' order, whichever answers first.
+    for (name, path, version) in asked {
+        match version.await {
+            Ok(Ok(version)) => found.push(DetectedTool {
+                name: name.to_owned(),
                 path,
                 version,
             }),
-            Err(err) => failed.push(err),
+            Ok(Err(err)) => failed.push(err),
+            Err(joined) => failed.push(Error::Spawn {
+                path,
+                source: std::io::Error::other(joined),
+            }),
         }
     }
     (found, failed)

@@ -181,14 +181,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let python =
         hlsfarm_worker::venv::find_python(args.python.as_deref()).map_err(anyhow::Error::msg)?;
-    let hls4ml = hlsfarm_worker::venv::probe(&python)
-        .map_err(anyhow::Error::msg)?
-        .hls4ml_version;
+    let by_format = hlsfarm_worker::venv::format_pythons();
+    // The warm interpreters import their frameworks (seconds) while the venv and the tools
+    // are asked for their versions; a run with nothing left to do drops them below.
+    let mut warm = if args.no_warm_python || models.is_empty() && !args.follow {
+        None
+    } else {
+        let pool =
+            Arc::new(hlsfarm_worker::warm::WarmPool::new().context(
+                "cannot create the warm interpreters' folder (or pass --no-warm-python)",
+            )?);
+        pool.prewarm(hlsfarm_worker::warm::families(&models, &python, &by_format));
+        Some(pool)
+    };
+    let probing = {
+        let python = python.clone();
+        tokio::task::spawn_blocking(move || hlsfarm_worker::venv::probe(&python))
+    };
     let (tools, tool_errors) = detect_tools(
         &std::env::var_os("PATH").unwrap_or_default(),
         Duration::from_secs(60),
     )
     .await;
+    let hls4ml = probing.await?.map_err(anyhow::Error::msg)?.hls4ml_version;
     for error in &tool_errors {
         eprintln!("hlsfarm: warning: {error}");
     }
@@ -332,17 +347,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .trial_memory_mib
         .unwrap_or_else(|| (host_mib / slots as u64).max(1024));
     let memory = MemoryBudget::new(host_mib.max(trial_limit * slots as u64));
-    let by_format = hlsfarm_worker::venv::format_pythons();
-    let warm = if args.no_warm_python || to_run.is_empty() && !args.follow {
-        None
-    } else {
-        let pool =
-            Arc::new(hlsfarm_worker::warm::WarmPool::new().context(
-                "cannot create the warm interpreters' folder (or pass --no-warm-python)",
-            )?);
-        pool.prewarm(hlsfarm_worker::warm::families(&models, &python, &by_format));
-        Some(pool)
-    };
+    if to_run.is_empty() && !args.follow {
+        warm = None;
+    }
     let env = Arc::new(TrialEnv {
         driver: DriverEnv {
             python,
