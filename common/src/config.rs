@@ -4,7 +4,6 @@
 //! and [`Config::validate`] names every bad field. Secrets never appear in `Debug` output or
 //! in `--dump-config`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,60 +11,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
 use crate::validation::ValidationErrors;
-
-/// A secret string (a token, a password, a key): `Debug` prints `<redacted>`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
-
-/// Serializes the secret itself, so the config layers can carry it; print configs through
-/// [`Config::redacted`].
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-/// What a redacted secret shows.
-const REDACTED: &str = "<redacted>";
-
-impl Secret {
-    fn redacted(&self) -> Secret {
-        if self.0.is_empty() {
-            Secret::default()
-        } else {
-            Secret::new(REDACTED)
-        }
-    }
-}
 
 /// The whole configuration of an hlsfarm process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@
 //! - [`results`]: `result.json`, what one trial produced.
 //! - [`report`]: parsers for the AMD tools' reports and logs.
 //! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
+//! - [`secret`]: tokens and passwords that never show in `Debug` or printed configs.
 //! - [`validation`]: the error type that names a bad field and what is allowed.
 
 #![deny(clippy::unwrap_used)]
@@ -33,6 +34,7 @@ pub mod queue;
 pub mod report;
 pub mod results;
 pub mod search;
+pub mod secret;
 pub mod select;
 pub mod settings;
 pub mod stage;

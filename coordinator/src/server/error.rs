@@ -44,6 +44,10 @@ pub enum Error {
     /// not help.
     #[error("stored data unreadable: {0}")]
     Corrupt(String),
+    /// A fault of the coordinator itself (a figure it could not draw, an answer from its own
+    /// scripts it did not expect): a bug to report, not the request's fault nor an outage.
+    #[error("coordinator fault (please report it): {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -67,6 +71,11 @@ impl Error {
         Error::Unavailable(e.to_string())
     }
 
+    /// A fault of the coordinator itself.
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+
     /// Stored data that does not parse.
     pub fn corrupt(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
         Error::Corrupt(format!("{what}: {e}"))
@@ -85,6 +94,7 @@ impl Error {
             Error::Denied(_) => "denied",
             Error::Unavailable(_) => "unavailable",
             Error::Corrupt(_) => "corrupt",
+            Error::Internal(_) => "internal",
         }
     }
 
@@ -101,6 +111,7 @@ impl Error {
             Error::Denied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Corrupt(_) => Code::DataLoss,
+            Error::Internal(_) => Code::Internal,
         };
         let mut status = tonic::Status::new(code, self.to_string());
         if let Ok(kind) = self.kind().parse() {
@@ -121,7 +132,7 @@ impl Error {
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Corrupt(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -180,5 +191,10 @@ mod tests {
             Error::Invalid("x".into()).http_status(),
             axum::http::StatusCode::BAD_REQUEST
         );
+        // A fault of the coordinator's own is neither stored data going bad nor an outage.
+        let fault = Error::internal("cannot draw the plot: no font").status();
+        assert_eq!(fault.code(), tonic::Code::Internal);
+        assert_eq!(fault.metadata().get(KIND_KEY).unwrap(), "internal");
+        assert!(fault.message().contains("please report it"));
     }
 }

@@ -423,7 +423,7 @@ impl Coordinator {
                 .collect());
         }
         let keys = self.phase_keys(sweep, plan);
-        let state = self.funnel_state(sweep).await.map_err(super::internal)?;
+        let state = self.funnel_state(sweep).await.map_err(Error::backend)?;
         Ok(latest_phases(&trials, &keys, &state))
     }
 

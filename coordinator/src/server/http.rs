@@ -183,7 +183,7 @@ async fn sweep_file(
     };
     let summary = match state.c.sweep_summary(&id, &plan).await {
         Ok(s) => s.summary,
-        Err(e) => return error(&super::internal(e)),
+        Err(e) => return error(&Error::backend(e)),
     };
     let (content_type, body) = if file == "pareto.svg" {
         match crate::pareto::svg(&summary) {
@@ -194,7 +194,7 @@ async fn sweep_file(
                 ));
             }
             Err(e) => {
-                return error(&Error::Corrupt(format!("cannot draw the plot: {e}")));
+                return error(&Error::Internal(format!("cannot draw the plot: {e}")));
             }
         }
     } else {
@@ -206,7 +206,7 @@ async fn sweep_file(
         }
         match crate::ranking::ranking_csv(&summary, &objectives) {
             Ok(csv) => ("text/csv; charset=utf-8", csv),
-            Err(e) => return error(&super::internal(e)),
+            Err(e) => return error(&Error::Internal(format!("cannot write the ranking: {e}"))),
         }
     };
     (

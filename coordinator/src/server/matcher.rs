@@ -340,9 +340,9 @@ impl Coordinator {
             .queue
             .lease_batch(&asks)
             .await
-            .map_err(super::internal)?;
+            .map_err(Error::backend)?;
         if answers.len() != wave.len() {
-            return Err(super::internal(format!(
+            return Err(Error::Internal(format!(
                 "the lease script answered {} of {} workers",
                 answers.len(),
                 wave.len()
@@ -366,7 +366,7 @@ impl Coordinator {
         self.queue
             .lease_matching(&ask.worker, ask.max, &fit)
             .await
-            .map_err(super::internal)
+            .map_err(Error::backend)
     }
 
     /// Hands back leases nobody will run (their lease call ended before they reached it).

@@ -64,11 +64,6 @@ pub struct Coordinator {
     learned: Mutex<learn::Learned>,
 }
 
-/// A backend (Redis, store) failure.
-fn internal(e: impl std::fmt::Display) -> Error {
-    Error::backend(e)
-}
-
 /// Seconds since `leased_at_ms` (ms since the Unix epoch), as a leased trial has run.
 fn seconds_since(leased_at_ms: i64) -> f64 {
     let now_ms = std::time::SystemTime::now()

@@ -13,7 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::planning::{check_name, check_sha};
-use super::{Coordinator, Error, internal};
+use super::{Coordinator, Error};
 
 /// The Operator service over a coordinator.
 pub(super) struct OperatorApi {
@@ -163,7 +163,7 @@ impl Coordinator {
         check_name(&first.name).map_err(|e| Error::invalid(format!("file name {e}")))?;
         check_sha(&first.sha256).map_err(|e| Error::invalid(format!("sha256: {e}")))?;
         let path = Blobs::input_path(&first.sha256);
-        if self.blobs.exists(&path).await.map_err(internal)? {
+        if self.blobs.exists(&path).await.map_err(Error::backend)? {
             return Ok(v1::UploadModelResponse {
                 model: Some(v1::ModelInput {
                     name: first.name,
@@ -202,7 +202,7 @@ impl Coordinator {
             .await
         {
             self.metrics.store_errors.get_or_create(&writer).inc();
-            return Err(internal(e));
+            return Err(Error::backend(e));
         }
         self.metrics.store_bytes.get_or_create(&writer).inc_by(size);
         Ok(v1::UploadModelResponse {

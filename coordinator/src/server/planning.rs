@@ -15,7 +15,7 @@ use hlsfarm_common::validation::ValidationErrors;
 use hlsfarm_proto::stages_from_wire;
 use hlsfarm_proto::v1;
 
-use super::{Coordinator, Error, internal};
+use super::{Coordinator, Error};
 use hlsfarm_common::blob::Blobs;
 
 /// Workers seen within this long count as live for choosing a sweep's toolchain.
@@ -174,7 +174,7 @@ impl Coordinator {
                     .blobs
                     .exists(&Blobs::input_path(sha))
                     .await
-                    .map_err(internal)?
+                    .map_err(Error::backend)?
                 {
                     return Err(Error::precondition(format!(
                         "model `{}`: file {sha} is not in the store; upload it first (hlsfarm submit does)",
@@ -238,7 +238,7 @@ impl Coordinator {
         let mut trials = new_trials(&plan, fresh);
         self.estimate_new(&plan, &mut trials);
         self.queue.put_classes(&classes).await?;
-        let plan_json = serde_json::to_string(&plan).map_err(internal)?;
+        let plan_json = serde_json::to_string(&plan).map_err(Error::internal)?;
         let submitted = self
             .queue
             .submit_sweep(
@@ -468,7 +468,7 @@ impl Coordinator {
         self.estimate_new(&plan, &mut trials);
         let total = trials.len() as u64;
         self.queue.put_classes(&classes).await?;
-        let plan_json = serde_json::to_string(&plan).map_err(internal)?;
+        let plan_json = serde_json::to_string(&plan).map_err(Error::internal)?;
         let plan_ms = planning.elapsed().as_millis();
         let queueing = std::time::Instant::now();
         let submitted = self
@@ -533,7 +533,7 @@ impl Coordinator {
                 return Ok(None);
             }
         };
-        let (trial, requirement) = plan.trial_with(m, g, &settings).map_err(internal)?;
+        let (trial, requirement) = plan.trial_with(m, g, &settings).map_err(Error::internal)?;
         let point = DerivedPoint {
             settings,
             from: DerivedFrom {
@@ -545,7 +545,7 @@ impl Coordinator {
         };
         let classes = BTreeMap::from([(
             trial.needs.class.clone(),
-            serde_json::to_string(&requirement).map_err(internal)?,
+            serde_json::to_string(&requirement).map_err(Error::internal)?,
         )]);
         self.queue.put_classes(&classes).await?;
         let mut derived = [NewTrial {

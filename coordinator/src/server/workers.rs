@@ -19,7 +19,7 @@ use hlsfarm_proto::v1::{self, worker_server::Worker};
 use tonic::{Request, Response, Status};
 
 use super::matcher::{Ask, served};
-use super::{Coordinator, Error, internal, lock};
+use super::{Coordinator, Error, lock};
 
 /// The longest a lease call waits for work.
 const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -133,7 +133,7 @@ impl Coordinator {
         let mut caps = WorkerCaps::try_from(r.capabilities.unwrap_or_default())
             .map_err(|e| Error::invalid(format!("capabilities: {e}")))?;
         caps.hostname = r.hostname;
-        let json = serde_json::to_string(&caps).map_err(internal)?;
+        let json = serde_json::to_string(&caps).map_err(Error::internal)?;
         self.queue.register(&r.worker_id, &json).await?;
         lock(&self.caps).insert(r.worker_id.clone(), caps.clone());
         tracing::info!(worker = %r.worker_id, host = %caps.hostname, slots = caps.slots, hls4ml = %caps.hls4ml_version, tools = ?caps.tools, "worker registered");
@@ -340,7 +340,7 @@ impl Coordinator {
                     .blobs
                     .size(&format!("{staging}/{name}"))
                     .await
-                    .map_err(internal)?;
+                    .map_err(Error::backend)?;
                 match size {
                     Some(size) => uploaded.push((name, size)),
                     None if name == "result.json" => break,
