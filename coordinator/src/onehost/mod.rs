@@ -31,7 +31,7 @@ mod planned;
 mod planner;
 mod runner;
 
-use crate::sweep_args::{SearchSource, SweepArgs, model_files, sweep_spec};
+use crate::cli::sweep_args::{SearchSource, SweepArgs, model_files, sweep_spec};
 use funnel::Funnel;
 use memory::MemoryBudget;
 use planner::{Planner, finished_or_failed};
@@ -257,7 +257,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|m| model_files(m, &args.sweep).map(|(f, _)| f))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let fixes = crate::check_cmd::preflight_fixes(
+        let fixes = crate::cli::check::preflight_fixes(
             &files,
             &points,
             &python,

@@ -12,7 +12,7 @@ use hlsfarm_common::trial_key::{ModelDigest, ToolVersion, Toolchain, TrialKeyInp
 use hlsfarm_worker::trial::{TrialSpec, tool_command};
 
 use super::planned::{Planned, suffix};
-use crate::sweep_args::{SweepArgs, file_sha256, model_files};
+use crate::cli::sweep_args::{SweepArgs, file_sha256, model_files};
 
 /// The result in `output_dir` with this key, successful or not.
 pub(super) fn finished_or_failed(output_dir: &Path, key: &str) -> Option<TrialResult> {
@@ -32,7 +32,7 @@ pub(super) struct Planner {
     pub(super) output_dir: PathBuf,
     pub(super) scratch_root: PathBuf,
     pub(super) validation: Option<PathBuf>,
-    pub(super) fixes: HashMap<(usize, usize), crate::check_cmd::Fixed>,
+    pub(super) fixes: HashMap<(usize, usize), crate::cli::check::Fixed>,
 }
 
 impl Planner {

@@ -1,13 +1,23 @@
 //! `hlsfarm serve`: the coordinator (DESIGN §2). Stateless: every fact lives in Redis, so it
 //! can restart at any time and two of them can serve one cluster. It serves the Operator and
-//! Worker gRPC services, and runs three loops: the reaper (expired leases), the committer
-//! (copies accepted results from staging into `results/`), and the aggregator (writes a
-//! finished sweep's `synthesis_results.json` once).
+//! Worker gRPC services and the web page, and runs its loops: the reaper (expired leases), the
+//! committer (the accepted attempt's `result.json` into `results/<key>/`), the aggregator (a
+//! finished sweep's `synthesis_results.json`, once), the learner and the event tail.
+//!
+//! - The core, free of any transport: [`Coordinator`] and its calls in `operator` (upload,
+//!   submit, status, watch, results, cancel, retry, drain) and `workers` (register, lease,
+//!   heartbeat, complete, hand back), with `planning` (a sweep into trials), `matcher` (parked
+//!   lease calls), `funnel`, `summary` and `learn`. Every call answers an [`Error`].
+//! - The adapters, a few lines a call: `grpc` (the two services), `http` (the JSON API and
+//!   the page), `auth` (bearer tokens); [`error`] holds the one map to gRPC codes and the one
+//!   to HTTP statuses.
+//! - `background` (the loops) and `metrics` (`/metrics`).
 
 pub mod auth;
 mod background;
 pub mod error;
 mod funnel;
+mod grpc;
 mod http;
 mod learn;
 mod matcher;
@@ -273,11 +283,11 @@ pub async fn serve_on(
     )));
 
     let operator = OperatorServer::with_interceptor(
-        operator::OperatorApi::new(coordinator.clone()),
+        grpc::OperatorApi::new(coordinator.clone()),
         tokens.interceptor(auth::Role::Operator),
     );
     let worker = WorkerServer::with_interceptor(
-        workers::WorkerApi::new(coordinator.clone()),
+        grpc::WorkerApi::new(coordinator.clone()),
         tokens.interceptor(auth::Role::Worker),
     );
     let local = listener.local_addr()?;

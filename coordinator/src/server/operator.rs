@@ -1,31 +1,18 @@
-//! The Operator service: upload, submit, status, watch, results, cancel, retry, drain.
+//! The core's operator calls: upload, submit, status, watch, results, cancel, retry, drain
+//! (the gRPC service of [`super::grpc`] and the HTTP API of [`super::http`] only adapt them).
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use hlsfarm_common::blob::{Blobs, RetryBudget};
 use hlsfarm_common::job::TrialState;
 use hlsfarm_common::results::ResultSummary;
 use hlsfarm_common::store::{SweepRecord, TrialRecord};
 use hlsfarm_common::trial_key::sha256_hex;
-use hlsfarm_proto::v1::{self, operator_server::Operator};
+use hlsfarm_proto::v1;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
 
 use super::planning::{check_name, check_sha};
 use super::{Coordinator, Error};
-
-/// The Operator service over a coordinator.
-pub(super) struct OperatorApi {
-    c: Arc<Coordinator>,
-}
-
-impl OperatorApi {
-    /// The service.
-    pub(super) fn new(c: Arc<Coordinator>) -> OperatorApi {
-        OperatorApi { c }
-    }
-}
 
 fn wire_state(state: &str) -> i32 {
     state
@@ -448,90 +435,5 @@ impl Coordinator {
             return Err(Error::not_found(format!("no worker `{id}` is registered")));
         }
         Ok(v1::DrainWorkerResponse {})
-    }
-}
-
-/// The gRPC adapter: each call hands its message to the core and maps its error.
-#[tonic::async_trait]
-impl Operator for OperatorApi {
-    async fn upload_model(
-        &self,
-        request: Request<Streaming<v1::UploadChunk>>,
-    ) -> Result<Response<v1::UploadModelResponse>, Status> {
-        let chunks = request
-            .into_inner()
-            .map(|c| c.map_err(|s| Error::invalid(format!("upload interrupted: {}", s.message()))));
-        Ok(Response::new(self.c.upload_model(chunks).await?))
-    }
-
-    async fn submit_sweep(
-        &self,
-        request: Request<v1::SubmitSweepRequest>,
-    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
-        Ok(Response::new(
-            self.c.submit_sweep(request.into_inner()).await?,
-        ))
-    }
-
-    async fn add_models(
-        &self,
-        request: Request<v1::AddModelsRequest>,
-    ) -> Result<Response<v1::SubmitSweepResponse>, Status> {
-        Ok(Response::new(
-            self.c.add_models(request.into_inner()).await?,
-        ))
-    }
-
-    async fn get_status(
-        &self,
-        request: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        Ok(Response::new(
-            self.c.get_status(request.into_inner()).await?,
-        ))
-    }
-
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
-
-    async fn watch(
-        &self,
-        request: Request<v1::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let events = self.c.watch(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(
-            events.map(|e| e.map_err(Status::from)),
-        )))
-    }
-
-    async fn get_results(
-        &self,
-        request: Request<v1::GetResultsRequest>,
-    ) -> Result<Response<v1::GetResultsResponse>, Status> {
-        Ok(Response::new(
-            self.c.get_results(request.into_inner()).await?,
-        ))
-    }
-
-    async fn cancel(
-        &self,
-        request: Request<v1::CancelRequest>,
-    ) -> Result<Response<v1::CancelResponse>, Status> {
-        Ok(Response::new(self.c.cancel(request.into_inner()).await?))
-    }
-
-    async fn retry(
-        &self,
-        request: Request<v1::RetryRequest>,
-    ) -> Result<Response<v1::RetryResponse>, Status> {
-        Ok(Response::new(self.c.retry(request.into_inner()).await?))
-    }
-
-    async fn drain_worker(
-        &self,
-        request: Request<v1::DrainWorkerRequest>,
-    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
-        Ok(Response::new(
-            self.c.drain_worker(request.into_inner()).await?,
-        ))
     }
 }

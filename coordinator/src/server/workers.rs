@@ -1,7 +1,7 @@
-//! The Worker service: register, lease (long-poll), heartbeat, complete, hand back. Every
-//! call about a trial presents its lease token; a stale one gets [`Error::LeaseLost`]
-//! (`FAILED_PRECONDITION`, kind `lease-lost`) and changes nothing (DESIGN §3). The calls are
-//! the core's; the gRPC service at the end only adapts them.
+//! The core's worker calls: register, lease (long-poll), heartbeat, complete, hand back.
+//! Every call about a trial presents its lease token; a stale one gets [`Error::LeaseLost`]
+//! (`FAILED_PRECONDITION`, kind `lease-lost`) and changes nothing (DESIGN §3). The gRPC
+//! service of [`super::grpc`] only adapts them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,26 +15,13 @@ use hlsfarm_common::queue::{Error as QueueError, Lease, Outcome};
 use hlsfarm_common::results::{ResultSummary, TrialResult, TrialStatus};
 use hlsfarm_common::store::{Completion, Progress};
 use hlsfarm_proto::FromWire;
-use hlsfarm_proto::v1::{self, worker_server::Worker};
-use tonic::{Request, Response, Status};
+use hlsfarm_proto::v1;
 
 use super::matcher::{Ask, served};
 use super::{Coordinator, Error, lock};
 
 /// The longest a lease call waits for work.
 const MAX_WAIT: Duration = Duration::from_secs(20);
-
-/// The Worker service over a coordinator.
-pub(super) struct WorkerApi {
-    c: Arc<Coordinator>,
-}
-
-impl WorkerApi {
-    /// The service.
-    pub(super) fn new(c: Arc<Coordinator>) -> WorkerApi {
-        WorkerApi { c }
-    }
-}
 
 fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Error> {
     let t = t.ok_or_else(|| Error::invalid("missing lease token"))?;
@@ -490,44 +477,5 @@ impl Coordinator {
             self.wake().await;
         }
         Ok(v1::HandBackResponse { requeued })
-    }
-}
-
-/// The gRPC adapter: each call hands its message to the core and maps its error.
-#[tonic::async_trait]
-impl Worker for WorkerApi {
-    async fn register(
-        &self,
-        request: Request<v1::RegisterRequest>,
-    ) -> Result<Response<v1::RegisterResponse>, Status> {
-        Ok(Response::new(self.c.register(request.into_inner()).await?))
-    }
-
-    async fn lease(
-        &self,
-        request: Request<v1::LeaseRequest>,
-    ) -> Result<Response<v1::LeaseResponse>, Status> {
-        Ok(Response::new(self.c.lease(request.into_inner()).await?))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<v1::HeartbeatRequest>,
-    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        Ok(Response::new(self.c.heartbeat(request.into_inner()).await?))
-    }
-
-    async fn complete(
-        &self,
-        request: Request<v1::CompleteRequest>,
-    ) -> Result<Response<v1::CompleteResponse>, Status> {
-        Ok(Response::new(self.c.complete(request.into_inner()).await?))
-    }
-
-    async fn hand_back(
-        &self,
-        request: Request<v1::HandBackRequest>,
-    ) -> Result<Response<v1::HandBackResponse>, Status> {
-        Ok(Response::new(self.c.hand_back(request.into_inner()).await?))
     }
 }

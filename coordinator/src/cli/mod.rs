@@ -1,5 +1,26 @@
-//! The `hlsfarm` command line. Each subcommand is a thin call into the crate that owns the
-//! behaviour; global flags load the layered configuration (see `hlsfarm_common::config`).
+//! The `hlsfarm` command line. Each subcommand is a thin call into the module or crate that
+//! owns the behaviour; global flags load the layered configuration (see
+//! `hlsfarm_common::config`).
+//!
+//! - [`check`]: `hlsfarm check`, preflight without synthesis.
+//! - [`client`]: `hlsfarm submit`, `status`, `cancel`, `retry`: the operator side of the API.
+//! - `submit_follow`: `submit --follow`, a folder's new models added to an open sweep.
+//! - [`report`]: `hlsfarm report`, the figures of a project folder or report file.
+//! - [`results`]: `hlsfarm results`, a finished sweep's trials as a table, JSON or CSV.
+//! - [`sweep_args`]: the sweep a command's flags (or sweep file) describe, shared by `run`,
+//!   `check` and `submit`.
+//! - [`watch`]: `hlsfarm watch`, the cluster live in the terminal.
+//!
+//! `hlsfarm run` is [`crate::onehost`], `hlsfarm serve` [`crate::server`], `hlsfarm worker`
+//! the worker crate's daemon, `hlsfarm bench` [`crate::bench`].
+
+pub mod check;
+pub mod client;
+pub mod report;
+pub mod results;
+mod submit_follow;
+pub mod sweep_args;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -43,7 +64,7 @@ pub enum Command {
     /// needed), reuse factors hls4ml changes, io_parallel designs too large to compile.
     /// Exit code: 0 nothing refused, 1 a finding the tools would refuse or a model that does
     /// not convert.
-    Check(Box<crate::check_cmd::CheckArgs>),
+    Check(Box<crate::cli::check::CheckArgs>),
     /// Run the cluster coordinator: serves operators and workers over gRPC, keeps every fact
     /// in Redis (coordinator.redis_url), results in the store (store.url). Needs
     /// coordinator.operator_token and coordinator.worker_token. Stops on SIGTERM/Ctrl-C.
@@ -73,14 +94,14 @@ pub enum Command {
     /// Submit a sweep to a coordinator: uploads the model files (and companions:
     /// `<stem>_weights.h5` of a Keras JSON, `<stem>.py` of a PyTorch file,
     /// `<stem>_inputs.npy`), queues every trial without a stored result, prints the sweep id.
-    Submit(Box<crate::client::SubmitArgs>),
+    Submit(Box<crate::cli::client::SubmitArgs>),
     /// Show the cluster: sweeps with counts and ETA, workers and what they run, licence
     /// seats, recent failures. `--json` prints the same JSON as the coordinator's
     /// `/api/status`.
     Status {
         /// The coordinator.
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        client: crate::cli::client::ClientArgs,
         /// Include finished sweeps.
         #[arg(long)]
         all: bool,
@@ -94,7 +115,7 @@ pub enum Command {
     Watch {
         /// The coordinator.
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        client: crate::cli::client::ClientArgs,
         /// Show only this sweep's events.
         #[arg(long)]
         sweep: Option<String>,
@@ -104,7 +125,7 @@ pub enum Command {
     Cancel {
         /// The coordinator.
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        client: crate::cli::client::ClientArgs,
         /// The sweep id.
         sweep: String,
         /// Only these trial keys.
@@ -114,7 +135,7 @@ pub enum Command {
     Retry {
         /// The coordinator.
         #[command(flatten)]
-        client: crate::client::ClientArgs,
+        client: crate::cli::client::ClientArgs,
         /// The sweep id.
         sweep: String,
         /// Only these trial keys.
@@ -131,7 +152,7 @@ pub enum Command {
         path: PathBuf,
         /// table, json or csv.
         #[arg(long, value_enum, default_value = "table")]
-        format: crate::results_cmd::Format,
+        format: crate::cli::results::Format,
         /// Rank the successful trials by Pareto tier over these objectives, then by the
         /// first, e.g. `accuracy:max,lut:min,latency_ns:min` (metrics: accuracy,
         /// float_accuracy, accuracy_drop, auc, parameters, lut, ff, dsp, bram, latency_ns,
@@ -273,26 +294,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     crate::telemetry::init_tracing(&config.log);
     match cli.command {
-        Some(Command::Report { path, json }) => crate::report_cmd::run(&path, json),
+        Some(Command::Report { path, json }) => crate::cli::report::run(&path, json),
         Some(Command::Run(args)) => crate::onehost::run(*args).await,
-        Some(Command::Check(args)) => crate::check_cmd::run(*args).await,
+        Some(Command::Check(args)) => crate::cli::check::run(*args).await,
         Some(Command::Serve { .. }) => crate::server::serve(config).await,
         Some(Command::Bench(bench)) => crate::bench::run(bench).await,
-        Some(Command::Submit(args)) => crate::client::submit(*args).await,
+        Some(Command::Submit(args)) => crate::cli::client::submit(*args).await,
         Some(Command::Status { client, all, json }) => {
-            crate::client::status(&client, all, json).await
+            crate::cli::client::status(&client, all, json).await
         }
-        Some(Command::Watch { client, sweep }) => crate::watch::watch(&client, sweep).await,
+        Some(Command::Watch { client, sweep }) => crate::cli::watch::watch(&client, sweep).await,
         Some(Command::Cancel {
             client,
             sweep,
             trials,
-        }) => crate::client::cancel(&client, &sweep, &trials).await,
+        }) => crate::cli::client::cancel(&client, &sweep, &trials).await,
         Some(Command::Retry {
             client,
             sweep,
             trials,
-        }) => crate::client::retry(&client, &sweep, &trials).await,
+        }) => crate::cli::client::retry(&client, &sweep, &trials).await,
         Some(Command::Worker(w)) => {
             if config.worker.token.is_empty() {
                 anyhow::bail!(
@@ -313,7 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
         }
         Some(Command::Results { path, format, rank }) => {
-            crate::results_cmd::run(&path, format, rank.as_deref())
+            crate::cli::results::run(&path, format, rank.as_deref())
         }
         None => {
             use clap::CommandFactory;

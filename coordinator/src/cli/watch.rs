@@ -16,7 +16,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, List, ListItem, Paragraph, Row, Table};
 
-use crate::client::{ClientArgs, connect, status_error};
+use crate::cli::client::{ClientArgs, connect, status_error};
 use crate::view::{StatusJson, SweepJson, state_name};
 
 /// Events kept on screen.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hlsfarm_proto::v1;
 
-use crate::client::{Client, SearchRecords, Uploads, search_json, status_error};
+use crate::cli::client::{Client, SearchRecords, Uploads, search_json, status_error};
+use crate::cli::sweep_args::SearchSource;
 use crate::folder_watch::{EVERY, FolderWatch};
-use crate::sweep_args::SearchSource;
 
 /// How long a call is retried while the coordinator is unreachable (a restart, a blip).
 const RETRY_FOR: Duration = Duration::from_secs(120);

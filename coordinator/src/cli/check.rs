@@ -10,7 +10,7 @@ use hlsfarm_common::settings::{Settings, merge_fixes};
 
 use hlsfarm_worker::driver::{self, DriverEnv, ModelFiles, Tolerance};
 
-use crate::sweep_args::{SweepArgs, model_files, sweep_spec};
+use crate::cli::sweep_args::{SweepArgs, model_files, sweep_spec};
 
 /// Arguments of `hlsfarm check`.
 #[derive(Debug, clap::Args)]

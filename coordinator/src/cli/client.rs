@@ -10,7 +10,7 @@ use hlsfarm_proto::v1::{self, operator_client::OperatorClient};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::sweep_args::{SweepArgs, sweep_spec};
+use crate::cli::sweep_args::{SweepArgs, sweep_spec};
 use crate::view::{StatusJson, humantime_secs};
 
 /// How to reach the coordinator.
@@ -124,7 +124,7 @@ impl Uploads<'_> {
                 .await
                 .map_err(|e| e.context(format!("coordinator {coordinator}")))?;
             let mut roles = std::collections::HashMap::new();
-            for (role, path) in crate::sweep_args::model_companions(model, self.args)? {
+            for (role, path) in crate::cli::sweep_args::model_companions(model, self.args)? {
                 roles.insert(role, upload(client, &path).await?.0);
             }
             if let Some(v) = &self.validation {
@@ -200,7 +200,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     }
     // The search's records (Keras Tuner's files beside the models, --metrics): joined to the
     // results and read by the gates on the coordinator.
-    let source = crate::sweep_args::SearchSource {
+    let source = crate::cli::sweep_args::SearchSource {
         dir: spec.models.dir.as_ref().map(|d| base.join(d)),
         metrics: spec.metrics.as_ref().map(|m| base.join(m)),
     };
@@ -219,7 +219,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         .transpose()?;
     if args.preflight {
         let checked =
-            crate::check_cmd::check_selection(&args.sweep, args.python.as_deref(), |line| {
+            crate::cli::check::check_selection(&args.sweep, args.python.as_deref(), |line| {
                 eprintln!("hlsfarm: preflight: {line}")
             })
             .await?;
@@ -247,7 +247,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             .pattern
             .clone()
             .unwrap_or_else(|| hlsfarm_common::sweep::DEFAULT_PATTERN.to_owned());
-        Some(crate::submit_follow::Follower::new(
+        Some(crate::cli::submit_follow::Follower::new(
             &dir,
             &pattern,
             args.follow_count,
