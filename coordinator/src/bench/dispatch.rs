@@ -40,8 +40,12 @@ impl Cpu {
     async fn sample(rig: &Rig, workers: &[Proc]) -> Cpu {
         let redis = redis_info(&rig.redis_url, "cpu").await.unwrap_or_default();
         Cpu {
-            coordinator: process_cpu_s(rig.coordinator.0.id()),
-            workers: workers.iter().map(|w| process_cpu_s(w.0.id())).sum(),
+            coordinator: process_cpu_s(rig.coordinator.pid().unwrap_or_default()),
+            workers: workers
+                .iter()
+                .filter_map(Proc::pid)
+                .map(process_cpu_s)
+                .sum(),
             redis: info_field(&redis, "used_cpu_user").unwrap_or(0.0)
                 + info_field(&redis, "used_cpu_sys").unwrap_or(0.0),
             driver: process_cpu_s(std::process::id()),
@@ -149,13 +153,13 @@ pub(super) async fn dispatch(trials: u32, workers: u32, slots: u32) -> anyhow::R
     // completion, so start-up (the venv probe) is left out.
     let mut procs = Vec::new();
     for i in 0..workers {
-        procs.push(Proc(
-            rig.worker_command(&format!("bench-{i}"), slots)?
-                .arg("--bench-noop")
-                // Every trial asks for a core: offer one per slot.
-                .env("HLSFARM_WORKER__CORES", slots.to_string())
-                .spawn()?,
-        ));
+        let name = format!("bench-{i}");
+        let mut command = rig.worker_command(&name, slots)?;
+        command
+            .arg("--bench-noop")
+            // Every trial asks for a core: offer one per slot.
+            .env("HLSFARM_WORKER__CORES", slots.to_string());
+        procs.push(rig.spawn(&name, command)?);
     }
     let (first, last, at_start) = watch_succeeded(&mut redis, &first_sweep, 1).await?;
     let cpu2 = Cpu::sample(&rig, &procs).await;

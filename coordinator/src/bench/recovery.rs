@@ -1,12 +1,12 @@
 //! Recovery after a lessee is killed, and duplicate leases of a live trial.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hlsfarm_proto::v1;
 
-use super::{Proc, Rig, beat, failed, lease_one, lease_request, model, sweep};
+use super::{Rig, beat, failed, lease_one, lease_request, model, sweep};
 
 pub(super) async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
     let lease = lease_ms.to_string();
@@ -22,24 +22,25 @@ pub(super) async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
     })
     .await?;
     // A lessee process takes one trial and heartbeats; SIGKILL it.
-    let mut holder = Proc(
-        Command::new(std::env::current_exe()?)
-            .args(["bench", "hold", &rig.url])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let mut line = String::new();
-    if let Some(out) = holder.0.stdout.take() {
-        use std::io::BufRead;
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let held = line.trim().to_owned();
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["bench", "hold", &rig.url]);
+    let mut holder = rig.spawn("lessee", command)?;
+    // Its first line names the trial it holds; it ends at once if it leased nothing.
+    let held = hlsfarm_rig::wait_until("the lessee to lease", Duration::from_secs(30), || {
+        let out = holder.stdout();
+        match out.split_once('\n') {
+            Some((line, _)) => Some(line.trim().to_owned()),
+            None => holder.try_status().ok().flatten().map(|_| String::new()),
+        }
+    })?;
     if held.is_empty() {
-        bail!("the lessee process leased nothing");
+        bail!(
+            "the lessee process leased nothing: {}",
+            holder.stderr().trim()
+        );
     }
     tokio::time::sleep(Duration::from_millis(lease_ms)).await;
-    let _ = holder.0.kill();
+    holder.kill();
     let killed = Instant::now();
     let mut w = rig.worker("rescuer").await?;
     let mut other = None;

@@ -1,10 +1,11 @@
 //! The benchmarks' rig: a `redis-server` and a coordinator of their own on free ports, and
 //! what every benchmark needs of them (an operator client, a model, a sweep, Redis facts).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use anyhow::Context;
 use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::client::{Bearer, channel};
 use hlsfarm_proto::v1::{self, operator_client::OperatorClient, worker_client::WorkerClient};
@@ -13,25 +14,30 @@ use tonic::transport::Channel;
 
 use super::{OPERATOR, WORKER};
 
-pub(super) struct Proc(pub(super) Child);
-
-/// Where a child's log goes: the terminal with `HLSFARM_BENCH_LOG` set, else nowhere.
-pub(super) fn child_log() -> Stdio {
-    if std::env::var_os("HLSFARM_BENCH_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A child process of the benchmarks: the tests' own ([`hlsfarm_rig::Process`]), its output
+/// in files, killed when dropped.
+pub(super) use hlsfarm_rig::Process as Proc;
 pub(super) use hlsfarm_rig::free_port;
+
+/// A folder for a benchmark's children and their logs: under `HLSFARM_BENCH_LOG` (kept, and
+/// named on stderr) when it is set, else a temporary folder that goes with the run.
+pub(super) fn log_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    let Some(root) = std::env::var_os("HLSFARM_BENCH_LOG") else {
+        return Ok(tempfile::tempdir()?);
+    };
+    std::fs::create_dir_all(&root)?;
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("{what}-"))
+        .tempdir_in(&root)?;
+    dir.disable_cleanup(true);
+    eprintln!("bench: {what} logs in {}", dir.path().display());
+    Ok(dir)
+}
+
+/// Starts `command` as `name`, its stdout and stderr in `dir/<name>.stdout` and `.stderr`.
+pub(super) fn spawn(name: &str, command: Command, dir: &Path) -> anyhow::Result<Proc> {
+    Proc::spawn(name, command, dir)
+}
 
 /// Waits until something listens on `port` (at most 30 s).
 pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
@@ -45,7 +51,6 @@ pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
 
 /// A Redis and a coordinator of our own.
 pub(crate) struct Rig {
-    _dir: tempfile::TempDir,
     _redis: hlsfarm_rig::RedisServer,
     pub(super) coordinator: Proc,
     /// More coordinators on the same Redis ([`Rig::add_coordinator`]), with their URLs.
@@ -56,30 +61,35 @@ pub(crate) struct Rig {
     pub url: String,
     /// The store folder.
     pub store: PathBuf,
+    /// The folder of the store, the children and their logs (dropped last, after them).
+    dir: tempfile::TempDir,
 }
 
 impl Rig {
     pub(crate) fn start(extra_env: &[(&str, &str)]) -> anyhow::Result<Rig> {
-        let dir = tempfile::tempdir()?;
+        let dir = log_dir("rig")?;
         // The tests' own rig: a redis-server on a free port, answering PING.
         let redis = hlsfarm_rig::RedisServer::start(dir.path(), Default::default())?;
         let redis_url = redis.url();
         let store = dir.path().join("store");
-        let (coordinator, url) = spawn_coordinator(&redis_url, &store, extra_env)?;
+        let (coordinator, url) =
+            spawn_coordinator("coordinator", dir.path(), &redis_url, &store, extra_env)?;
         Ok(Rig {
-            _dir: dir,
             _redis: redis,
             coordinator,
             more: Vec::new(),
             redis_url,
             url,
             store,
+            dir,
         })
     }
 
     /// Starts one more coordinator on the same Redis and store; returns its URL.
     pub(super) fn add_coordinator(&mut self) -> anyhow::Result<String> {
-        let (proc, url) = spawn_coordinator(&self.redis_url, &self.store, &[])?;
+        let name = format!("coordinator-{}", self.more.len() + 2);
+        let (proc, url) =
+            spawn_coordinator(&name, self.dir.path(), &self.redis_url, &self.store, &[])?;
         self.more.push((proc, url.clone()));
         Ok(url)
     }
@@ -93,9 +103,15 @@ impl Rig {
 
     /// Every coordinator's process id.
     pub(super) fn coordinator_pids(&self) -> Vec<u32> {
-        std::iter::once(self.coordinator.0.id())
-            .chain(self.more.iter().map(|(p, _)| p.0.id()))
+        std::iter::once(&self.coordinator)
+            .chain(self.more.iter().map(|(p, _)| p))
+            .filter_map(Proc::pid)
             .collect()
+    }
+
+    /// Starts `command` as `name`, its logs in the rig's folder.
+    pub(super) fn spawn(&self, name: &str, command: Command) -> anyhow::Result<Proc> {
+        spawn(name, command, self.dir.path())
     }
 
     pub(crate) fn operator(
@@ -153,15 +169,13 @@ impl Rig {
             .arg("--scratch")
             .arg(self.store.with_file_name(format!("scratch-{id}")))
             .env("HLSFARM_WORKER__TOKEN", WORKER)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(child_log());
+            .env("RUST_LOG", "warn");
         Ok(command)
     }
 
     pub(super) fn coordinator_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.coordinator.0.id()))
-            .unwrap_or_default();
+        let pid = self.coordinator.pid().unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -171,8 +185,11 @@ impl Rig {
     }
 }
 
-/// `hlsfarm serve` on a free port against `redis_url` and `store`; returns it and its URL.
+/// `hlsfarm serve` as `name` (its logs in `dir`) on a free port against `redis_url` and
+/// `store`; returns it and its URL.
 fn spawn_coordinator(
+    name: &str,
+    dir: &Path,
     redis_url: &str,
     store: &std::path::Path,
     extra_env: &[(&str, &str)],
@@ -191,14 +208,13 @@ fn spawn_coordinator(
         .arg(store)
         .env("HLSFARM_COORDINATOR__OPERATOR_TOKEN", OPERATOR)
         .env("HLSFARM_COORDINATOR__WORKER_TOKEN", WORKER)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(child_log());
+        .env("RUST_LOG", "info");
     for (k, v) in extra_env {
         command.env(k, v);
     }
-    let coordinator = Proc(command.spawn()?);
-    wait_port(port, "the coordinator")?;
+    let coordinator = spawn(name, command, dir)?;
+    wait_port(port, "the coordinator")
+        .with_context(|| format!("{name} stderr:\n{}", coordinator.stderr()))?;
     Ok((coordinator, format!("http://127.0.0.1:{port}")))
 }
 

@@ -16,7 +16,7 @@ use hlsfarm_common::blob::{Blobs, RetryBudget};
 use hlsfarm_common::config::{Secret, StoreConfig};
 use hlsfarm_common::job::Fence;
 
-use super::rig::{Proc, child_log, free_port, wait_port};
+use super::rig::{Proc, free_port, log_dir, spawn, wait_port};
 
 /// One store to measure.
 struct Target {
@@ -54,17 +54,15 @@ fn moto() -> anyhow::Result<Option<Target>> {
         println!("store: moto_server not found (HLSFARM_MOTO_SERVER, or `make setup`): skipped");
         return Ok(None);
     };
-    let dir = tempfile::tempdir()?;
+    let dir = log_dir("moto")?;
     let port = free_port()?;
-    let child = Command::new(moto)
+    let mut command = Command::new(moto);
+    command
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .current_dir(dir.path())
-        .stdout(child_log())
-        .stderr(child_log())
-        .spawn()
-        .context("cannot start moto_server")?;
-    let server = Proc(child);
-    wait_port(port, "moto_server")?;
+        .current_dir(dir.path());
+    let server = spawn("moto_server", command, dir.path())?;
+    wait_port(port, "moto_server")
+        .with_context(|| format!("moto_server stderr:\n{}", server.stderr()))?;
     // moto takes unsigned requests: a plain PUT makes the bucket.
     let mut made = false;
     for _ in 0..100 {
@@ -98,20 +96,17 @@ fn s3s_fs() -> anyhow::Result<Option<Target>> {
         );
         return Ok(None);
     };
-    let dir = tempfile::tempdir()?;
+    let dir = log_dir("s3s-fs")?;
     // s3s-fs serves the folders of its root as buckets.
-    std::fs::create_dir_all(dir.path().join(BUCKET))?;
+    std::fs::create_dir_all(dir.path().join("buckets").join(BUCKET))?;
     let port = free_port()?;
-    let child = Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(dir.path())
-        .stdout(child_log())
-        .stderr(child_log())
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let server = Proc(child);
-    wait_port(port, "s3s-fs")?;
+        .arg(dir.path().join("buckets"));
+    let server = spawn("s3s-fs", command, dir.path())?;
+    wait_port(port, "s3s-fs").with_context(|| format!("s3s-fs stderr:\n{}", server.stderr()))?;
     Ok(Some(Target {
         name: "s3s-fs (Rust)".into(),
         blobs: s3_blobs(port)?,

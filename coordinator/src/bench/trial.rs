@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hlsfarm_proto::v1;
 
-use super::{OPERATOR, Proc, Rig, median};
+use super::{OPERATOR, Rig, median};
 
 /// The repository's root (this crate's parent), for the stand-in and the shared models.
 pub(super) fn repo_root() -> PathBuf {
@@ -80,11 +80,9 @@ pub(super) async fn trial(
         path.push(":");
     }
     path.push(std::env::var_os("PATH").unwrap_or_default());
-    let worker = Proc(
-        rig.worker_command("bench-trial", 1)?
-            .env("PATH", &path)
-            .spawn()?,
-    );
+    let mut command = rig.worker_command("bench-trial", 1)?;
+    command.env("PATH", &path);
+    let worker = rig.spawn("bench-trial", command)?;
     // Wait for the worker (its venv probe imports hls4ml).
     let mut op = rig.operator()?;
     let deadline = Instant::now() + Duration::from_secs(180);

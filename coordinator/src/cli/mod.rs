@@ -142,7 +142,8 @@ pub enum Command {
         trials: Vec<String>,
     },
     /// Measure: each benchmark starts its own redis-server and coordinator and prints its
-    /// figures, one per line (see BENCHMARKS.md).
+    /// figures, one per line (see BENCHMARKS.md). Set HLSFARM_BENCH_LOG=<folder> to keep the
+    /// children's logs there.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// Print a finished sweep's trials from its output folder (synthesis_results.json):
