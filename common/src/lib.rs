@@ -16,6 +16,7 @@
 //! - [`report`]: parsers for the AMD tools' reports and logs.
 //! - [`config`]: layered configuration (defaults, TOML file, `HLSFARM_*` env, flags).
 //! - [`secret`]: tokens and passwords that never show in `Debug` or printed configs.
+//! - [`sync`]: locks that a panicking holder does not poison for everyone after it.
 //! - [`validation`]: the error type that names a bad field and what is allowed.
 
 #![deny(clippy::unwrap_used)]
@@ -42,6 +43,7 @@ pub mod stage;
 pub mod store;
 pub mod store_url;
 pub mod sweep;
+pub mod sync;
 pub mod trial_key;
 pub mod validation;
 

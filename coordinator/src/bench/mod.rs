@@ -175,13 +175,13 @@ pub enum Bench {
     /// first lease after a submit (p50, p99; target p50 ≤ 100 ms), trials/s sustained
     /// against the offered load, and coordinator and Redis CPU per trial.
     Scale {
-        /// Simulated workers; a list runs each count in turn.
+        /// Simulated workers; a comma-separated list (`100,1000`) runs each count in turn.
         #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
         workers: Vec<u32>,
         /// Slots per worker.
         #[arg(long, default_value_t = 1)]
         slots: u32,
-        /// Coordinators sharing the Redis; a list runs each count in turn.
+        /// Coordinators sharing the Redis; a comma-separated list (`1,2`) runs each in turn.
         #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
         coordinators: Vec<u32>,
         /// Trials per run [default: 3 per slot].

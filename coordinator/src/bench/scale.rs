@@ -19,6 +19,7 @@ use super::dispatch::process_cpu_s;
 use super::lifecycle::{lease_request, minimal_result};
 use super::makespan::lognormal_ms;
 use super::{Rig, WORKER, info_field, model, redis_info, sweep};
+use hlsfarm_common::sync::lock;
 
 /// What one run is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +42,42 @@ struct Fleet {
     submitted: Mutex<Option<Instant>>,
     first_leases: Mutex<Vec<Duration>>,
     last_completion: Mutex<Option<Instant>>,
-    errors: AtomicU64,
+    /// Failed calls by what failed (`<call> <gRPC code or kind>`).
+    errors: Mutex<std::collections::BTreeMap<String, u64>>,
     /// The trials' simulated durations, ms: their sum and the longest.
     slept_ms: AtomicU64,
     longest_ms: AtomicU64,
     store: std::path::PathBuf,
     trial_ms: u64,
     sigma: f64,
+}
+
+impl Fleet {
+    /// Counts a failed call: `call` and, from its status, the code and the error kind.
+    fn error(&self, call: &str, status: Option<&tonic::Status>) {
+        let what = match status {
+            Some(s) => match hlsfarm_proto::error_kind(s) {
+                Some(kind) => format!("{call} {:?} {kind}", s.code()),
+                None => format!("{call} {:?}", s.code()),
+            },
+            None => call.to_owned(),
+        };
+        *lock(&self.errors).entry(what).or_default() += 1;
+    }
+
+    /// The failed calls: `0`, or their count with the counts by what failed.
+    fn errors(&self) -> String {
+        let errors = lock(&self.errors);
+        let total: u64 = errors.values().sum();
+        if total == 0 {
+            return "0".to_owned();
+        }
+        let each: Vec<String> = errors
+            .iter()
+            .map(|(what, n)| format!("{what} {n}"))
+            .collect();
+        format!("{total} ({})", each.join(", "))
+    }
 }
 
 type Client = WorkerClient<
@@ -70,7 +100,7 @@ fn duration_of(key: &str, median_ms: u64, sigma: f64) -> Duration {
 async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
     let id = format!("sim-{i:05}");
     let Ok((c, b)) = channel(&url, WORKER, None) else {
-        fleet.errors.fetch_add(1, Ordering::Relaxed);
+        fleet.error("connect", None);
         return;
     };
     let mut w: Client = WorkerClient::with_interceptor(c, b);
@@ -89,9 +119,12 @@ async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
             version: "bench".into(),
         })
         .await;
-    let Ok(registered) = registered else {
-        fleet.errors.fetch_add(1, Ordering::Relaxed);
-        return;
+    let registered = match registered {
+        Ok(r) => r,
+        Err(s) => {
+            fleet.error("register", Some(&s));
+            return;
+        }
     };
     let registered = registered.into_inner();
     fleet.registered.fetch_add(1, Ordering::Relaxed);
@@ -125,8 +158,8 @@ async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
         };
         let trials = match answer {
             Ok(a) => a.into_inner().trials,
-            Err(_) => {
-                fleet.errors.fetch_add(1, Ordering::Relaxed);
+            Err(s) => {
+                fleet.error("lease", Some(&s));
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -182,14 +215,13 @@ async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
                         ..Default::default()
                     })
                     .await;
-                if staged && done.is_ok() {
-                    fleet.completed.fetch_add(1, Ordering::Relaxed);
-                    *fleet
-                        .last_completion
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                } else {
-                    fleet.errors.fetch_add(1, Ordering::Relaxed);
+                match (staged, done) {
+                    (true, Ok(_)) => {
+                        fleet.completed.fetch_add(1, Ordering::Relaxed);
+                        *lock(&fleet.last_completion) = Some(Instant::now());
+                    }
+                    (false, _) => fleet.error("upload", None),
+                    (true, Err(s)) => fleet.error("complete", Some(&s)),
                 }
                 if let Ok(mut r) = running.lock() {
                     r.remove(&token.trial_key);
@@ -246,8 +278,8 @@ async fn heartbeats(
             free_disk_mib: 1 << 20,
             draining: false,
         };
-        if w.heartbeat(request).await.is_err() {
-            fleet.errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(s) = w.heartbeat(request).await {
+            fleet.error("heartbeat", Some(&s));
         }
     }
 }
@@ -285,7 +317,7 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
         submitted: Mutex::new(None),
         first_leases: Mutex::new(Vec::new()),
         last_completion: Mutex::new(None),
-        errors: AtomicU64::new(0),
+        errors: Mutex::default(),
         slept_ms: AtomicU64::new(0),
         longest_ms: AtomicU64::new(0),
         store: rig.store.clone(),
@@ -305,10 +337,10 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
     while fleet.registered.load(Ordering::Relaxed) < u64::from(run.workers) {
         if Instant::now() > deadline {
             anyhow::bail!(
-                "only {} of {} simulated workers registered within 2 minutes ({} errors)",
+                "only {} of {} simulated workers registered within 2 minutes (errors: {})",
                 fleet.registered.load(Ordering::Relaxed),
                 run.workers,
-                fleet.errors.load(Ordering::Relaxed)
+                fleet.errors()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -380,7 +412,7 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
         .max(fleet.longest_ms.load(Ordering::Relaxed) as f64)
         / 1000.0;
     println!(
-        "scale: {} workers × {} slots, {} coordinator{}: idle {:.2} Redis commands/s per worker ({:.0}/s in all; coordinators {:.1}% CPU, Redis {:.1}%); first lease after a submit p50 {:.1} ms, p99 {:.1} ms ({} workers; the submit of {} trials took {:.0} ms); {} trials of {} ms median in {:.2} s: {:.0} trials/s (the slots could take about {:.0}/s; makespan lower bound {:.2} s); CPU µs per trial: coordinators {:.0}, Redis {:.0}; {} errors",
+        "scale: {} workers × {} slots, {} coordinator{}: idle {:.2} Redis commands/s per worker ({:.0}/s in all; coordinators {:.1}% CPU, Redis {:.1}%); first lease after a submit p50 {:.1} ms, p99 {:.1} ms ({} workers; the submit of {} trials took {:.0} ms); {} trials of {} ms median in {:.2} s: {:.0} trials/s (the slots could take about {:.0}/s; makespan lower bound {:.2} s); CPU µs per trial: coordinators {:.0}, Redis {:.0}; errors: {}",
         run.workers,
         run.slots,
         run.coordinators,
@@ -402,7 +434,7 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
         lower,
         (k3 - k2) * 1e6 / f64::from(run.trials),
         (r3 - r2) * 1e6 / f64::from(run.trials),
-        fleet.errors.load(Ordering::Relaxed),
+        fleet.errors(),
     );
     Ok(())
 }

@@ -20,10 +20,7 @@ use super::memory::MemoryBudget;
 use super::planned::{Planned, line_for};
 use super::{ONE_HOST_SWEEP, one_host_sweep};
 use crate::progress::Progress;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use hlsfarm_common::sync::lock;
 
 /// Everything the slots share.
 pub(super) struct Runner {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use crate::view::StatusJson;
+use hlsfarm_common::sync::lock;
 
 /// A sweep and a trial state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -256,10 +257,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Tails the events stream into the metrics until `stop`.

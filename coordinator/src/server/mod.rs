@@ -37,6 +37,7 @@ use hlsfarm_common::config::Config;
 use hlsfarm_common::plan::{Requirement, SweepPlan, WorkerCaps};
 use hlsfarm_common::queue::QueueConfig;
 use hlsfarm_common::store::RedisQueue;
+pub(crate) use hlsfarm_common::sync::lock;
 use hlsfarm_proto::v1::operator_server::OperatorServer;
 use hlsfarm_proto::v1::worker_server::WorkerServer;
 
@@ -81,10 +82,6 @@ fn seconds_since(leased_at_ms: i64) -> f64 {
         .unwrap_or_default()
         .as_millis() as i64;
     (now_ms - leased_at_ms).max(0) as f64 / 1000.0
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Coordinator {

@@ -42,6 +42,7 @@ mod run_one;
 
 use crate::host::{hostname, meminfo_mib};
 use heartbeat::heartbeat_loop;
+pub(crate) use hlsfarm_common::sync::lock;
 use lease::{lease_loop, register};
 use run_one::Noop;
 
@@ -133,10 +134,6 @@ impl Shared {
             ..RetryBudget::default()
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The folder a leased trial's hls4ml project and tools work in, inside its scratch folder
