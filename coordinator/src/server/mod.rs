@@ -5,9 +5,10 @@
 //! finished sweep's `synthesis_results.json`, once), the learner and the event tail.
 //!
 //! - The core, free of any transport: [`Coordinator`] and its calls in `operator` (upload,
-//!   submit, status, watch, results, cancel, retry, drain) and `workers` (register, lease,
-//!   heartbeat, complete, hand back), with `planning` (a sweep into trials), `matcher` (parked
-//!   lease calls), `funnel`, `summary` and `learn`. Every call answers an [`Error`].
+//!   submit, status, watch, results, cancel, retry, drain), `workers` (register, lease,
+//!   heartbeat, hand back) and `complete` (in its own steps), with `planning` (a sweep into
+//!   trials), `matcher` (parked lease calls), `funnel`, `summary` and `learn`. Every call
+//!   answers an [`Error`].
 //! - The adapters, a few lines a call: `grpc` (the two services), `http` (the JSON API and
 //!   the page), `auth` (bearer tokens); [`error`] holds the one map to gRPC codes and the one
 //!   to HTTP statuses.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 mod background;
+mod complete;
 pub mod error;
 mod funnel;
 mod grpc;

@@ -6,14 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hlsfarm_common::FailureClass;
 use hlsfarm_common::blob::Blobs;
-use hlsfarm_common::failure::{OomRetry, oom_retry};
 use hlsfarm_common::job::{Fence, TrialState};
 use hlsfarm_common::plan::{DerivedPoint, PlanIndex, WorkerCaps};
-use hlsfarm_common::queue::{Error as QueueError, Lease, Outcome};
-use hlsfarm_common::results::{ResultSummary, TrialResult, TrialStatus};
-use hlsfarm_common::store::{Completion, Progress};
+use hlsfarm_common::queue::{Error as QueueError, Lease};
+use hlsfarm_common::store::Progress;
 use hlsfarm_proto::FromWire;
 use hlsfarm_proto::v1;
 
@@ -23,7 +20,7 @@ use super::{Coordinator, Error, lock};
 /// The longest a lease call waits for work.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
-fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Error> {
+pub(super) fn token(t: Option<v1::LeaseToken>) -> Result<(String, Fence), Error> {
     let t = t.ok_or_else(|| Error::invalid("missing lease token"))?;
     Ok((
         t.trial_key,
@@ -41,10 +38,6 @@ fn wire_token(key: &str, fence: Fence) -> v1::LeaseToken {
         epoch: fence.epoch,
     }
 }
-
-/// How long a worker whose infrastructure failed a trial does not get it back while another
-/// worker is about (a lone worker takes it back at once): long enough for another to take it.
-const AVOID_WORKER_AFTER_INFRASTRUCTURE: Duration = Duration::from_secs(120);
 
 impl Coordinator {
     async fn leased_trial(&self, lease: Lease) -> Result<v1::LeasedTrial, Error> {
@@ -218,245 +211,6 @@ impl Coordinator {
             stale: tokens(reply.stale),
             cancel: tokens(reply.cancel),
             drain,
-        })
-    }
-
-    /// Ends an attempt: checks the result against the token and the uploads, classifies a failure
-    /// (retry, oom raise, licence refusal), commits through the state machine, and records what it
-    /// cost.
-    pub async fn complete(&self, r: v1::CompleteRequest) -> Result<v1::CompleteResponse, Error> {
-        let (key, fence) = token(r.token)?;
-        let staging = Blobs::attempt_prefix(&key, fence);
-        let result_json = r
-            .result
-            .as_ref()
-            .map(|x| x.result_json.clone())
-            .unwrap_or_default();
-        let parsed: Option<TrialResult> =
-            if result_json.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(&result_json).map_err(|e| {
-                    Error::invalid(format!("result_json is not a result.json: {e}"))
-                })?)
-            };
-        if let Some(p) = &parsed
-            && p.trial_key != key
-        {
-            return Err(Error::invalid(format!(
-                "result.json is for trial {}, not {key}",
-                p.trial_key
-            )));
-        }
-        let mut memory_mib = 0;
-        let mut refused_feature = String::new();
-        let mut avoid_worker_for = Duration::ZERO;
-        let mut hopeless = None;
-        let outcome = if r.cancelled {
-            Outcome::Cancelled
-        } else if let Some(f) = &r.failure {
-            let class = hlsfarm_common::FailureClass::from_wire(f.class)
-                .map_err(|e| Error::invalid(e.to_string()))?;
-            match class {
-                // Not the trial's fault: queued again without spending an attempt.
-                FailureClass::Licence => {
-                    refused_feature = hlsfarm_common::Stage::from_wire(f.stage)
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default();
-                    Outcome::Refused
-                }
-                // Retried with room above the measured peak, on a worker that has it.
-                FailureClass::Oom => {
-                    let peak = parsed
-                        .as_ref()
-                        .and_then(|p| p.failure.as_ref())
-                        .and_then(|f| f.peak_memory_mib);
-                    let largest = self.largest_worker_memory(&r.worker_id).await;
-                    match oom_retry(
-                        peak,
-                        largest,
-                        &format!(
-                            "no worker offers clearly more (the largest offers {largest} MiB)"
-                        ),
-                        "give a worker more memory (worker.memory_mib)",
-                    ) {
-                        OomRetry::Again => Outcome::Failed { retryable: true },
-                        OomRetry::Reserve(reserve) => {
-                            memory_mib = reserve;
-                            Outcome::Failed { retryable: true }
-                        }
-                        give_up @ OomRetry::GiveUp { .. } => {
-                            hopeless = Some(give_up);
-                            Outcome::Failed { retryable: false }
-                        }
-                    }
-                }
-                // The worker's own trouble (disk, network, store): another worker tries.
-                FailureClass::Infrastructure => {
-                    avoid_worker_for = AVOID_WORKER_AFTER_INFRASTRUCTURE;
-                    Outcome::Failed { retryable: true }
-                }
-                _ => Outcome::Failed {
-                    retryable: class.is_retryable(),
-                },
-            }
-        } else if parsed
-            .as_ref()
-            .is_some_and(|p| p.status == TrialStatus::Success)
-        {
-            Outcome::Succeeded
-        } else {
-            return Err(Error::invalid(
-                "a completion carries a successful result, a failure, or cancelled",
-            ));
-        };
-        // The worker uploads result.json (and the tarball) into its attempt folder before it
-        // completes; the commit copies that result.json, so it must be there.
-        // HEADs, not a LIST: some servers list by walking everything under the bucket.
-        let mut uploaded = Vec::new();
-        if parsed.is_some() {
-            let names = r
-                .result
-                .as_ref()
-                .map(|x| x.artifacts.clone())
-                .unwrap_or_default();
-            for name in std::iter::once("result.json".to_owned())
-                .chain(names.into_iter().filter(|n| n != "result.json"))
-            {
-                let size = self
-                    .blobs
-                    .size(&format!("{staging}/{name}"))
-                    .await
-                    .map_err(Error::backend)?;
-                match size {
-                    Some(size) => uploaded.push((name, size)),
-                    None if name == "result.json" => break,
-                    None => {}
-                }
-            }
-        }
-        let has_files = uploaded.iter().any(|(name, _)| name == "result.json");
-        if has_files {
-            self.metrics
-                .store_bytes
-                .get_or_create(&super::metrics::Writer {
-                    by: "worker".into(),
-                })
-                .inc_by(uploaded.iter().map(|(_, size)| size).sum());
-        }
-        if parsed.is_some() && !has_files && outcome == Outcome::Succeeded {
-            return Err(Error::precondition(format!(
-                "{staging}/result.json is not in the store: upload the results before completing"
-            )));
-        }
-        let mut summary = parsed.as_ref().map(ResultSummary::from);
-        if let (Some(s), Some(f)) = (summary.as_mut(), &r.failure)
-            && s.reason.is_none()
-        {
-            s.reason = Some(f.reason.clone());
-        }
-        if summary.is_none()
-            && let Some(f) = &r.failure
-        {
-            summary = Some(ResultSummary {
-                status: "failed".into(),
-                class: hlsfarm_common::FailureClass::from_wire(f.class).ok(),
-                reason: Some(f.reason.clone()),
-                suggestion: (!f.suggestion.is_empty()).then(|| f.suggestion.clone()),
-                ..ResultSummary::default()
-            });
-        }
-        if let (Some(s), Some(OomRetry::GiveUp { note, fix })) = (summary.as_mut(), hopeless) {
-            s.reason = Some(format!("{}{note}", s.reason.as_deref().unwrap_or_default()));
-            s.suggestion = Some(fix);
-        }
-        let seconds = summary.as_ref().map_or(0.0, |s| s.seconds);
-        let completion = Completion {
-            summary: summary
-                .as_ref()
-                .map(|s| serde_json::to_string(s).unwrap_or_default())
-                .unwrap_or_default(),
-            prefix: if has_files {
-                staging.clone()
-            } else {
-                String::new()
-            },
-            seconds,
-            memory_mib,
-            refused_feature,
-            avoid_worker_for,
-        };
-        // Derived before the failure is recorded, so the sweep never looks finished between.
-        if outcome == (Outcome::Failed { retryable: false })
-            && let Some(p) = &parsed
-        {
-            self.derive_fixed(p).await?;
-        }
-        let state = self
-            .queue
-            .complete_with(&key, fence, outcome, &completion)
-            .await;
-        let state = match state {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, error = %e, "completion refused");
-                if has_files
-                    && matches!(
-                        e,
-                        QueueError::Transition(
-                            hlsfarm_common::job::TransitionError::StaleFence { .. }
-                        )
-                    )
-                {
-                    // This token lost the trial: its uploads are never committed.
-                    self.collect_attempt(&key, &staging).await;
-                }
-                return Err(e.into());
-            }
-        };
-        tracing::info!(trial = %&key[..key.len().min(12)], worker = %r.worker_id, state = %state, "completed");
-        self.trial_ended();
-        if let Some(p) = &parsed {
-            // What it cost, for the estimates (whichever sweep runs the trial now).
-            if !p.timings.is_empty()
-                && let Ok(record) = self.queue.trial(&key).await
-            {
-                self.observe(&record.sweep, p).await;
-            }
-            for t in &p.timings {
-                self.metrics
-                    .stage_seconds
-                    .get_or_create(&super::metrics::StageLabel {
-                        stage: t.stage.to_string(),
-                    })
-                    .observe(t.seconds);
-            }
-        }
-        if r.failure.as_ref().is_some_and(|f| {
-            f.class == v1::FailureClass::Infrastructure as i32
-                && f.reason.starts_with("cannot upload")
-        }) {
-            self.metrics
-                .store_errors
-                .get_or_create(&super::metrics::Writer {
-                    by: "worker".into(),
-                })
-                .inc();
-        }
-        if has_files {
-            // Accepted: this token won. Copy its files now; the committer loop retries if
-            // this fails or the coordinator dies here.
-            self.commit_result(&key).await;
-        }
-        // Queued again, or ended: its seats, and any trial waiting on the sweep's end, are
-        // free for parked lease calls.
-        self.wake().await;
-        if matches!(state, TrialState::Failed | TrialState::Dead) {
-            // A funnel's primary that failed promotes its backup now, not at the sweep's end.
-            self.after_failure(&key).await;
-        }
-        Ok(v1::CompleteResponse {
-            state: v1::TrialState::from(state) as i32,
         })
     }
 
