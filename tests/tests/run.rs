@@ -276,6 +276,27 @@ fn empty_folders_and_patterns_matching_nothing_are_clear_errors() {
         stderr.contains("grid.reuse_factor[0]: must be between 1 and"),
         "{stderr}"
     );
+
+    // A validation file that is not there is named, with what it should hold, before any
+    // trial runs (`submit` reads it through the same function).
+    let mut command = run_cmd(false);
+    command
+        .args(["run", "--input-dir"])
+        .arg(&input)
+        .args(["--validation", "no-such-validation.npz"]);
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--validation ")
+            && stderr.contains("no-such-validation.npz: no such file")
+            && stderr.contains("one array per model input name"),
+        "{stderr}"
+    );
+    assert!(
+        !input.join("hls_outputs/synthesis_results.json").exists(),
+        "a run with a missing validation file ran trials"
+    );
 }
 
 /// `hlsfarm run` of one trial whose C synthesis hangs (with a child process), returned once

@@ -205,18 +205,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         metrics: spec.metrics.as_ref().map(|m| base.join(m)),
     };
     let table = source.load()?;
-    let validation = spec
-        .validation
-        .as_ref()
-        .map(|v| {
-            base.join(v).canonicalize().with_context(|| {
-                format!(
-                    "--validation {}: no such file (give an .npz with one array per model input name, or `x`, plus `y`)",
-                    v.display()
-                )
-            })
-        })
-        .transpose()?;
+    let validation = crate::cli::sweep_args::validation_path(&spec, &base)?;
     if args.preflight {
         let checked =
             crate::cli::check::check_selection(&args.sweep, args.python.as_deref(), |line| {

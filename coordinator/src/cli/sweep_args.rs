@@ -175,6 +175,22 @@ fn grid_from_flags(args: &SweepArgs) -> SettingsGrid {
     }
 }
 
+/// The sweep's validation file (`validation`, relative to `base`), resolved; an error names
+/// the flag and what the file should hold when it is not there.
+pub(crate) fn validation_path(spec: &SweepSpec, base: &Path) -> anyhow::Result<Option<PathBuf>> {
+    spec.validation
+        .as_ref()
+        .map(|v| {
+            base.join(v).canonicalize().with_context(|| {
+                format!(
+                    "--validation {}: no such file (give an .npz with one array per model input name, or `x`, plus `y`)",
+                    v.display()
+                )
+            })
+        })
+        .transpose()
+}
+
 /// The sweep the flags (or the sweep file) describe, and the folder relative paths start from.
 pub(crate) fn sweep_spec(args: &SweepArgs) -> anyhow::Result<(SweepSpec, PathBuf)> {
     let grid_flags = grid_from_flags(args) != SettingsGrid::default();

@@ -31,7 +31,7 @@ mod planned;
 mod planner;
 mod runner;
 
-use crate::cli::sweep_args::{SearchSource, SweepArgs, model_files, sweep_spec};
+use crate::cli::sweep_args::{SearchSource, SweepArgs, model_files, sweep_spec, validation_path};
 use funnel::Funnel;
 use memory::MemoryBudget;
 use planner::{Planner, finished_or_failed};
@@ -161,18 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&output_dir)
         .with_context(|| format!("cannot create the output folder {}", output_dir.display()))?;
     let output_dir = output_dir.canonicalize()?;
-    let validation = spec
-        .validation
-        .as_ref()
-        .map(|v| {
-            base.join(v).canonicalize().with_context(|| {
-                format!(
-                    "--validation {}: no such file (give an .npz with one array per model input name, or `x`, plus `y`)",
-                    v.display()
-                )
-            })
-        })
-        .transpose()?;
+    let validation = validation_path(&spec, &base)?;
     let search = SearchSource {
         dir: input_dir.clone(),
         metrics: spec.metrics.as_ref().map(|m| base.join(m)),
