@@ -299,6 +299,22 @@ fn empty_folders_and_patterns_matching_nothing_are_clear_errors() {
     );
 }
 
+/// The `TMPDIR` of the run in `dir`.
+fn tmp_dir(dir: &TestDir) -> PathBuf {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    tmp
+}
+
+/// The warm interpreters' folders (`hlsfarm-warm-*`) left in the run's `TMPDIR`.
+fn warm_folders(dir: &TestDir) -> Vec<String> {
+    std::fs::read_dir(tmp_dir(dir))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("hlsfarm-warm-"))
+        .collect()
+}
+
 /// `hlsfarm run` of one trial whose C synthesis hangs (with a child process), returned once
 /// the tool runs, with the tool's own record of its start (pid, process group).
 fn run_until_a_tool_hangs(dir: &TestDir, input: &Path) -> (hlsfarm_tests::Process, Value) {
@@ -309,7 +325,9 @@ fn run_until_a_tool_hangs(dir: &TestDir, input: &Path) -> (hlsfarm_tests::Proces
         .arg(input)
         .args(["--limit", "1", "--stages", "convert,csynth"])
         .env("STANDIN_HANG", "1")
-        .env("STANDIN_RECORD", &record);
+        .env("STANDIN_RECORD", &record)
+        // The warm interpreters' private folder, where the test can see it.
+        .env("TMPDIR", tmp_dir(dir));
     let process = hlsfarm_tests::Process::spawn("hlsfarm-run", command, dir.path()).unwrap();
     let call: Value = hlsfarm_tests::wait_until(
         "the tool to start",
@@ -342,6 +360,11 @@ fn ctrl_c_kills_the_tools_and_the_next_run_resumes() {
     assert!(
         !hlsfarm_worker::process::group_alive(pid),
         "the tool outlived Ctrl-C"
+    );
+    assert_eq!(
+        warm_folders(&dir),
+        Vec::<String>::new(),
+        "Ctrl-C left a warm folder"
     );
 
     // The same command, without the hang, runs the interrupted trial.
@@ -408,6 +431,17 @@ fn a_run_killed_with_sigkill_takes_its_tools_with_it() {
     let (mut process, call) = run_until_a_tool_hangs(&dir, &input);
     let group = call["pgid"].as_i64().unwrap() as i32;
     assert!(hlsfarm_worker::process::group_alive(group));
+    // The warm interpreters' folder is this user's alone.
+    let folders = warm_folders(&dir);
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(tmp_dir(&dir).join(&folders[0]))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode & 0o777, 0o700, "the warm folder's mode is {mode:o}");
     // No handler runs on SIGKILL: only the kernel's parent-death signal to the guard can
     // stop the tool (and the child it started).
     process.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -416,6 +450,14 @@ fn a_run_killed_with_sigkill_takes_its_tools_with_it() {
         "the tool tree to die with hlsfarm",
         Duration::from_secs(10),
         || (!hlsfarm_worker::process::group_alive(group)).then_some(()),
+    )
+    .unwrap();
+    // Nor could it remove the warm interpreters' private folder: the interpreter, finding its
+    // parent gone, does.
+    wait_until(
+        "the warm interpreters' folder to go with hlsfarm",
+        Duration::from_secs(10),
+        || warm_folders(&dir).is_empty().then_some(()),
     )
     .unwrap();
 }

@@ -1938,6 +1938,12 @@ def serve(path, family):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            # A parent that was killed (SIGKILL, the OOM killer) could not remove the pool's
+            # private folder (the scripts, the logs, the sockets): the server does.
+            folder = os.path.dirname(os.path.abspath(path))
+            if os.path.basename(folder).startswith("hlsfarm-warm-"):
+                import shutil
+                shutil.rmtree(folder, ignore_errors=True)
             return 0
 
 

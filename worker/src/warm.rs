@@ -107,6 +107,11 @@ impl WarmPool {
     /// temporary folder (mode 0700) under `$TMPDIR`.
     pub fn new() -> std::io::Result<WarmPool> {
         let dir = tempfile::Builder::new().prefix("hlsfarm-warm-").tempdir()?;
+        // Only this user may reach the sockets (a request carries a trial's environment).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        }
         let driver = dir.path().join("hlsfarm_driver.py");
         let client = dir.path().join("hlsfarm_warm_client.py");
         std::fs::write(&driver, DRIVER_SOURCE)?;
