@@ -6,9 +6,9 @@
 //!
 //! - The core, free of any transport: [`Coordinator`] and its calls in `operator` (upload,
 //!   submit, status, watch, results, cancel, retry, drain), `workers` (register, lease,
-//!   heartbeat, hand back) and `complete` (in its own steps), with `planning` (a sweep into
-//!   trials), `matcher` (parked lease calls), `funnel`, `summary` and `learn`. Every call
-//!   answers an [`Error`].
+//!   heartbeat, hand back) and `complete` (in its own steps), with `validate` (what a
+//!   submitted spec must satisfy), `planning` (a sweep into trials), `matcher` (parked lease
+//!   calls), `funnel`, `summary` and `learn`. Every call answers an [`Error`].
 //! - The adapters, a few lines a call: `grpc` (the two services), `http` (the JSON API and
 //!   the page), `auth` (bearer tokens); [`error`] holds the one map to gRPC codes and the one
 //!   to HTTP statuses.
@@ -27,6 +27,7 @@ mod metrics;
 mod operator;
 mod planning;
 mod summary;
+mod validate;
 mod workers;
 
 use std::collections::HashMap;

@@ -11,7 +11,7 @@ use hlsfarm_common::trial_key::sha256_hex;
 use hlsfarm_proto::v1;
 use tokio_stream::{Stream, StreamExt};
 
-use super::planning::{check_name, check_sha};
+use super::validate::{check_name, check_sha};
 use super::{Coordinator, Error};
 
 fn wire_state(state: &str) -> i32 {

@@ -9,48 +9,17 @@ use hlsfarm_common::queue::NewTrial;
 use hlsfarm_common::results::{DerivedFrom, TrialResult};
 use hlsfarm_common::settings::Backend;
 use hlsfarm_common::store::{Submitted, SweepSubmit};
-use hlsfarm_common::sweep::{OnFailure, SettingsGrid};
-use hlsfarm_common::trial_key::{EmulationSpec, ModelDigest, ToolVersion, Toolchain, sha256_hex};
+use hlsfarm_common::sweep::OnFailure;
+use hlsfarm_common::trial_key::{EmulationSpec, ToolVersion, Toolchain, sha256_hex};
 use hlsfarm_common::validation::ValidationErrors;
-use hlsfarm_proto::stages_from_wire;
 use hlsfarm_proto::v1;
 
+use super::validate::{Checked, checked, search_records, wire_models};
 use super::{Coordinator, Error};
 use hlsfarm_common::blob::Blobs;
 
 /// Workers seen within this long count as live for choosing a sweep's toolchain.
 const LIVE: i64 = 60_000;
-
-/// A file name as users give it: no folders, no traversal, printable, at most 255 bytes.
-pub(super) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty".into());
-    }
-    if name.len() > 255 {
-        return Err("is longer than 255 bytes".into());
-    }
-    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err(format!(
-            "`{name}` must be a plain file name, without folders or `..`"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("contains control characters".into());
-    }
-    Ok(())
-}
-
-pub(super) fn check_sha(sha: &str) -> Result<(), String> {
-    if sha.len() == 64
-        && sha
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_uppercase())
-    {
-        Ok(())
-    } else {
-        Err(format!("`{sha}` is not a lower-case hex sha256"))
-    }
-}
 
 /// The hls4ml version and tool most live workers have, for a backend.
 fn toolchain_from_workers(
@@ -90,58 +59,6 @@ fn toolchain_from_workers(
             hls4ml_version,
             tool,
         })
-}
-
-/// The wire's models as the plan keeps them, each checked (name, format, digests).
-fn wire_models(wire: &[v1::ModelInput], errors: &mut ValidationErrors) -> Vec<PlanModel> {
-    let mut models = Vec::new();
-    for (i, m) in wire.iter().enumerate() {
-        if let Err(e) = check_name(&m.name) {
-            errors.push(format!("models[{i}].name"), e);
-        } else if let Err(e) = hlsfarm_common::plan::model_format(&m.name) {
-            errors.push(format!("models[{i}].name"), e);
-        }
-        if let Err(e) = check_sha(&m.sha256) {
-            errors.push(format!("models[{i}].sha256"), e);
-        }
-        for (role, sha) in &m.companions {
-            if !["weights", "class", "inputs", "validation"].contains(&role.as_str()) {
-                errors.push(
-                    format!("models[{i}].companions.{role}"),
-                    "is not a companion role (weights, class, inputs, validation)",
-                );
-            }
-            if let Err(e) = check_sha(sha) {
-                errors.push(format!("models[{i}].companions.{role}"), e);
-            }
-        }
-        models.push(PlanModel {
-            name: m.name.clone(),
-            size_bytes: m.size_bytes,
-            digest: ModelDigest {
-                sha256: m.sha256.clone(),
-                companions: m.companions.clone().into_iter().collect(),
-            },
-        });
-    }
-    models
-}
-
-/// The search's records from the wire (`search_json`).
-fn search_records(
-    json: &str,
-    errors: &mut ValidationErrors,
-) -> BTreeMap<String, hlsfarm_common::results::SearchInfo> {
-    if json.is_empty() {
-        return BTreeMap::new();
-    }
-    serde_json::from_str(json).unwrap_or_else(|e| {
-        errors.push(
-            "search",
-            format!("is not an object of the search's records by model name: {e}"),
-        );
-        BTreeMap::new()
-    })
 }
 
 /// The queue's trials for planned ones (each key once): `[model, point]` indices into the
@@ -272,141 +189,20 @@ impl Coordinator {
         &self,
         spec: v1::SweepSpec,
     ) -> Result<(String, u64, Submitted), Error> {
-        let mut errors = ValidationErrors::default();
-        if spec.models.is_empty() {
-            errors.push("models", "names no model: give at least one model file");
-        }
-        let models = wire_models(&spec.models, &mut errors);
-        let grid = match spec.grid.clone().map(SettingsGrid::try_from).transpose() {
-            Ok(grid) => grid.unwrap_or_default(),
-            Err(e) => {
-                errors.push("grid", e.to_string());
-                SettingsGrid::default()
-            }
-        };
-        if let Err(e) = grid.validate() {
-            for field in e.0 {
-                errors.push(format!("grid.{}", field.field), field.message);
-            }
-        }
-        let stages = match stages_from_wire(&spec.stages) {
-            Ok(s) => hlsfarm_common::stage::normalize_stages(&s),
-            Err(e) => {
-                errors.push("stages", e.to_string());
-                Vec::new()
-            }
-        };
-        if !stages.is_empty() && !stages.contains(&Stage::Convert) {
-            errors.push(
-                "stages",
-                "must include convert: every later stage works on the converted project",
-            );
-        }
-        if let Some(r) = &spec.resources
-            && (r.memory_mib == 0 || r.cores == 0)
-        {
-            errors.push(
-                "resources",
-                "memory_mib and cores must be at least 1 (leave resources out for the default)",
-            );
-        }
-        let on_failure = if spec.on_failure.is_empty() {
-            OnFailure::default()
-        } else {
-            spec.on_failure.parse().unwrap_or_else(|e: String| {
-                errors.push("on_failure", e);
-                OnFailure::default()
-            })
-        };
-        let gates: Vec<hlsfarm_common::select::Gate> = if spec.select_json.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_str(&spec.select_json).unwrap_or_else(|e| {
-                errors.push("select", format!("is not a list of gates: {e}"));
-                Vec::new()
-            })
-        };
-        for (i, gate) in gates.iter().enumerate() {
-            if let Err(e) = gate.validate() {
-                errors.push(format!("select[{i}]"), e);
-            }
-            if i > 0 && gate.after <= gates[i - 1].after {
-                errors.push(
-                    format!("select[{i}].after"),
-                    "gates go in stage order, each after a later stage than the one before",
-                );
-            }
-        }
-        let search = search_records(&spec.search_json, &mut errors);
-        errors
-            .into_result()
-            .map_err(|e| Error::invalid(format!("invalid sweep: {e}")))?;
-
+        let Checked {
+            models,
+            grid,
+            stages,
+            on_failure,
+            gates,
+            search,
+        } = checked(&spec)?;
         self.check_stored(&models).await?;
 
         let points = grid.expand();
-        let backends: Vec<Backend> = {
-            let mut b: Vec<Backend> = points.iter().map(|p| p.backend).collect();
-            b.sort();
-            b.dedup();
-            b
-        };
-        let workers = if spec.toolchain.is_none() {
-            self.live_workers().await?
-        } else {
-            Vec::new()
-        };
-        // Stages: as given, else the full flow where workers have the tools, else convert
-        // and emulate.
-        let stages = if !stages.is_empty() {
-            stages
-        } else if let Some(t) = &spec.toolchain {
-            if t.tool.is_empty() {
-                Stage::WITHOUT_TOOLS.to_vec()
-            } else {
-                Stage::FULL_FLOW.to_vec()
-            }
-        } else {
-            Stage::defaults(
-                backends
-                    .iter()
-                    .all(|b| toolchain_from_workers(&workers, *b, true).is_some()),
-                workers.iter().any(|w| w.tools.contains_key("vivado")),
-            )
-        };
-        if let Some(gate) = gates.iter().find(|g| !stages.contains(&g.after)) {
-            return Err(Error::invalid(format!(
-                "invalid sweep: select: a gate runs after `{}`, a stage the sweep does not run",
-                gate.after
-            )));
-        }
-        let tools_needed = stages.iter().any(|s| s.needs_xilinx_tools());
-        let mut toolchains = BTreeMap::new();
-        for backend in &backends {
-            let toolchain = match &spec.toolchain {
-                Some(t) => Toolchain {
-                    hls4ml_version: t.hls4ml_version.clone(),
-                    tool: (tools_needed && !t.tool.is_empty()).then(|| ToolVersion {
-                        name: t.tool.clone(),
-                        version: t.tool_version.clone(),
-                    }),
-                },
-                None => toolchain_from_workers(&workers, *backend, tools_needed).ok_or_else(|| {
-                    Error::precondition(format!(
-                        "no live worker {} for the {} backend, so the trial keys cannot name a toolchain: start `hlsfarm worker` on a host with {}, or name it in the sweep (toolchain.hls4ml_version, toolchain.tool, toolchain.tool_version)",
-                        if tools_needed { "has hls4ml and an HLS tool" } else { "has hls4ml" },
-                        backend.as_str(),
-                        if tools_needed { "hls4ml and the tools" } else { "hls4ml" },
-                    ))
-                })?,
-            };
-            if tools_needed && toolchain.tool.is_none() {
-                return Err(Error::invalid(
-                    "the stages run HLS tools but toolchain.tool is empty: name the tool and its version",
-                ));
-            }
-            toolchains.insert(*backend, toolchain);
-        }
+        let (stages, toolchains) = self
+            .stages_and_toolchains(&spec, &points, stages, &gates)
+            .await?;
         let memory_set = spec.resources.is_some();
         let resources = spec.resources.map_or_else(
             || TrialResources::default_for(&stages),
@@ -488,6 +284,81 @@ impl Coordinator {
         tracing::info!(sweep = %id, trials = total, queued = submitted.added, reused = submitted.reused, plan_ms, redis_ms = queueing.elapsed().as_millis(), "sweep submitted");
         Ok((id, total, submitted))
     }
+
+    /// The stages a sweep runs (as given, else the full flow where live workers have the
+    /// tools, else convert and emulate) and the toolchain that names each backend's trials
+    /// (the sweep's, else what most live workers have).
+    async fn stages_and_toolchains(
+        &self,
+        spec: &v1::SweepSpec,
+        points: &[hlsfarm_common::settings::Settings],
+        stages: Vec<Stage>,
+        gates: &[hlsfarm_common::select::Gate],
+    ) -> Result<(Vec<Stage>, BTreeMap<Backend, Toolchain>), Error> {
+        let backends: Vec<Backend> = {
+            let mut b: Vec<Backend> = points.iter().map(|p| p.backend).collect();
+            b.sort();
+            b.dedup();
+            b
+        };
+        let workers = if spec.toolchain.is_none() {
+            self.live_workers().await?
+        } else {
+            Vec::new()
+        };
+        // Stages: as given, else the full flow where workers have the tools, else convert
+        // and emulate.
+        let stages = if !stages.is_empty() {
+            stages
+        } else if let Some(t) = &spec.toolchain {
+            if t.tool.is_empty() {
+                Stage::WITHOUT_TOOLS.to_vec()
+            } else {
+                Stage::FULL_FLOW.to_vec()
+            }
+        } else {
+            Stage::defaults(
+                backends
+                    .iter()
+                    .all(|b| toolchain_from_workers(&workers, *b, true).is_some()),
+                workers.iter().any(|w| w.tools.contains_key("vivado")),
+            )
+        };
+        if let Some(gate) = gates.iter().find(|g| !stages.contains(&g.after)) {
+            return Err(Error::invalid(format!(
+                "invalid sweep: select: a gate runs after `{}`, a stage the sweep does not run",
+                gate.after
+            )));
+        }
+        let tools_needed = stages.iter().any(|s| s.needs_xilinx_tools());
+        let mut toolchains = BTreeMap::new();
+        for backend in &backends {
+            let toolchain = match &spec.toolchain {
+                Some(t) => Toolchain {
+                    hls4ml_version: t.hls4ml_version.clone(),
+                    tool: (tools_needed && !t.tool.is_empty()).then(|| ToolVersion {
+                        name: t.tool.clone(),
+                        version: t.tool_version.clone(),
+                    }),
+                },
+                None => toolchain_from_workers(&workers, *backend, tools_needed).ok_or_else(|| {
+                    Error::precondition(format!(
+                        "no live worker {} for the {} backend, so the trial keys cannot name a toolchain: start `hlsfarm worker` on a host with {}, or name it in the sweep (toolchain.hls4ml_version, toolchain.tool, toolchain.tool_version)",
+                        if tools_needed { "has hls4ml and an HLS tool" } else { "has hls4ml" },
+                        backend.as_str(),
+                        if tools_needed { "hls4ml and the tools" } else { "hls4ml" },
+                    ))
+                })?,
+            };
+            if tools_needed && toolchain.tool.is_none() {
+                return Err(Error::invalid(
+                    "the stages run HLS tools but toolchain.tool is empty: name the tool and its version",
+                ));
+            }
+            toolchains.insert(*backend, toolchain);
+        }
+        Ok((stages, toolchains))
+    }
 }
 
 impl Coordinator {
@@ -561,21 +432,5 @@ impl Coordinator {
         self.wake().await;
         tracing::info!(sweep, from = %failed.trial_key, trial = %trial.key, fix = ?fix, "derived a trial with the fix applied (on_failure = apply-fix)");
         Ok(Some(trial.key))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_cannot_escape() {
-        assert!(check_name("model.h5").is_ok());
-        for bad in ["../x.h5", "a/b.h5", "..", "", "a\\b", "x\0"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_sha(&"a".repeat(64)).is_ok());
-        assert!(check_sha(&"A".repeat(64)).is_err());
-        assert!(check_sha("abc").is_err());
     }
 }
