@@ -43,8 +43,13 @@ pub(super) async fn recovery(lease_ms: u64) -> anyhow::Result<()> {
     holder.kill();
     let killed = Instant::now();
     let mut w = rig.worker("rescuer").await?;
-    let mut other = None;
+    let mut other: Option<v1::LeasedTrial> = None;
     let (recovered, rescued) = loop {
+        // The other trial, leased while waiting, is the live one below: kept alive from its
+        // lease on, or it lapses while the killed lessee's runs out, and is leased again.
+        if let Some(o) = &other {
+            w.heartbeat(beat("rescuer", &o.token)).await?;
+        }
         let got = w
             .lease(lease_request("rescuer", 1, 1000))
             .await?
