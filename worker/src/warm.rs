@@ -106,12 +106,14 @@ impl WarmPool {
     /// A pool with no server started yet; its sockets and scripts live in a private
     /// temporary folder (mode 0700) under `$TMPDIR`.
     pub fn new() -> std::io::Result<WarmPool> {
-        let dir = tempfile::Builder::new().prefix("hlsfarm-warm-").tempdir()?;
         // Only this user may reach the sockets (a request carries a trial's environment).
-        {
+        let dir = {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        }
+            tempfile::Builder::new()
+                .prefix("hlsfarm-warm-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()?
+        };
         let driver = dir.path().join("hlsfarm_driver.py");
         let client = dir.path().join("hlsfarm_warm_client.py");
         std::fs::write(&driver, DRIVER_SOURCE)?;

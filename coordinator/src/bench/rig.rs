@@ -34,11 +34,6 @@ pub(super) fn log_dir(what: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-/// Starts `command` as `name`, its stdout and stderr in `dir/<name>.stdout` and `.stderr`.
-pub(super) fn spawn(name: &str, command: Command, dir: &Path) -> anyhow::Result<Proc> {
-    Proc::spawn(name, command, dir)
-}
-
 /// Waits until something listens on `port` (at most 30 s).
 pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     hlsfarm_rig::wait_until(
@@ -111,7 +106,7 @@ impl Rig {
 
     /// Starts `command` as `name`, its logs in the rig's folder.
     pub(super) fn spawn(&self, name: &str, command: Command) -> anyhow::Result<Proc> {
-        spawn(name, command, self.dir.path())
+        Proc::spawn(name, command, self.dir.path())
     }
 
     pub(crate) fn operator(
@@ -212,7 +207,7 @@ fn spawn_coordinator(
     for (k, v) in extra_env {
         command.env(k, v);
     }
-    let coordinator = spawn(name, command, dir)?;
+    let coordinator = Proc::spawn(name, command, dir)?;
     wait_port(port, "the coordinator")
         .with_context(|| format!("{name} stderr:\n{}", coordinator.stderr()))?;
     Ok((coordinator, format!("http://127.0.0.1:{port}")))

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hlsfarm_common::sync::lock;
 use hlsfarm_proto::client::channel;
 use hlsfarm_proto::v1::{self, worker_client::WorkerClient};
 use tokio::sync::Notify;
@@ -19,7 +20,6 @@ use super::dispatch::process_cpu_s;
 use super::lifecycle::{lease_request, minimal_result};
 use super::makespan::lognormal_ms;
 use super::{Rig, WORKER, info_field, model, redis_info, sweep};
-use hlsfarm_common::sync::lock;
 
 /// What one run is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -166,14 +166,10 @@ async fn sim_worker(fleet: Arc<Fleet>, url: String, i: u32, slots: u32) {
         };
         if first
             && !trials.is_empty()
-            && let Some(at) = *fleet.submitted.lock().unwrap_or_else(|p| p.into_inner())
+            && let Some(at) = *lock(&fleet.submitted)
         {
             first = false;
-            fleet
-                .first_leases
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(at.elapsed());
+            lock(&fleet.first_leases).push(at.elapsed());
         }
         for t in trials {
             let Some(token) = t.token.clone() else {
@@ -372,7 +368,7 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
     .await?;
     let (r2, k2) = (redis_cpu(&rig.redis_url).await, coordinator_cpu());
     let started = Instant::now();
-    *fleet.submitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+    *lock(&fleet.submitted) = Some(started);
     op.submit_sweep(v1::SubmitSweepRequest {
         spec: Some(sweep(m, run.trials)),
     })
@@ -389,20 +385,12 @@ pub(super) async fn scale(run: ScaleRun) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let end = fleet
-        .last_completion
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .unwrap_or_else(Instant::now);
+    let end = lock(&fleet.last_completion).unwrap_or_else(Instant::now);
     let busy_s = (end - started).as_secs_f64();
     let (r3, k3) = (redis_cpu(&rig.redis_url).await, coordinator_cpu());
     fleet.stop.cancel();
     while tasks.join_next().await.is_some() {}
-    let mut firsts = fleet
-        .first_leases
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut firsts = lock(&fleet.first_leases).clone();
     firsts.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let slots = run.workers * run.slots;

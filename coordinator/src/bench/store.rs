@@ -16,7 +16,7 @@ use hlsfarm_common::blob::{Blobs, RetryBudget};
 use hlsfarm_common::config::{Secret, StoreConfig};
 use hlsfarm_common::job::Fence;
 
-use super::rig::{Proc, free_port, log_dir, spawn, wait_port};
+use super::rig::{Proc, free_port, log_dir, wait_port};
 
 /// One store to measure.
 struct Target {
@@ -60,7 +60,7 @@ fn moto() -> anyhow::Result<Option<Target>> {
     command
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .current_dir(dir.path());
-    let server = spawn("moto_server", command, dir.path())?;
+    let server = Proc::spawn("moto_server", command, dir.path())?;
     wait_port(port, "moto_server")
         .with_context(|| format!("moto_server stderr:\n{}", server.stderr()))?;
     // moto takes unsigned requests: a plain PUT makes the bucket.
@@ -105,7 +105,7 @@ fn s3s_fs() -> anyhow::Result<Option<Target>> {
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
         .arg(dir.path().join("buckets"));
-    let server = spawn("s3s-fs", command, dir.path())?;
+    let server = Proc::spawn("s3s-fs", command, dir.path())?;
     wait_port(port, "s3s-fs").with_context(|| format!("s3s-fs stderr:\n{}", server.stderr()))?;
     Ok(Some(Target {
         name: "s3s-fs (Rust)".into(),

@@ -7,6 +7,7 @@ use std::path::Path;
 use hlsfarm_common::failure::{FailureClass, OomRetry, oom_retry};
 use hlsfarm_common::queue::Outcome;
 use hlsfarm_common::results::TrialResult;
+use hlsfarm_common::sync::lock;
 use hlsfarm_worker::trial::write_result;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +31,7 @@ impl MemoryBudget {
 
     /// The memory limit of the trial's next run.
     pub(super) fn reservation(&self, key: &str, default: u64) -> u64 {
-        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        let raised = lock(&self.raised);
         raised
             .get(key)
             .copied()
@@ -40,7 +41,7 @@ impl MemoryBudget {
 
     /// The reservation an out-of-memory failure raised the trial to, if any.
     pub(super) fn raised_to(&self, key: &str) -> Option<u64> {
-        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        let raised = lock(&self.raised);
         raised.get(key).copied()
     }
 
@@ -80,10 +81,7 @@ impl MemoryBudget {
             ) {
                 OomRetry::Again => Outcome::Failed { retryable: true },
                 OomRetry::Reserve(reserve) => {
-                    self.raised
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.to_owned(), reserve);
+                    lock(&self.raised).insert(key.to_owned(), reserve);
                     Outcome::Failed { retryable: true }
                 }
                 OomRetry::GiveUp { note, fix } => {

@@ -12,6 +12,7 @@ use hlsfarm_common::job::TrialState;
 use hlsfarm_common::queue::embedded::EmbeddedQueue;
 use hlsfarm_common::queue::{Outcome, Queue, QueueConfig};
 use hlsfarm_common::results::{TrialResult, TrialStatus};
+use hlsfarm_common::sync::lock;
 use hlsfarm_worker::trial::{TrialEnv, run_trial};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,6 @@ use super::memory::MemoryBudget;
 use super::planned::{Planned, line_for};
 use super::{ONE_HOST_SWEEP, one_host_sweep};
 use crate::progress::Progress;
-use hlsfarm_common::sync::lock;
 
 /// Everything the slots share.
 pub(super) struct Runner {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hlsfarm_common::sync::lock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use crate::view::StatusJson;
-use hlsfarm_common::sync::lock;
 
 /// A sweep and a trial state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

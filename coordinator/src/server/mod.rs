@@ -40,7 +40,7 @@ use hlsfarm_common::config::Config;
 use hlsfarm_common::plan::{Requirement, SweepPlan, WorkerCaps};
 use hlsfarm_common::queue::QueueConfig;
 use hlsfarm_common::store::RedisQueue;
-pub(crate) use hlsfarm_common::sync::lock;
+use hlsfarm_common::sync::lock;
 use hlsfarm_proto::v1::operator_server::OperatorServer;
 use hlsfarm_proto::v1::worker_server::WorkerServer;
 

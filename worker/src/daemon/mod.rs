@@ -24,6 +24,7 @@ use hlsfarm_common::config::{StoreConfig, WorkerConfig};
 use hlsfarm_common::job::Fence;
 use hlsfarm_common::plan::WorkerCaps;
 use hlsfarm_common::settings::Backend;
+use hlsfarm_common::sync::lock;
 use hlsfarm_proto::client::{Bearer, channel};
 use hlsfarm_proto::v1::worker_client::WorkerClient;
 use tokio::sync::Notify;
@@ -42,7 +43,6 @@ mod run_one;
 
 use crate::host::{hostname, meminfo_mib};
 use heartbeat::heartbeat_loop;
-pub(crate) use hlsfarm_common::sync::lock;
 use lease::{lease_loop, register};
 use run_one::Noop;
 
