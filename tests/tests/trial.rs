@@ -564,8 +564,9 @@ async fn cancel_beside_the_emulation_stops_both() {
     let trigger = cancel.clone();
     let watched: PathBuf = record.clone();
     tokio::spawn(async move {
-        // Cancel as soon as the tool runs: the emulation is still compiling beside it.
-        while !watched.is_file() {
+        // Cancel as soon as the tool runs (its record holds a whole line): the emulation is
+        // still compiling beside it.
+        while !std::fs::read_to_string(&watched).is_ok_and(|t| t.contains('\n')) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         trigger.cancel();
